@@ -1,0 +1,182 @@
+"""Connection and HSM configuration, following Vault's own conventions.
+
+Precedence, highest first: explicit keyword arguments, environment variables,
+the TOML file named by ``KEYOPS_CONFIG`` (or passed as ``config_file``),
+defaults. Secrets (token, AppRole secret id, PIN) are never accepted from a
+command line; they come from the environment or a file.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import glob
+import os
+import stat
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from keyops.errors import ConfigError
+
+#: Places where distributions install SoftHSM2's PKCS#11 module.
+SOFTHSM_MODULE_GLOBS = (
+    "/usr/lib/softhsm/libsofthsm2.so",
+    "/usr/lib/*-linux-gnu/softhsm/libsofthsm2.so",
+    "/usr/lib64/softhsm/libsofthsm2.so",
+    "/usr/local/lib/softhsm/libsofthsm2.so",
+    "/opt/homebrew/lib/softhsm/libsofthsm2.so",
+)
+
+# field -> environment variables, first one set wins (Vault's names first).
+ENV_NAMES: dict[str, tuple[str, ...]] = {
+    "vault_addr": ("VAULT_ADDR", "BAO_ADDR"),
+    "vault_token": ("VAULT_TOKEN", "BAO_TOKEN"),
+    "vault_token_file": ("KEYOPS_VAULT_TOKEN_FILE",),
+    "vault_namespace": ("VAULT_NAMESPACE", "BAO_NAMESPACE"),
+    "vault_cacert": ("VAULT_CACERT", "BAO_CACERT"),
+    "vault_skip_verify": ("VAULT_SKIP_VERIFY", "BAO_SKIP_VERIFY"),
+    "vault_timeout": ("KEYOPS_VAULT_TIMEOUT",),
+    "approle_role_id": ("VAULT_ROLE_ID", "KEYOPS_APPROLE_ROLE_ID"),
+    "approle_secret_id": ("VAULT_SECRET_ID", "KEYOPS_APPROLE_SECRET_ID"),
+    "approle_mount": ("KEYOPS_APPROLE_MOUNT",),
+    "kv_mount": ("KEYOPS_KV_MOUNT",),
+    "transit_mount": ("KEYOPS_TRANSIT_MOUNT",),
+    "pkcs11_module": ("KEYOPS_PKCS11_MODULE",),
+    "pkcs11_token_label": ("KEYOPS_PKCS11_TOKEN",),
+    "pkcs11_pin": ("KEYOPS_PKCS11_PIN",),
+    "pkcs11_pin_file": ("KEYOPS_PKCS11_PIN_FILE",),
+    "master_key_label": ("KEYOPS_MASTER_KEY_LABEL",),
+    "audit_log": ("KEYOPS_AUDIT_LOG",),
+}
+
+SECRET_FIELDS = frozenset({"vault_token", "approle_secret_id", "pkcs11_pin"})
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    vault_addr: str = "https://127.0.0.1:8200"
+    vault_token: str | None = dataclasses.field(default=None, repr=False)
+    vault_token_file: str | None = None
+    vault_namespace: str | None = None
+    vault_cacert: str | None = None
+    vault_skip_verify: bool = False
+    vault_timeout: float = 30.0
+    approle_role_id: str | None = None
+    approle_secret_id: str | None = dataclasses.field(default=None, repr=False)
+    approle_mount: str = "approle"
+    kv_mount: str = "keyops"
+    transit_mount: str = "transit"
+    pkcs11_module: str | None = None
+    pkcs11_token_label: str = "keyops"
+    pkcs11_pin: str | None = dataclasses.field(default=None, repr=False)
+    pkcs11_pin_file: str | None = None
+    master_key_label: str = "keyops-master"
+    audit_log: str | None = None
+
+    @classmethod
+    def load(cls, env: Mapping[str, str] | None = None, config_file: str | os.PathLike[str] | None = None,
+             **overrides: Any) -> Config:
+        env = os.environ if env is None else env
+        values: dict[str, Any] = {}
+        path = config_file or env.get("KEYOPS_CONFIG")
+        if path:
+            values.update(_read_config_file(Path(path)))
+        for name, keys in ENV_NAMES.items():
+            for key in keys:
+                if env.get(key):
+                    values[name] = env[key]
+                    break
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        unknown = set(values) - {f.name for f in dataclasses.fields(cls)}
+        if unknown:
+            raise ConfigError(f"unknown configuration keys: {', '.join(sorted(unknown))}")
+        if "vault_skip_verify" in values:
+            values["vault_skip_verify"] = _truthy(values["vault_skip_verify"])
+        if "vault_timeout" in values:
+            values["vault_timeout"] = float(values["vault_timeout"])
+        return cls(**values)
+
+    def replace(self, **changes: Any) -> Config:
+        return dataclasses.replace(self, **changes)
+
+    @property
+    def tls_verify(self) -> bool | str:
+        if self.vault_skip_verify:
+            return False
+        return self.vault_cacert or True
+
+    def resolve_vault_token(self) -> str | None:
+        if self.vault_token:
+            return self.vault_token
+        if self.vault_token_file:
+            return read_secret_file(self.vault_token_file, what="Vault token file")
+        default = Path.home() / ".vault-token"
+        if default.is_file():
+            return default.read_text().strip() or None
+        return None
+
+    def resolve_pkcs11_module(self) -> str:
+        if self.pkcs11_module:
+            if not Path(self.pkcs11_module).is_file():
+                raise ConfigError(f"PKCS#11 module {self.pkcs11_module!r} does not exist; "
+                                  "set KEYOPS_PKCS11_MODULE to your HSM vendor's library")
+            return self.pkcs11_module
+        found = find_softhsm_module()
+        if found is None:
+            raise ConfigError("no PKCS#11 module configured and SoftHSM2 is not installed; "
+                              "install it (apt-get install softhsm2) or set KEYOPS_PKCS11_MODULE")
+        return found
+
+    def resolve_pkcs11_pin(self) -> str:
+        if self.pkcs11_pin:
+            return self.pkcs11_pin
+        if self.pkcs11_pin_file:
+            return read_secret_file(self.pkcs11_pin_file, what="PKCS#11 PIN file")
+        raise ConfigError("no HSM PIN configured: set KEYOPS_PKCS11_PIN or KEYOPS_PKCS11_PIN_FILE "
+                          "(a file readable only by its owner)")
+
+
+def find_softhsm_module() -> str | None:
+    for pattern in SOFTHSM_MODULE_GLOBS:
+        for match in sorted(glob.glob(pattern)):
+            return match
+    return None
+
+
+def read_secret_file(path: str | os.PathLike[str], what: str) -> str:
+    """Read a one-line secret, refusing a file that others may read."""
+    p = Path(path)
+    try:
+        st = p.stat()
+    except OSError as exc:
+        raise ConfigError(f"{what} {str(p)!r} cannot be read: {exc.strerror}") from exc
+    if st.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
+        raise ConfigError(f"{what} {str(p)!r} is accessible by group or others "
+                          f"(mode {stat.S_IMODE(st.st_mode):04o}); run 'chmod 600 {p}'")
+    value = p.read_text().strip()
+    if not value:
+        raise ConfigError(f"{what} {str(p)!r} is empty")
+    return value
+
+
+def _read_config_file(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as fh:
+            data = tomllib.load(fh)
+    except OSError as exc:
+        raise ConfigError(f"config file {str(path)!r} cannot be read: {exc.strerror}") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config file {str(path)!r} is not valid TOML: {exc}") from exc
+    section = data.get("keyops", data)
+    secrets = SECRET_FIELDS & set(section)
+    if secrets:
+        raise ConfigError(f"config file {str(path)!r} must not hold secrets ({', '.join(sorted(secrets))}); "
+                          "use the environment or a *_file setting")
+    return dict(section)
+
+
+def _truthy(value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    return str(value).strip().lower() in {"1", "true", "yes", "on"}

@@ -1,0 +1,151 @@
+"""The one exception tree of keyops.
+
+Every message says what failed and what to do about it; none carries key
+material, plaintext or a token. Backend exceptions (hvac, requests, pkcs11)
+are mapped to these at the boundary where they are raised, with ``raise ...
+from`` so that the cause stays visible to a debugger but not in the message.
+"""
+
+from __future__ import annotations
+
+
+class KeyopsError(Exception):
+    """Root of every error keyops raises on purpose."""
+
+    #: Short machine-readable name, used by the CLI (--json) and Ansible output.
+    code = "error"
+    #: Process exit code used by the CLI for this kind of error.
+    exit_code = 1
+
+
+class InvalidInput(KeyopsError, ValueError):
+    """An argument, name, policy or document does not fit its constraints."""
+
+    code = "invalid_input"
+    exit_code = 2
+
+
+class ConfigError(KeyopsError):
+    """Configuration is missing or contradictory."""
+
+    code = "config"
+    exit_code = 3
+
+
+class DecryptionError(KeyopsError):
+    """A ciphertext or wrapped key did not authenticate.
+
+    Deliberately opaque (like ``cryptography.fernet.InvalidToken``): a wrong
+    key, tenant, context, version or a single flipped bit all look the same,
+    so the error cannot serve as an oracle.
+    """
+
+    code = "decryption_failed"
+    exit_code = 4
+
+    def __init__(self, message: str = "decryption failed: the ciphertext is not authentic for this "
+                 "tenant, key version and context") -> None:
+        super().__init__(message)
+
+
+class MalformedCiphertext(InvalidInput):
+    """A ciphertext could not be parsed (truncated, unknown version, bad encoding)."""
+
+    code = "malformed_ciphertext"
+
+
+class NotFound(KeyopsError):
+    code = "not_found"
+    exit_code = 5
+
+
+class TenantNotFound(NotFound):
+    code = "tenant_not_found"
+
+    def __init__(self, tenant: str) -> None:
+        super().__init__(f"tenant {tenant!r} has no keyring; create it with "
+                         f"'keyops tenant create {tenant}'")
+        self.tenant = tenant
+
+
+class KeyNotFound(NotFound):
+    code = "key_not_found"
+
+
+class SecretNotFound(NotFound):
+    code = "secret_not_found"
+
+
+class TenantExists(KeyopsError):
+    code = "tenant_exists"
+    exit_code = 6
+
+
+class Conflict(KeyopsError):
+    """A check-and-set write lost against a concurrent writer."""
+
+    code = "conflict"
+    exit_code = 7
+
+
+class KeyStateError(KeyopsError):
+    """A key version is not in a state that allows the requested operation."""
+
+    code = "key_state"
+    exit_code = 8
+
+
+class UsageCapReached(KeyStateError):
+    code = "usage_cap_reached"
+
+
+class VaultError(KeyopsError):
+    """Vault/OpenBao refused or failed a request."""
+
+    code = "vault"
+    exit_code = 10
+
+
+class VaultUnreachable(VaultError):
+    code = "vault_unreachable"
+    exit_code = 11
+
+
+class VaultSealed(VaultError):
+    code = "vault_sealed"
+    exit_code = 12
+
+
+class AuthenticationFailed(VaultError):
+    code = "authentication_failed"
+    exit_code = 13
+
+
+class PermissionDenied(VaultError):
+    code = "permission_denied"
+    exit_code = 14
+
+
+class HsmError(KeyopsError):
+    code = "hsm"
+    exit_code = 20
+
+
+class HsmUnavailable(HsmError):
+    code = "hsm_unavailable"
+    exit_code = 21
+
+
+class HsmLoginFailed(HsmError):
+    code = "hsm_login_failed"
+    exit_code = 22
+
+
+class HsmKeyNotFound(HsmError, KeyNotFound):
+    code = "hsm_key_not_found"
+    exit_code = 23
+
+
+class DevStackError(KeyopsError):
+    code = "dev_stack"
+    exit_code = 30
