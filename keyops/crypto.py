@@ -1,0 +1,237 @@
+"""AES-256-GCM and keyops' self-describing ciphertext. No I/O.
+
+Binary form (all integers big-endian)::
+
+    offset  size  field
+    0       1     format version (1)
+    1       1     tenant length T, 1..MAX_NAME_LEN
+    2       T     tenant name, ASCII
+    2+T     4     DEK version, 1..2**31-1
+    6+T     12    nonce (random per encryption)
+    18+T    n     AES-GCM ciphertext (n >= 0)
+    18+T+n  16    GCM tag
+
+Text form: ``keyops:v1:<tenant>:<dek version>:<base64(nonce || ciphertext || tag)>``
+(compare Transit's ``vault:v1:``). Both forms carry the same fields.
+
+Associated data binds format version, tenant, DEK version and the caller's
+context (for a stored secret: its name), each length-prefixed, so a
+ciphertext moved to another tenant, version or path fails to authenticate.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import dataclasses
+import os
+import re
+import struct
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from keyops.errors import DecryptionError, MalformedCiphertext
+from keyops.names import MAX_NAME_LEN, validate_tenant
+
+FORMAT_VERSION = 1
+TEXT_PREFIX = "keyops:v1:"
+KEY_SIZE = 32
+NONCE_SIZE = 12
+TAG_SIZE = 16
+MAX_KEY_VERSION = 2**31 - 1
+MAX_CONTEXT_LEN = 4096
+
+_B64_RE = re.compile(r"\A[A-Za-z0-9+/]*={0,2}\Z")
+
+
+def generate_key() -> bytes:
+    """A fresh AES-256 key from the OS CSPRNG."""
+    return AESGCM.generate_key(bit_length=256)
+
+
+def _as_bytes(value: bytes | str, what: str) -> bytes:
+    if isinstance(value, str):
+        return value.encode("utf-8")
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return bytes(value)
+    raise TypeError(f"{what} must be bytes or str, not {type(value).__name__}")
+
+
+def encode_fields(*fields: bytes | str | int) -> bytes:
+    """Canonical, unambiguous encoding: each field length-prefixed (4 bytes)."""
+    out = bytearray()
+    for field in fields:
+        raw = str(field).encode() if isinstance(field, int) else _as_bytes(field, "field")
+        out += struct.pack(">I", len(raw))
+        out += raw
+    return bytes(out)
+
+
+def key_context(tenant: str, level: str, version: int, purpose: str = "wrap") -> bytes:
+    """Associated data for a key wrapped by the level above it.
+
+    A wrapped KEK or DEK copied to another tenant, level or version then fails
+    to unwrap instead of yielding a wrong key.
+    """
+    return encode_fields(b"keyops-key-v1", tenant, level, version, purpose)
+
+
+def secret_aad(tenant: str, dek_version: int, context: bytes | str) -> bytes:
+    return encode_fields(b"keyops-data-v1", FORMAT_VERSION, tenant, dek_version, context)
+
+
+class AeadKey:
+    """An AES-256-GCM key with random 96-bit nonces.
+
+    ``seal`` returns ``nonce || ciphertext || tag``. The key bytes are kept
+    private; the object refuses to be pickled or printed.
+    """
+
+    __slots__ = ("_aead",)
+
+    def __init__(self, key: bytes) -> None:
+        if not isinstance(key, (bytes, bytearray)):
+            raise TypeError("key must be bytes")
+        if len(key) != KEY_SIZE:
+            raise ValueError(f"key must be {KEY_SIZE} bytes (AES-256), got {len(key)}")
+        self._aead = AESGCM(bytes(key))
+
+    def seal(self, plaintext: bytes, aad: bytes, nonce: bytes | None = None) -> bytes:
+        nonce = os.urandom(NONCE_SIZE) if nonce is None else nonce
+        if len(nonce) != NONCE_SIZE:
+            raise ValueError(f"nonce must be {NONCE_SIZE} bytes")
+        return nonce + self._aead.encrypt(nonce, plaintext, aad)
+
+    def open(self, sealed: bytes, aad: bytes) -> bytes:
+        if len(sealed) < NONCE_SIZE + TAG_SIZE:
+            raise DecryptionError()
+        try:
+            return self._aead.decrypt(sealed[:NONCE_SIZE], sealed[NONCE_SIZE:], aad)
+        except InvalidTag:
+            raise DecryptionError() from None
+
+    def __repr__(self) -> str:
+        return "<AeadKey (material hidden)>"
+
+    def __reduce__(self):  # type: ignore[no-untyped-def]
+        raise TypeError("key objects cannot be pickled")
+
+
+@dataclasses.dataclass(frozen=True)
+class Ciphertext:
+    """A parsed keyops ciphertext (no key material, safe to log)."""
+
+    tenant: str
+    dek_version: int
+    nonce: bytes
+    body: bytes  # ciphertext || tag
+
+    @property
+    def sealed(self) -> bytes:
+        return self.nonce + self.body
+
+    def to_bytes(self) -> bytes:
+        t = self.tenant.encode("ascii")
+        return (bytes([FORMAT_VERSION, len(t)]) + t + struct.pack(">I", self.dek_version)
+                + self.nonce + self.body)
+
+    def to_text(self) -> str:
+        payload = base64.b64encode(self.sealed).decode("ascii")
+        return f"{TEXT_PREFIX}{self.tenant}:{self.dek_version}:{payload}"
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> Ciphertext:
+        if not isinstance(data, (bytes, bytearray, memoryview)):
+            raise TypeError("binary ciphertext must be bytes")
+        data = bytes(data)
+        if len(data) < 2:
+            raise MalformedCiphertext("ciphertext is truncated: missing header")
+        if data[0] != FORMAT_VERSION:
+            raise MalformedCiphertext(f"unknown ciphertext format version {data[0]} (this keyops reads 1)")
+        tlen = data[1]
+        if not 1 <= tlen <= MAX_NAME_LEN:
+            raise MalformedCiphertext(f"ciphertext header names a tenant of invalid length {tlen}")
+        need = 2 + tlen + 4 + NONCE_SIZE + TAG_SIZE
+        if len(data) < need:
+            raise MalformedCiphertext(f"ciphertext is truncated: {len(data)} bytes, at least {need} needed")
+        tenant = _parse_tenant(data[2:2 + tlen])
+        (version,) = struct.unpack(">I", data[2 + tlen:6 + tlen])
+        _check_version(version)
+        nonce = data[6 + tlen:6 + tlen + NONCE_SIZE]
+        return cls(tenant, version, nonce, data[6 + tlen + NONCE_SIZE:])
+
+    @classmethod
+    def from_text(cls, text: str | bytes) -> Ciphertext:
+        if isinstance(text, (bytes, bytearray)):
+            try:
+                text = bytes(text).decode("ascii")
+            except UnicodeDecodeError:
+                raise MalformedCiphertext("text ciphertext contains non-ASCII bytes") from None
+        text = text.strip()
+        if not text.startswith("keyops:"):
+            raise MalformedCiphertext("not a keyops ciphertext: expected the prefix 'keyops:v1:'")
+        if not text.startswith(TEXT_PREFIX):
+            version = text.split(":", 2)[1] if text.count(":") >= 2 else "?"
+            raise MalformedCiphertext(f"unknown ciphertext format {version!r} (this keyops reads v1)")
+        parts = text[len(TEXT_PREFIX):].split(":")
+        if len(parts) != 3:
+            raise MalformedCiphertext("malformed ciphertext: expected keyops:v1:<tenant>:<version>:<base64>")
+        tenant_s, version_s, payload = parts
+        tenant = _parse_tenant(tenant_s.encode("ascii"))
+        if not version_s.isdigit() or len(version_s) > 10:
+            raise MalformedCiphertext("malformed ciphertext: DEK version is not a positive integer")
+        version = int(version_s)
+        _check_version(version)
+        if not _B64_RE.match(payload):
+            raise MalformedCiphertext("malformed ciphertext: payload is not base64")
+        try:
+            sealed = base64.b64decode(payload, validate=True)
+        except (binascii.Error, ValueError):
+            raise MalformedCiphertext("malformed ciphertext: payload is not valid base64") from None
+        if len(sealed) < NONCE_SIZE + TAG_SIZE:
+            raise MalformedCiphertext("ciphertext is truncated: payload shorter than nonce and tag")
+        return cls(tenant, version, sealed[:NONCE_SIZE], sealed[NONCE_SIZE:])
+
+    @classmethod
+    def parse(cls, data: str | bytes) -> Ciphertext:
+        """Accept either form: text starts with ``keyops:``, binary with a version byte."""
+        if isinstance(data, str) or bytes(data[:7]) == b"keyops:":
+            return cls.from_text(data)
+        return cls.from_bytes(data)
+
+
+def _parse_tenant(raw: bytes) -> str:
+    try:
+        tenant = raw.decode("ascii")
+    except UnicodeDecodeError:
+        raise MalformedCiphertext("ciphertext header holds a non-ASCII tenant name") from None
+    try:
+        return validate_tenant(tenant)
+    except ValueError:
+        raise MalformedCiphertext("ciphertext header holds an invalid tenant name") from None
+
+
+def _check_version(version: int) -> None:
+    if not 1 <= version <= MAX_KEY_VERSION:
+        raise MalformedCiphertext(f"ciphertext names an invalid DEK version {version}")
+
+
+def encrypt(key: AeadKey, tenant: str, dek_version: int, plaintext: bytes, context: bytes | str = b"",
+            nonce: bytes | None = None) -> Ciphertext:
+    plaintext = _as_bytes(plaintext, "plaintext")
+    ctx = _check_context(context)
+    sealed = key.seal(plaintext, secret_aad(tenant, dek_version, ctx), nonce)
+    return Ciphertext(tenant, dek_version, sealed[:NONCE_SIZE], sealed[NONCE_SIZE:])
+
+
+def decrypt(key: AeadKey, ct: Ciphertext, context: bytes | str = b"") -> bytes:
+    ctx = _check_context(context)
+    return key.open(ct.sealed, secret_aad(ct.tenant, ct.dek_version, ctx))
+
+
+def _check_context(context: bytes | str) -> bytes:
+    ctx = _as_bytes(context, "context")
+    if len(ctx) > MAX_CONTEXT_LEN:
+        raise ValueError(f"context is longer than {MAX_CONTEXT_LEN} bytes")
+    return ctx

@@ -1,0 +1,54 @@
+"""Validation of tenant and secret names before they become Vault paths.
+
+Tenant names are plain ASCII so that look-alike Unicode names (a Cyrillic
+"а" for a Latin "a") cannot alias another tenant. Secret names may have
+``/`` separated segments, but no empty, ``.`` or ``..`` segment.
+"""
+
+from __future__ import annotations
+
+import re
+
+from keyops.errors import InvalidInput
+
+MAX_NAME_LEN = 63
+MAX_SECRET_NAME_LEN = 512
+
+_TENANT_RE = re.compile(r"[a-z0-9](?:[a-z0-9_-]{0,62})")
+_SEGMENT_RE = re.compile(r"[A-Za-z0-9_.@+=,-]+")
+
+
+def _describe(value: object) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def validate_tenant(name: object) -> str:
+    if not isinstance(name, str):
+        raise InvalidInput(f"tenant name must be a string, not {type(name).__name__}")
+    if len(name) > MAX_NAME_LEN:
+        raise InvalidInput(f"tenant name is {len(name)} characters long; at most {MAX_NAME_LEN} are allowed")
+    if not _TENANT_RE.fullmatch(name):
+        raise InvalidInput(
+            f"invalid tenant name {_describe(name)}: use 1-{MAX_NAME_LEN} lowercase ASCII letters, "
+            "digits, '-' or '_', starting with a letter or digit (no '/', '..', spaces or Unicode)")
+    return name
+
+
+def validate_secret_name(name: object) -> str:
+    if not isinstance(name, str):
+        raise InvalidInput(f"secret name must be a string, not {type(name).__name__}")
+    if not name or len(name) > MAX_SECRET_NAME_LEN:
+        raise InvalidInput(f"secret name must be 1-{MAX_SECRET_NAME_LEN} characters long")
+    for segment in name.split("/"):
+        if segment in ("", ".", "..") or not _SEGMENT_RE.fullmatch(segment):
+            raise InvalidInput(
+                f"invalid secret name {_describe(name)}: use '/'-separated segments of ASCII letters, "
+                "digits and '_.@+=,-', with no empty, '.' or '..' segment")
+    return name
+
+
+def validate_version(version: object, what: str = "version") -> int:
+    if isinstance(version, bool) or not isinstance(version, int) or not 1 <= version <= 2**31 - 1:
+        raise InvalidInput(f"{what} must be a positive integer, got {_describe(version)}")
+    return version
