@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import hashlib
 import os
 import threading
 from collections.abc import Iterator
@@ -29,6 +30,14 @@ TAG_BITS = 128
 # Failures of CKM_AES_GCM decryption that mean "not authentic" rather than "HSM broken".
 _NOT_AUTHENTIC = (p11e.EncryptedDataInvalid, p11e.EncryptedDataLenRange, p11e.GeneralError,
                   p11e.FunctionFailed)
+
+
+# (module, token label) -> digest of the PIN this process logged in with.
+_LOGGED_IN: dict[tuple[str, str], bytes] = {}
+
+
+def _pin_digest(pin: str) -> bytes:
+    return hashlib.sha256(b"keyops-pin-check" + pin.encode()).digest()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -81,8 +90,20 @@ class Hsm:
                                  "check KEYOPS_PKCS11_TOKEN or run 'keyops dev up'") from exc
         except p11e.PKCS11Error as exc:
             raise HsmUnavailable(f"the HSM token {self.token_label!r} is unavailable: {type(exc).__name__}") from exc
+        key = (self.module, self.token_label)
         try:
-            return token.open(user_pin=self._pin, rw=True)
+            session = token.open(user_pin=self._pin, rw=True)
+        except p11e.UserAlreadyLoggedIn:
+            # PKCS#11 login is per process: another Hsm of this process logged in
+            # already. Its session state is shared; the PIN must still match.
+            if _LOGGED_IN.get(key) != _pin_digest(self._pin):
+                raise HsmLoginFailed(f"login to HSM token {self.token_label!r} failed: wrong PIN; check "
+                                     "KEYOPS_PKCS11_PIN or KEYOPS_PKCS11_PIN_FILE") from None
+            try:
+                return token.open(rw=True)
+            except p11e.PKCS11Error as exc:
+                raise HsmUnavailable(f"cannot open a session on HSM token {self.token_label!r}: "
+                                     f"{type(exc).__name__}") from exc
         except (p11e.PinIncorrect, p11e.PinLenRange, p11e.PinInvalid) as exc:
             raise HsmLoginFailed(f"login to HSM token {self.token_label!r} failed: wrong PIN; check "
                                  "KEYOPS_PKCS11_PIN or KEYOPS_PKCS11_PIN_FILE") from exc
@@ -92,6 +113,8 @@ class Hsm:
         except p11e.PKCS11Error as exc:
             raise HsmUnavailable(f"cannot open a session on HSM token {self.token_label!r}: "
                                  f"{type(exc).__name__}") from exc
+        _LOGGED_IN[key] = _pin_digest(self._pin)
+        return session
 
     def close(self) -> None:
         with self._lock:

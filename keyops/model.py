@@ -105,8 +105,7 @@ class KeyVersion:
     parent_version: int  # master version (KEK) or KEK version (DEK) that wraps it
     state_changed_at: str | None = None
     uses: int = 0  # DEK: encryptions reserved (an upper bound of those done)
-    escrow: str | None = None  # KEK in Transit: copy wrapped by the master key
-    escrow_parent_version: int | None = None
+    transit_version: int | None = None  # KEK of residence transit: its version in the Transit key
 
     def to_dict(self) -> dict[str, Any]:
         return {k: v for k, v in dataclasses.asdict(self).items() if v is not None}
@@ -147,6 +146,10 @@ class KeyChain:
     @property
     def primary_key(self) -> KeyVersion:
         return self.get(self.primary)
+
+    @property
+    def empty(self) -> bool:
+        return not self.versions
 
     @property
     def latest_version(self) -> int:
@@ -191,13 +194,13 @@ class Keyring:
     # --- lifecycle -----------------------------------------------------------------
 
     def add_version(self, level: str, wrapped: str, parent_version: int, now: dt.datetime,
-                    escrow: str | None = None, escrow_parent_version: int | None = None) -> Keyring:
+                    transit_version: int | None = None) -> Keyring:
         """Add a new primary version; the old primary becomes decrypt_only."""
         chain = self.chain(level)
         stamp = format_time(now)
         new = KeyVersion(version=chain.latest_version + 1, state="active", created_at=stamp,
                          wrapped=wrapped, parent_version=parent_version, state_changed_at=stamp,
-                         escrow=escrow, escrow_parent_version=escrow_parent_version)
+                         transit_version=transit_version)
         versions = tuple(
             dataclasses.replace(kv, state="decrypt_only", state_changed_at=stamp)
             if kv.state == "active" else kv for kv in chain.versions)

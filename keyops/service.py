@@ -1,0 +1,674 @@
+"""Operations: the one API that the CLI and the Ansible modules share.
+
+``Keyops`` composes the hierarchy: the HSM master key (PKCS#11) wraps KEKs,
+a KEK (an in-memory AES key, or a Transit key for residence ``transit``)
+wraps DEKs, DEKs encrypt data. Keyrings are read and written with
+check-and-set; unwrapped keys are cached per process with a bound, so a hot
+path costs no HSM and no Vault call.
+"""
+
+from __future__ import annotations
+
+import base64
+import collections
+import contextlib
+import dataclasses
+import datetime as dt
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any
+
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import padding, rsa
+from cryptography.hazmat.primitives.keywrap import aes_key_wrap_with_padding
+
+from keyops import crypto
+from keyops.config import Config
+from keyops.errors import (
+    Conflict,
+    DecryptionError,
+    InvalidInput,
+    KeyopsError,
+    KeyStateError,
+    NotFound,
+    SecretNotFound,
+    TenantExists,
+    TenantNotFound,
+    UsageCapReached,
+)
+from keyops.hsm import Hsm
+from keyops.model import (
+    Due,
+    KeyChain,
+    Keyring,
+    Policy,
+    age_days,
+    due_rotations,
+    format_time,
+    next_due,
+    utcnow,
+)
+from keyops.names import validate_secret_name, validate_tenant
+from keyops.vault import CallCounter, VaultStore
+from keyops.wrappers import AeadWrapper, KeyWrapper, Pkcs11Wrapper, TransitWrapper
+
+MASTER_PATH = "master"
+RECORD_SCHEMA = 1
+CAS_RETRIES = 8
+#: First block of DEK uses a process reserves; it doubles up to the maximum,
+#: so a busy process writes the keyring rarely and an idle one wastes little.
+FIRST_RESERVATION = 4096
+MAX_RESERVATION = 1 << 20
+
+
+def keyring_path(tenant: str) -> str:
+    return f"tenants/{tenant}/keyring"
+
+
+def jobs_path(tenant: str) -> str:
+    return f"tenants/{tenant}/jobs"
+
+
+def secret_path(tenant: str, name: str) -> str:
+    return f"secrets/{tenant}/{name}"
+
+
+def transit_key_name(tenant: str) -> str:
+    return f"keyops-{tenant}"
+
+
+def secret_context(name: str) -> bytes:
+    return b"secret:" + name.encode("utf-8")
+
+
+def b64e(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")
+
+
+def b64d(text: str) -> bytes:
+    return base64.b64decode(text.encode("ascii"), validate=True)
+
+
+# --- results (no key material in any of them) ------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class VersionStatus:
+    version: int
+    state: str
+    created_at: str
+    age_days: float
+    parent_version: int
+    uses: int | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class LevelStatus:
+    level: str
+    primary: int
+    period_days: int
+    next_due: str
+    versions: tuple[VersionStatus, ...]
+
+
+@dataclasses.dataclass(frozen=True)
+class TenantStatus:
+    tenant: str
+    residence: str
+    policy: Mapping[str, Any]
+    created_at: str
+    kek: LevelStatus
+    dek: LevelStatus
+    dek_usage: int
+    dek_usage_cap: int
+    due: tuple[Due, ...]
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclasses.dataclass(frozen=True)
+class MasterVersion:
+    version: int
+    label: str
+    state: str
+    created_at: str
+
+
+@dataclasses.dataclass(frozen=True)
+class MasterRegistry:
+    primary: int
+    versions: tuple[MasterVersion, ...]
+
+    def get(self, version: int) -> MasterVersion:
+        for mv in self.versions:
+            if mv.version == version:
+                return mv
+        raise KeyStateError(f"master key version {version} is not registered")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"schema": 1, "primary": self.primary, "versions": [dataclasses.asdict(v) for v in self.versions]}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> MasterRegistry:
+        return cls(int(data["primary"]), tuple(MasterVersion(**v) for v in data["versions"]))
+
+
+@dataclasses.dataclass(frozen=True)
+class TenantResult:
+    tenant: str
+    changed: bool
+    keyring: Keyring | None
+
+    @property
+    def kek_version(self) -> int | None:
+        return self.keyring.kek.primary if self.keyring else None
+
+    @property
+    def dek_version(self) -> int | None:
+        return self.keyring.dek.primary if self.keyring else None
+
+
+@dataclasses.dataclass(frozen=True)
+class SecretResult:
+    tenant: str
+    name: str
+    changed: bool
+    version: int | None  # KV version of the record
+    dek_version: int | None
+
+
+@dataclasses.dataclass(frozen=True)
+class SecretRecord:
+    """A stored record as read, with the KV version needed for check-and-set."""
+
+    tenant: str
+    name: str
+    ciphertext: str
+    dek_version: int
+    kv_version: int
+
+
+# --- caches -----------------------------------------------------------------------------
+
+
+class _LruCache:
+    def __init__(self, maxsize: int) -> None:
+        self.maxsize = maxsize
+        self._data: collections.OrderedDict[Any, Any] = collections.OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key: Any) -> Any:
+        with self._lock:
+            value = self._data.get(key)
+            if value is not None:
+                self._data.move_to_end(key)
+            return value
+
+    def put(self, key: Any, value: Any) -> None:
+        with self._lock:
+            self._data[key] = value
+            self._data.move_to_end(key)
+            while len(self._data) > self.maxsize:
+                self._data.popitem(last=False)
+
+    def discard_tenant(self, tenant: str) -> None:
+        with self._lock:
+            for key in [k for k in self._data if k[0] == tenant]:
+                del self._data[key]
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+
+@dataclasses.dataclass
+class _Reservation:
+    dek_version: int
+    next: int
+    end: int
+    block: int
+    taken_at: float
+
+
+# --- the API ------------------------------------------------------------------------------
+
+
+AuditSink = Callable[..., None]
+
+
+class Keyops:
+    def __init__(self, config: Config | None = None, *, store: VaultStore | None = None, hsm: Hsm | None = None,
+                 cache_size: int = 1024, keyring_ttl: float = 30.0, clock: Callable[[], dt.datetime] = utcnow,
+                 audit: AuditSink | None = None, pool_size: int = 16) -> None:
+        self.config = config or Config.load()
+        self.calls = store.calls if store else CallCounter()
+        self.store = store or VaultStore(self.config, counter=self.calls, pool_size=pool_size)
+        self._hsm = hsm
+        self.clock = clock
+        self.keyring_ttl = keyring_ttl
+        self.audit = audit
+        self._keys = _LruCache(cache_size)
+        self._keyrings: dict[str, tuple[Keyring, int, float]] = {}
+        self._reservations: dict[str, _Reservation] = {}
+        self._tenant_locks: collections.defaultdict[str, threading.Lock] = collections.defaultdict(threading.Lock)
+        self._lock = threading.Lock()
+
+    @property
+    def hsm(self) -> Hsm:
+        """Opened on first use: apps of residence ``transit`` never need the PIN."""
+        if self._hsm is None:
+            self._hsm = Hsm.from_config(self.config, counter=self.calls)
+        return self._hsm
+
+    def close(self) -> None:
+        if self._hsm is not None:
+            self._hsm.close()
+
+    def __enter__(self) -> Keyops:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # --- audit ----------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def _op(self, operation: str, **fields: Any) -> Iterator[dict[str, Any]]:
+        """Emit one audit event for the operation, with its result."""
+        event: dict[str, Any] = dict(fields)
+        try:
+            yield event
+        except KeyopsError as exc:
+            self._emit(operation, result=f"error:{exc.code}", **event)
+            raise
+        else:
+            self._emit(operation, result="ok", **event)
+
+    def _emit(self, operation: str, **fields: Any) -> None:
+        if self.audit is not None:
+            self.audit(operation, **fields)
+
+    # --- master key -----------------------------------------------------------------------
+
+    def read_master(self) -> tuple[MasterRegistry, int] | None:
+        found = self.store.read(MASTER_PATH)
+        if found is None:
+            return None
+        return MasterRegistry.from_dict(found[0]), found[1]
+
+    def master_label(self, version: int) -> str:
+        return f"{self.config.master_key_label}-v{version}"
+
+    def ensure_master(self, dry_run: bool = False) -> tuple[MasterRegistry, bool]:
+        """The master key exists on the token and is registered in KV. Returns (registry, changed)."""
+        found = self.read_master()
+        if found is not None:
+            registry = found[0]
+            label = registry.get(registry.primary).label
+            if self.hsm.has_key(label):
+                return registry, False
+            raise KeyStateError(f"master key {label!r} is registered in Vault but missing from HSM token "
+                                f"{self.config.pkcs11_token_label!r}; point keyops at the right token")
+        label = self.master_label(1)
+        registry = MasterRegistry(1, (MasterVersion(1, label, "active", format_time(self.clock())),))
+        if dry_run:
+            return registry, True
+        with self._op("master.create", level="master", versions=[1]):
+            self.hsm.ensure_key(label)
+            self.store.write(MASTER_PATH, registry.to_dict(), cas=0)
+        return registry, True
+
+    def master_wrapper(self, version: int | None = None) -> tuple[int, Pkcs11Wrapper]:
+        found = self.read_master()
+        if found is None:
+            raise NotFound("no master key is registered; run 'keyops dev up' or the master_key module first")
+        registry = found[0]
+        version = registry.primary if version is None else version
+        mv = registry.get(version)
+        if mv.state not in ("active", "decrypt_only"):
+            raise KeyStateError(f"master key version {version} is {mv.state}")
+        return version, Pkcs11Wrapper(self.hsm, mv.label)
+
+    # --- keyrings -------------------------------------------------------------------------
+
+    def read_keyring(self, tenant: str) -> tuple[Keyring, int]:
+        tenant = validate_tenant(tenant)
+        found = self.store.read(keyring_path(tenant))
+        if found is None:
+            raise TenantNotFound(tenant)
+        keyring = Keyring.from_dict(found[0])
+        self._keyrings[tenant] = (keyring, found[1], time.monotonic())
+        return keyring, found[1]
+
+    def write_keyring(self, keyring: Keyring, cas: int) -> int:
+        version = self.store.write(keyring_path(keyring.tenant), keyring.to_dict(), cas=cas)
+        self._keyrings[keyring.tenant] = (keyring, version, time.monotonic())
+        return version
+
+    def update_keyring(self, tenant: str, change: Callable[[Keyring], Keyring]) -> tuple[Keyring, int]:
+        """Read, change, write with check-and-set; retry on a lost race."""
+        for _ in range(CAS_RETRIES):
+            keyring, version = self.read_keyring(tenant)
+            new = change(keyring)
+            if new == keyring:
+                return keyring, version
+            try:
+                return new, self.write_keyring(new, cas=version)
+            except Conflict:
+                continue
+        raise Conflict(f"keyring of tenant {tenant!r} kept changing under {CAS_RETRIES} attempts; retry later")
+
+    def _cached_keyring(self, tenant: str) -> Keyring:
+        cached = self._keyrings.get(tenant)
+        if cached is not None and time.monotonic() - cached[2] < self.keyring_ttl:
+            return cached[0]
+        return self.read_keyring(tenant)[0]
+
+    def list_tenants(self) -> list[str]:
+        return sorted(k.rstrip("/") for k in self.store.list("tenants") if k.endswith("/"))
+
+    def get_tenant(self, tenant: str) -> Keyring:
+        return self.read_keyring(tenant)[0]
+
+    def create_tenant(self, tenant: str, policy: Policy | None = None, dry_run: bool = False) -> TenantResult:
+        """Create the tenant's keyring with its first KEK and DEK.
+
+        Idempotent: an existing complete keyring with the same policy is
+        ``changed=False``; one with another policy raises ``TenantExists``
+        (use ``update_policy``). A keyring left half-made by a crash is
+        completed.
+        """
+        tenant = validate_tenant(tenant)
+        policy = policy or Policy()
+        try:
+            keyring, version = self.read_keyring(tenant)
+        except TenantNotFound:
+            keyring, version = None, 0
+        if keyring is not None and not keyring.dek.empty:
+            if keyring.policy != policy:
+                raise TenantExists(f"tenant {tenant!r} exists with another policy; update it with "
+                                   "'keyops tenant update' (or the tenant module) instead")
+            return TenantResult(tenant, False, keyring)
+        if dry_run:
+            return TenantResult(tenant, True, keyring)
+        with self._op("tenant.create", tenant=tenant, level="kek+dek") as event:
+            if keyring is None:
+                keyring, version = self._create_kek_first(tenant, policy)
+            elif keyring.policy != policy:
+                raise TenantExists(f"tenant {tenant!r} is half-made with another policy; re-run with its policy")
+            keyring = self._finish_tenant(keyring, version)
+            event["versions"] = {"kek": keyring.kek.primary, "dek": keyring.dek.primary}
+        return TenantResult(tenant, True, keyring)
+
+    def _create_kek_first(self, tenant: str, policy: Policy) -> tuple[Keyring, int]:
+        # Step 1: the KEK, wrapped by the master key, is stored before anything
+        # else, so that a crash later never leaves a key we cannot recover.
+        master_version, master = self.master_wrapper()
+        kek = crypto.generate_key()
+        now = self.clock()
+        wrapped = master.wrap(kek, crypto.key_context(tenant, "kek", 1))
+        keyring = Keyring(tenant=tenant, policy=policy, created_at=format_time(now),
+                          kek=KeyChain(0, ()), dek=KeyChain(0, ()))
+        keyring = keyring.add_version("kek", b64e(wrapped), master_version, now,
+                                      transit_version=1 if policy.kek_residence == "transit" else None)
+        try:
+            version = self.write_keyring(keyring, cas=0)
+        except Conflict as exc:
+            raise Conflict(f"tenant {tenant!r} is being created by another process; re-run to see its state") from exc
+        return keyring, version
+
+    def _finish_tenant(self, keyring: Keyring, version: int) -> Keyring:
+        tenant = keyring.tenant
+        kek_version = keyring.kek.primary
+        if keyring.policy.kek_residence == "transit":
+            self._ensure_transit_kek(keyring, kek_version)
+        dek = crypto.generate_key()
+        wrapper = self._kek_wrapper(keyring, kek_version)
+        wrapped = wrapper.wrap(dek, crypto.key_context(tenant, "dek", 1))
+        new = keyring.add_version("dek", b64e(wrapped), kek_version, self.clock())
+        try:
+            self.write_keyring(new, cas=version)
+        except Conflict as exc:
+            raise Conflict(f"tenant {tenant!r} is being created by another process; re-run to see its state") from exc
+        return new
+
+    # --- KEKs -----------------------------------------------------------------------------
+
+    def unwrap_kek(self, keyring: Keyring, kek_version: int) -> bytes:
+        """The KEK's bytes, unwrapped by the master key (an HSM call unless cached)."""
+        kv = keyring.kek.get(kek_version)
+        cache_key = (keyring.tenant, "kek", kek_version, kv.wrapped)
+        cached = self._keys.get(cache_key)
+        if cached is not None:
+            return cached
+        _, master = self.master_wrapper(kv.parent_version)
+        kek = master.unwrap(b64d(kv.wrapped), crypto.key_context(keyring.tenant, "kek", kek_version))
+        self._keys.put(cache_key, kek)
+        return kek
+
+    def _kek_wrapper(self, keyring: Keyring, kek_version: int) -> KeyWrapper:
+        kv = keyring.kek.get(kek_version)
+        if keyring.policy.kek_residence == "transit":
+            return TransitWrapper(self.store, transit_key_name(keyring.tenant), kv.transit_version or kek_version)
+        return AeadWrapper(self.unwrap_kek(keyring, kek_version))
+
+    def _ensure_transit_kek(self, keyring: Keyring, kek_version: int) -> None:
+        """Import the KEK into the tenant's Transit key unless it is there already.
+
+        An existing version is checked to hold our KEK (Transit encrypts a
+        probe, we decrypt it locally), so a crash between import and keyring
+        write is recovered and a foreign key of the same name is refused.
+        """
+        tenant = keyring.tenant
+        name = transit_key_name(tenant)
+        kv = keyring.kek.get(kek_version)
+        tv = kv.transit_version or kek_version
+        kek = self.unwrap_kek(keyring, kek_version)
+        info = self.store.transit_read_key(name)
+        latest = int(info["latest_version"]) if info else 0
+        if latest >= tv:
+            self._check_transit_version(name, tv, kek)
+            return
+        if latest != tv - 1:
+            raise KeyStateError(f"Transit key {name!r} is at version {latest}, but KEK version {kek_version} "
+                                f"expects Transit version {tv}; inspect the key before continuing")
+        if info is not None and not info.get("imported_key", True):
+            raise KeyStateError(f"Transit key {name!r} exists but was not imported by keyops; remove it or "
+                                "rename the tenant's Transit key")
+        self.store.transit_import(name, _byok_ciphertext(self.store.transit_wrapping_key(), kek),
+                                  new_version=latest > 0)
+        self._check_transit_version(name, tv, kek)
+
+    def _check_transit_version(self, name: str, transit_version: int, kek: bytes) -> None:
+        probe_ctx = b"keyops-transit-probe"
+        ct = self.store.transit_encrypt(name, b"keyops probe", probe_ctx, key_version=transit_version)
+        try:
+            body = base64.b64decode(ct.split(":", 2)[2])
+            crypto.AeadKey(kek).open(body, probe_ctx)
+        except (DecryptionError, ValueError, IndexError) as exc:
+            raise KeyStateError(f"Transit key {name!r} version {transit_version} does not hold this tenant's "
+                                "KEK; it was made by something else") from exc
+
+    # --- DEKs -----------------------------------------------------------------------------
+
+    def dek(self, tenant: str, version: int) -> crypto.AeadKey:
+        """The unwrapped DEK ``version``: from the cache, else unwrapped through its KEK."""
+        keyring = self._cached_keyring(tenant)
+        try:
+            kv = keyring.dek.get(version)
+        except NotFound:
+            keyring = self.read_keyring(tenant)[0]
+            kv = keyring.dek.get(version)
+        if not kv.usable_for_decrypt:
+            raise KeyStateError(f"DEK version {version} of tenant {tenant!r} is {kv.state}; "
+                                "it no longer decrypts")
+        cache_key = (tenant, "dek", version, kv.wrapped)
+        key = self._keys.get(cache_key)
+        if key is None:
+            wrapper = self._kek_wrapper(keyring, kv.parent_version)
+            raw = wrapper.unwrap(b64d(kv.wrapped), crypto.key_context(tenant, "dek", version))
+            key = crypto.AeadKey(raw)
+            self._keys.put(cache_key, key)
+        return key
+
+    def _take_use(self, tenant: str) -> int:
+        """One encryption of the primary DEK; reserves a block of uses when out."""
+        with self._tenant_locks[tenant]:
+            r = self._reservations.get(tenant)
+            if r is None or r.next >= r.end or time.monotonic() - r.taken_at >= self.keyring_ttl:
+                r = self._reserve(tenant, r)
+            r.next += 1
+            return r.dek_version
+
+    def _reserve(self, tenant: str, previous: _Reservation | None) -> _Reservation:
+        block = FIRST_RESERVATION if previous is None else min(previous.block * 2, MAX_RESERVATION)
+        if previous is not None and previous.next < previous.end:
+            # Stale but unspent: re-validate the primary with one read, without spending more.
+            keyring = self.read_keyring(tenant)[0]
+            if keyring.dek.primary == previous.dek_version:
+                previous.taken_at = time.monotonic()
+                return previous
+        got: list[int] = []
+
+        def change(keyring: Keyring) -> Keyring:
+            primary = keyring.dek.primary_key
+            if primary.state != "active":
+                raise KeyStateError(f"the primary DEK of tenant {tenant!r} is {primary.state}")
+            new, start, end = keyring.reserve_uses(block)
+            got[:] = [primary.version, start, end]
+            return new
+
+        self.update_keyring(tenant, change)
+        version, start, end = got
+        if end <= start:
+            raise UsageCapReached(f"DEK version {version} of tenant {tenant!r} reached its usage cap; rotate the "
+                                  f"DEK: keyops rotate --tenant {tenant} --level dek")
+        r = _Reservation(version, start, end, block, time.monotonic())
+        self._reservations[tenant] = r
+        return r
+
+    # --- data -----------------------------------------------------------------------------
+
+    def encrypt_ciphertext(self, tenant: str, plaintext: bytes, context: bytes | str = b"") -> crypto.Ciphertext:
+        tenant = validate_tenant(tenant)
+        version = self._take_use(tenant)
+        return crypto.encrypt(self.dek(tenant, version), tenant, version, plaintext, context)
+
+    def encrypt(self, tenant: str, plaintext: bytes, context: bytes | str = b"") -> str:
+        """Encrypt for ``tenant``; the text form ``keyops:v1:...``."""
+        return self.encrypt_ciphertext(tenant, plaintext, context).to_text()
+
+    def decrypt(self, tenant: str, ciphertext: str | bytes | crypto.Ciphertext, context: bytes | str = b"") -> bytes:
+        tenant = validate_tenant(tenant)
+        ct = ciphertext if isinstance(ciphertext, crypto.Ciphertext) else crypto.Ciphertext.parse(ciphertext)
+        if ct.tenant != tenant:
+            # Same opaque error as a wrong key: a ciphertext of another tenant is not authentic here.
+            raise DecryptionError()
+        return crypto.decrypt(self.dek(tenant, ct.dek_version), ct, context)
+
+    # --- secrets ----------------------------------------------------------------------------
+
+    def read_record(self, tenant: str, name: str) -> SecretRecord | None:
+        tenant, name = validate_tenant(tenant), validate_secret_name(name)
+        found = self.store.read(secret_path(tenant, name))
+        if found is None:
+            return None
+        data, version = found
+        try:
+            return SecretRecord(tenant, name, str(data["ciphertext"]), int(data["dek_version"]), version)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise InvalidInput(f"secret {name!r} of tenant {tenant!r} is not a keyops record") from exc
+
+    def write_record(self, tenant: str, name: str, ct: crypto.Ciphertext, cas: int) -> int:
+        record = {"schema": RECORD_SCHEMA, "ciphertext": ct.to_text(), "dek_version": ct.dek_version,
+                  "updated_at": format_time(self.clock())}
+        return self.store.write(secret_path(tenant, name), record, cas=cas)
+
+    def get_secret(self, tenant: str, name: str) -> bytes:
+        record = self.read_record(tenant, name)
+        if record is None:
+            raise SecretNotFound(f"tenant {tenant!r} has no secret {name!r}")
+        return self.decrypt(tenant, record.ciphertext, secret_context(name))
+
+    def put_secret(self, tenant: str, name: str, value: bytes | str, dry_run: bool = False) -> SecretResult:
+        """Store ``value`` encrypted; no write (``changed=False``) when it is already stored."""
+        tenant, name = validate_tenant(tenant), validate_secret_name(name)
+        value = value.encode("utf-8") if isinstance(value, str) else bytes(value)
+        self._cached_keyring(tenant)  # a clear TenantNotFound before anything else
+        for _ in range(CAS_RETRIES):
+            record = self.read_record(tenant, name)
+            if record is not None and self.decrypt(tenant, record.ciphertext, secret_context(name)) == value:
+                return SecretResult(tenant, name, False, record.kv_version, record.dek_version)
+            if dry_run:
+                return SecretResult(tenant, name, True, record.kv_version if record else None, None)
+            ct = self.encrypt_ciphertext(tenant, value, secret_context(name))
+            try:
+                version = self.write_record(tenant, name, ct, cas=record.kv_version if record else 0)
+            except Conflict:
+                continue
+            return SecretResult(tenant, name, True, version, ct.dek_version)
+        raise Conflict(f"secret {name!r} of tenant {tenant!r} kept changing; retry later")
+
+    def list_secrets(self, tenant: str, prefix: str = "") -> list[str]:
+        tenant = validate_tenant(tenant)
+        self._cached_keyring(tenant)
+        out: list[str] = []
+        pending = [prefix.strip("/")]
+        while pending:
+            folder = pending.pop()
+            path = f"secrets/{tenant}/{folder}".rstrip("/")
+            for key in self.store.list(path):
+                full = f"{folder}/{key}".lstrip("/") if folder else key
+                if key.endswith("/"):
+                    pending.append(full.rstrip("/"))
+                else:
+                    out.append(full)
+        return sorted(out)
+
+    def delete_secret(self, tenant: str, name: str, dry_run: bool = False) -> bool:
+        """Remove the record and its history. False when there was nothing to delete."""
+        tenant, name = validate_tenant(tenant), validate_secret_name(name)
+        if self.read_record(tenant, name) is None:
+            return False
+        if not dry_run:
+            self.store.delete_all_versions(secret_path(tenant, name))
+        return True
+
+    # --- status -----------------------------------------------------------------------------
+
+    def tenant_status(self, tenant: str, keyring: Keyring | None = None) -> TenantStatus:
+        keyring = keyring or self.read_keyring(tenant)[0]
+        now = self.clock()
+
+        def level(name: str) -> LevelStatus:
+            chain = keyring.chain(name)
+            versions = tuple(
+                VersionStatus(kv.version, kv.state, kv.created_at, round(age_days(kv.created_at, now), 2),
+                              kv.parent_version, kv.uses if name == "dek" else None)
+                for kv in chain.versions)
+            return LevelStatus(name, chain.primary, keyring.policy.period_days(name),
+                               format_time(next_due(keyring, name)) if not chain.empty else "", versions)
+
+        if keyring.dek.empty:
+            raise KeyStateError(f"tenant {tenant!r} is half-made (no DEK yet); re-run 'keyops tenant create'")
+        return TenantStatus(
+            tenant=keyring.tenant, residence=keyring.policy.kek_residence, policy=keyring.policy.to_dict(),
+            created_at=keyring.created_at, kek=level("kek"), dek=level("dek"),
+            dek_usage=keyring.dek.primary_key.uses, dek_usage_cap=keyring.policy.dek_usage_cap,
+            due=tuple(due_rotations(keyring, now)))
+
+    def status(self, tenant: str | None = None) -> list[TenantStatus]:
+        tenants = [validate_tenant(tenant)] if tenant else self.list_tenants()
+        return [self.tenant_status(t) for t in tenants]
+
+
+def _byok_ciphertext(wrapping_key_pem: str, key: bytes) -> str:
+    """Transit's BYOK format: RSA-OAEP(SHA-256) of an ephemeral AES-256 key, then AES-KWP of ``key``."""
+    public = serialization.load_pem_public_key(wrapping_key_pem.encode("ascii"))
+    if not isinstance(public, rsa.RSAPublicKey):
+        raise KeyStateError("Transit's wrapping key is not an RSA key")
+    ephemeral = crypto.generate_key()
+    wrapped_ephemeral = public.encrypt(
+        ephemeral, padding.OAEP(mgf=padding.MGF1(hashes.SHA256()), algorithm=hashes.SHA256(), label=None))
+    return b64e(wrapped_ephemeral + aes_key_wrap_with_padding(ephemeral, key))
