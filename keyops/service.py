@@ -404,6 +404,7 @@ class Keyops:
     def _create_kek_first(self, tenant: str, policy: Policy) -> tuple[Keyring, int]:
         # Step 1: the KEK, wrapped by the master key, is stored before anything
         # else, so that a crash later never leaves a key we cannot recover.
+        self.ensure_master()
         master_version, master = self.master_wrapper()
         kek = crypto.generate_key()
         now = self.clock()

@@ -1,0 +1,58 @@
+"""``keyops``: the command line. Thin over ``keyops.service``.
+
+One domain error type is turned into exit codes here, at the edge: each
+``KeyopsError`` subclass carries its ``exit_code``; messages go to stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import sys
+from collections.abc import Sequence
+
+from keyops.errors import KeyopsError
+
+#: Modules under keyops.cli that each register one command with ``add_parser``.
+COMMANDS = ("dev", "tenant", "secret", "data", "status")
+OPTIONAL_COMMANDS = ("rotate", "reencrypt", "migrate", "lifecycle", "policy", "audit")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="keyops", description="Envelope-encryption key management on Vault/OpenBao with an HSM master key.")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name in COMMANDS:
+        importlib.import_module(f"keyops.cli.{name}").add_parser(sub)
+    for name in OPTIONAL_COMMANDS:
+        try:
+            module = importlib.import_module(f"keyops.cli.{name}")
+        except ModuleNotFoundError as exc:
+            if exc.name != f"keyops.cli.{name}":
+                raise
+            continue
+        module.add_parser(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except KeyopsError as exc:
+        if getattr(args, "json", False):
+            print(json.dumps({"error": exc.code, "message": str(exc)}), file=sys.stderr)
+        else:
+            print(f"keyops: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("keyops: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
