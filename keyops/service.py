@@ -274,7 +274,7 @@ class Keyops:
     # --- audit ----------------------------------------------------------------------------
 
     @contextlib.contextmanager
-    def _op(self, operation: str, **fields: Any) -> Iterator[dict[str, Any]]:
+    def audited(self, operation: str, **fields: Any) -> Iterator[dict[str, Any]]:
         """Emit one audit event for the operation, with its result."""
         event: dict[str, Any] = dict(fields)
         try:
@@ -314,7 +314,7 @@ class Keyops:
         registry = MasterRegistry(1, (MasterVersion(1, label, "active", format_time(self.clock())),))
         if dry_run:
             return registry, True
-        with self._op("master.create", level="master", versions=[1]):
+        with self.audited("master.create", level="master", versions=[1]):
             self.hsm.ensure_key(label)
             self.store.write(MASTER_PATH, registry.to_dict(), cas=0)
         return registry, True
@@ -392,7 +392,7 @@ class Keyops:
             return TenantResult(tenant, False, keyring)
         if dry_run:
             return TenantResult(tenant, True, keyring)
-        with self._op("tenant.create", tenant=tenant, level="kek+dek") as event:
+        with self.audited("tenant.create", tenant=tenant, level="kek+dek") as event:
             if keyring is None:
                 keyring, version = self._create_kek_first(tenant, policy)
             elif keyring.policy != policy:
