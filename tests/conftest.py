@@ -1,0 +1,140 @@
+"""Shared fixtures: the real OpenBao server and SoftHSM2 token the suite starts itself.
+
+* ``stack`` (session): a ``DevStack`` in a temporary folder on free ports, up
+  for the whole session, stopped at the end (also on Ctrl-C or SIGTERM; and
+  Linux stops bao if pytest itself is killed).
+* ``config`` (session): ``stack.config()``, a ``keyops.config.Config`` for it.
+* ``hsm_env`` (session): the SoftHSM2 environment; ``SOFTHSM2_CONF`` is put in
+  ``os.environ`` before the first test runs, because SoftHSM2 reads it once
+  per process, at ``C_Initialize``.
+* ``vault_client`` (session): an ``hvac.Client`` with the root token, for
+  checks that must not go through the code under test.
+* ``stack_factory`` (function): more stacks in their own folders, for tests
+  that stop, restart or break one; each is stopped after the test.
+
+Integration tests never skip: a missing SoftHSM2 or bao is an error, and a
+test marked ``integration`` that skips anyway is reported as failed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from keyops.config import Config
+from keyops.devstack import DevStack, free_port
+
+_INTEGRATION_DIR = Path(__file__).parent / "integration"
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Everything under tests/integration is an integration test, marked or not."""
+    for item in items:
+        if _INTEGRATION_DIR in Path(str(item.path)).parents:
+            item.add_marker(pytest.mark.integration)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[Any]) -> Iterator[None]:
+    outcome = yield
+    report = outcome.get_result()
+    if report.skipped and item.get_closest_marker("integration") and not hasattr(report, "wasxfail"):
+        reason = report.longrepr[-1] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+        report.outcome = "failed"
+        report.longrepr = (f"integration test {item.nodeid} was skipped ({reason}); integration tests must run "
+                           "against the real OpenBao and SoftHSM2 (see scripts/setup.sh)")
+
+
+@pytest.fixture(scope="session")
+def stack_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("keyops-stack")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _softhsm2_conf(stack_dir: Path) -> Iterator[None]:
+    """Point SoftHSM2 at the session stack's token folder before any test can load it."""
+    conf = DevStack(stack_dir).softhsm_conf
+    old = os.environ.get("SOFTHSM2_CONF")
+    os.environ["SOFTHSM2_CONF"] = str(conf)
+    yield
+    if old is None:
+        os.environ.pop("SOFTHSM2_CONF", None)
+    else:
+        os.environ["SOFTHSM2_CONF"] = old
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    """Let SIGTERM unwind like Ctrl-C, so finalizers stop the servers."""
+
+    def handler(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    try:
+        previous = signal.signal(signal.SIGTERM, handler)
+    except ValueError:  # not the main thread
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+@pytest.fixture(scope="session")
+def stack(stack_dir: Path) -> Iterator[DevStack]:
+    devstack = DevStack(stack_dir, port=free_port(), die_with_parent=True)
+    with _sigterm_as_interrupt():
+        try:
+            devstack.up()
+            yield devstack
+        finally:
+            devstack.down()
+
+
+@pytest.fixture(scope="session")
+def config(stack: DevStack) -> Config:
+    return stack.config()
+
+
+@pytest.fixture(scope="session")
+def hsm_env(stack: DevStack) -> dict[str, str]:
+    env = {k: v for k, v in stack.env().items()
+           if k in {"SOFTHSM2_CONF", "KEYOPS_PKCS11_MODULE", "KEYOPS_PKCS11_TOKEN", "KEYOPS_PKCS11_PIN_FILE"}}
+    assert os.environ.get("SOFTHSM2_CONF") == env["SOFTHSM2_CONF"]
+    return env
+
+
+@pytest.fixture(scope="session")
+def vault_client(stack: DevStack) -> Any:
+    import hvac
+    import requests
+
+    session = requests.Session()
+    session.trust_env = False  # no proxy from the environment for 127.0.0.1
+    return hvac.Client(url=stack.addr, token=stack.env()["VAULT_TOKEN"], session=session)
+
+
+@pytest.fixture
+def stack_factory(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[..., DevStack]]:
+    """``stack_factory(port=None)`` -> a new, not yet started DevStack in its own folder."""
+    made: list[DevStack] = []
+
+    def make(port: int | None = None, **kwargs: Any) -> DevStack:
+        devstack = DevStack(tmp_path_factory.mktemp("keyops-extra-stack"), port=port, die_with_parent=True,
+                            **kwargs)
+        made.append(devstack)
+        return devstack
+
+    with _sigterm_as_interrupt():
+        try:
+            yield make
+        finally:
+            for devstack in made:
+                devstack.down()
