@@ -401,6 +401,45 @@ class Keyops:
             event["versions"] = {"kek": keyring.kek.primary, "dek": keyring.dek.primary}
         return TenantResult(tenant, True, keyring)
 
+    def update_policy(self, tenant: str, policy: Policy, dry_run: bool = False) -> TenantResult:
+        """Change periods and usage cap. The residence is fixed once a tenant exists."""
+        keyring, version = self.read_keyring(tenant)
+        if policy.kek_residence != keyring.policy.kek_residence:
+            raise InvalidInput(f"tenant {tenant!r} has KEK residence {keyring.policy.kek_residence!r}; the "
+                               "residence cannot change in place (create a new tenant and migrate)")
+        if policy == keyring.policy:
+            return TenantResult(tenant, False, keyring)
+        new = dataclasses.replace(keyring, policy=policy)
+        if dry_run:
+            return TenantResult(tenant, True, new)
+        with self.audited("tenant.update_policy", tenant=tenant, level="policy"):
+            self.write_keyring(new, cas=version)
+        return TenantResult(tenant, True, new)
+
+    def delete_tenant(self, tenant: str, dry_run: bool = False) -> bool:
+        """Remove an empty tenant's keyring. Refuses while the tenant has secrets.
+
+        The Transit key (residence transit) is left in place: deleting it is an
+        explicit Transit operation, since it cannot be undone.
+        """
+        try:
+            self.read_keyring(tenant)
+        except TenantNotFound:
+            return False
+        remaining = self.list_secrets(tenant)
+        if remaining:
+            raise KeyStateError(f"tenant {tenant!r} still has {len(remaining)} secrets; delete or migrate them "
+                                "before removing its keyring")
+        if not dry_run:
+            with self.audited("tenant.delete", tenant=tenant, level="kek+dek"):
+                for job in self.store.list(jobs_path(tenant)):
+                    self.store.delete_all_versions(f"{jobs_path(tenant)}/{job}")
+                self.store.delete_all_versions(keyring_path(tenant))
+                self._keyrings.pop(tenant, None)
+                self._reservations.pop(tenant, None)
+                self._keys.discard_tenant(tenant)
+        return True
+
     def _create_kek_first(self, tenant: str, policy: Policy) -> tuple[Keyring, int]:
         # Step 1: the KEK, wrapped by the master key, is stored before anything
         # else, so that a crash later never leaves a key we cannot recover.
