@@ -31,7 +31,7 @@ import struct
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from keyops.errors import DecryptionError, MalformedCiphertext
+from keyops.errors import DecryptionError, InvalidInput, MalformedCiphertext
 from keyops.names import MAX_NAME_LEN, validate_tenant
 
 FORMAT_VERSION = 1
@@ -168,6 +168,8 @@ class Ciphertext:
                 text = bytes(text).decode("ascii")
             except UnicodeDecodeError:
                 raise MalformedCiphertext("text ciphertext contains non-ASCII bytes") from None
+        if not text.isascii():
+            raise MalformedCiphertext("text ciphertext contains non-ASCII characters")
         text = text.strip()
         if not text.startswith("keyops:"):
             raise MalformedCiphertext("not a keyops ciphertext: expected the prefix 'keyops:v1:'")
@@ -179,7 +181,8 @@ class Ciphertext:
             raise MalformedCiphertext("malformed ciphertext: expected keyops:v1:<tenant>:<version>:<base64>")
         tenant_s, version_s, payload = parts
         tenant = _parse_tenant(tenant_s.encode("ascii"))
-        if not version_s.isdigit() or len(version_s) > 10:
+        # Canonical digits only ("07" is not 7), so that one version has one spelling.
+        if not version_s.isdigit() or len(version_s) > 10 or version_s != str(int(version_s)):
             raise MalformedCiphertext("malformed ciphertext: DEK version is not a positive integer")
         version = int(version_s)
         _check_version(version)
@@ -189,6 +192,10 @@ class Ciphertext:
             sealed = base64.b64decode(payload, validate=True)
         except (binascii.Error, ValueError):
             raise MalformedCiphertext("malformed ciphertext: payload is not valid base64") from None
+        if base64.b64encode(sealed).decode("ascii") != payload:
+            # Non-zero unused bits in the last character: the same bytes, but a
+            # flipped bit must never go unnoticed.
+            raise MalformedCiphertext("malformed ciphertext: payload is not canonical base64")
         if len(sealed) < NONCE_SIZE + TAG_SIZE:
             raise MalformedCiphertext("ciphertext is truncated: payload shorter than nonce and tag")
         return cls(tenant, version, sealed[:NONCE_SIZE], sealed[NONCE_SIZE:])
@@ -233,5 +240,5 @@ def decrypt(key: AeadKey, ct: Ciphertext, context: bytes | str = b"") -> bytes:
 def _check_context(context: bytes | str) -> bytes:
     ctx = _as_bytes(context, "context")
     if len(ctx) > MAX_CONTEXT_LEN:
-        raise ValueError(f"context is longer than {MAX_CONTEXT_LEN} bytes")
+        raise InvalidInput(f"context is {len(ctx)} bytes long; at most {MAX_CONTEXT_LEN} are allowed")
     return ctx
