@@ -242,3 +242,125 @@ def _check_context(context: bytes | str) -> bytes:
     if len(ctx) > MAX_CONTEXT_LEN:
         raise InvalidInput(f"context is {len(ctx)} bytes long; at most {MAX_CONTEXT_LEN} are allowed")
     return ctx
+
+
+# --- the hot path ------------------------------------------------------------------------
+
+#: Contexts whose associated data a BoundKey remembers; the map is emptied when
+#: full, so memory stays bounded whatever the callers' contexts.
+AAD_CACHE_SIZE = 256
+
+
+def binary_tenant_prefix(tenant: str) -> bytes:
+    """The first bytes of every binary ciphertext of ``tenant`` (before the DEK version)."""
+    raw = validate_tenant(tenant).encode("ascii")
+    return bytes([FORMAT_VERSION, len(raw)]) + raw
+
+
+def text_tenant_prefix(tenant: str) -> str:
+    """The first characters of every text ciphertext of ``tenant`` (before the DEK version)."""
+    return f"{TEXT_PREFIX}{validate_tenant(tenant)}:"
+
+
+class BoundKey:
+    """A DEK bound to one tenant and DEK version: the hot path of encrypt and decrypt.
+
+    Everything that depends on neither the plaintext nor the caller's context
+    is computed once: the binary header, the text prefix and the prefix of the
+    associated data; the associated data of recent contexts is remembered (a
+    bounded map). Output is exactly that of ``encrypt`` + ``Ciphertext``, and
+    ``open``/``open_text`` accept exactly those ciphertexts of this tenant and
+    version; anything else raises ``MalformedCiphertext`` (so a caller can fall
+    back to the full parser for its precise error) or ``DecryptionError``.
+    """
+
+    __slots__ = ("tenant", "version", "header", "text_prefix", "_aead", "_hlen", "_body_at", "_tlen",
+                 "_aad_prefix", "_aads")
+
+    def __init__(self, key: AeadKey, tenant: str, version: int) -> None:
+        if not isinstance(key, AeadKey):
+            raise TypeError("key must be an AeadKey")
+        if isinstance(version, bool) or not isinstance(version, int):
+            raise TypeError("DEK version must be an int")
+        _check_version(version)
+        self.tenant = validate_tenant(tenant)
+        self.version = version
+        self.header = binary_tenant_prefix(tenant) + struct.pack(">I", version)
+        self.text_prefix = f"{text_tenant_prefix(tenant)}{version}:"
+        self._aead = key._aead
+        self._hlen = len(self.header)
+        self._body_at = self._hlen + NONCE_SIZE
+        self._tlen = len(self.text_prefix)
+        # secret_aad(tenant, version, context) == _aad_prefix + len(context) (4 bytes) + context
+        self._aad_prefix = secret_aad(tenant, version, b"")[:-4]
+        self._aads: dict[bytes, bytes] = {}
+
+    def aad(self, context: bytes | str) -> bytes:
+        """``secret_aad(tenant, version, context)``, from the map when seen recently."""
+        if context.__class__ is not bytes:
+            context = _check_context(context)
+        aad = self._aads.get(context)
+        if aad is None:
+            if len(context) > MAX_CONTEXT_LEN:
+                raise InvalidInput(f"context is {len(context)} bytes long; at most {MAX_CONTEXT_LEN} are allowed")
+            aad = self._aad_prefix + len(context).to_bytes(4, "big") + context
+            if len(self._aads) >= AAD_CACHE_SIZE:
+                self._aads.clear()
+            self._aads[context] = aad
+        return aad
+
+    def seal(self, plaintext: bytes, context: bytes | str = b"") -> bytes:
+        """Encrypt to the binary form (a fresh random nonce each call)."""
+        if plaintext.__class__ is not bytes:
+            plaintext = _as_bytes(plaintext, "plaintext")
+        nonce = os.urandom(NONCE_SIZE)
+        return self.header + nonce + self._aead.encrypt(nonce, plaintext, self.aad(context))
+
+    def seal_text(self, plaintext: bytes, context: bytes | str = b"") -> str:
+        """Encrypt to the text form ``keyops:v1:<tenant>:<version>:<base64>``."""
+        if plaintext.__class__ is not bytes:
+            plaintext = _as_bytes(plaintext, "plaintext")
+        nonce = os.urandom(NONCE_SIZE)
+        sealed = nonce + self._aead.encrypt(nonce, plaintext, self.aad(context))
+        return self.text_prefix + binascii.b2a_base64(sealed, newline=False).decode("ascii")
+
+    def open(self, data: bytes, context: bytes | str = b"") -> bytes:
+        """Decrypt a binary ciphertext of this tenant and DEK version."""
+        if not data.startswith(self.header):
+            raise MalformedCiphertext("ciphertext is not of this tenant and DEK version")
+        if len(data) < self._body_at + TAG_SIZE:
+            raise MalformedCiphertext("ciphertext is truncated")
+        aad = self.aad(context)
+        try:
+            return self._aead.decrypt(data[self._hlen:self._body_at], data[self._body_at:], aad)
+        except InvalidTag:
+            raise DecryptionError() from None
+
+    def open_text(self, text: str, context: bytes | str = b"") -> bytes:
+        """Decrypt a text ciphertext of this tenant and DEK version."""
+        if not text.startswith(self.text_prefix):
+            raise MalformedCiphertext("ciphertext is not of this tenant and DEK version")
+        try:
+            # strict: only the base64 alphabet and correct padding, as Ciphertext.from_text
+            sealed = binascii.a2b_base64(text[self._tlen:], strict_mode=True)
+        except (binascii.Error, ValueError):
+            raise MalformedCiphertext("malformed ciphertext: payload is not valid base64") from None
+        tail = len(sealed) % 3
+        if tail and binascii.b2a_base64(sealed[-tail:], newline=False) != text[-4:].encode("ascii"):
+            # Non-zero unused bits in the last character: the same bytes, but a
+            # flipped bit must never go unnoticed. Strict decoding leaves only
+            # the last, padded group able to be non-canonical: re-encode just it.
+            raise MalformedCiphertext("malformed ciphertext: payload is not canonical base64")
+        if len(sealed) < NONCE_SIZE + TAG_SIZE:
+            raise MalformedCiphertext("ciphertext is truncated: payload shorter than nonce and tag")
+        aad = self.aad(context)
+        try:
+            return self._aead.decrypt(sealed[:NONCE_SIZE], sealed[NONCE_SIZE:], aad)
+        except InvalidTag:
+            raise DecryptionError() from None
+
+    def __repr__(self) -> str:
+        return f"<BoundKey tenant={self.tenant!r} version={self.version} (material hidden)>"
+
+    def __reduce__(self):  # type: ignore[no-untyped-def]
+        raise TypeError("key objects cannot be pickled")

@@ -14,6 +14,8 @@ import collections
 import contextlib
 import dataclasses
 import datetime as dt
+import itertools
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -31,6 +33,7 @@ from keyops.errors import (
     InvalidInput,
     KeyopsError,
     KeyStateError,
+    MalformedCiphertext,
     NotFound,
     SecretNotFound,
     TenantExists,
@@ -60,6 +63,11 @@ CAS_RETRIES = 8
 #: so a busy process writes the keyring rarely and an idle one wastes little.
 FIRST_RESERVATION = 4096
 MAX_RESERVATION = 1 << 20
+#: ``next()`` on an ``itertools.count`` is atomic while the GIL serialises
+#: bytecode, so the hot path draws DEK uses without a lock; a free-threaded
+#: interpreter takes the locked path for every encryption instead.
+_LOCK_FREE_USES = getattr(sys, "_is_gil_enabled", lambda: True)()
+_monotonic = time.monotonic
 
 
 def keyring_path(tenant: str) -> str:
@@ -224,11 +232,43 @@ class _LruCache:
 
 @dataclasses.dataclass
 class _Reservation:
+    """Uses ``[start, end)`` of DEK ``dek_version``, reserved in the keyring by this process.
+
+    ``counter`` hands out each number once (``next`` is atomic under the GIL);
+    a number at or past ``end`` is never used for an encryption, so the
+    keyring's count is always an upper bound of the encryptions done.
+    """
+
     dek_version: int
-    next: int
     end: int
     block: int
     taken_at: float
+    counter: Iterator[int]
+
+
+class _FastTenant:
+    """The hot path of one tenant, valid while ``src`` is the tenant's cached keyring entry.
+
+    ``src`` is the ``(keyring, kv_version, loaded_at)`` tuple of
+    ``Keyops._keyrings``; any re-read or write of the keyring replaces that
+    tuple and so retires this object, and it expires with the keyring TTL.
+    Bound DEKs enter only after their state was checked against ``src``.
+    """
+
+    __slots__ = ("src", "expires", "header_len", "text_tenant_len", "by_version", "by_header", "by_text",
+                 "primary", "reservation", "enc_expires")
+
+    def __init__(self, tenant: str, src: tuple[Keyring, int, float], ttl: float) -> None:
+        self.src = src
+        self.expires = src[2] + ttl
+        self.header_len = len(crypto.binary_tenant_prefix(tenant)) + 4
+        self.text_tenant_len = len(crypto.text_tenant_prefix(tenant))
+        self.by_version: dict[int, crypto.BoundKey] = {}
+        self.by_header: dict[bytes, crypto.BoundKey] = {}  # binary header up to the DEK version
+        self.by_text: dict[str, crypto.BoundKey] = {}  # "keyops:v1:<tenant>:<version>:"
+        self.primary: crypto.BoundKey | None = None  # set with a live reservation of the primary DEK
+        self.reservation: _Reservation | None = None
+        self.enc_expires = 0.0
 
 
 # --- the API ------------------------------------------------------------------------------
@@ -251,6 +291,7 @@ class Keyops:
         self._keys = _LruCache(cache_size)
         self._keyrings: dict[str, tuple[Keyring, int, float]] = {}
         self._reservations: dict[str, _Reservation] = {}
+        self._fast: dict[str, _FastTenant] = {}
         self._tenant_locks: collections.defaultdict[str, threading.Lock] = collections.defaultdict(threading.Lock)
         self._lock = threading.Lock()
 
@@ -553,22 +594,32 @@ class Keyops:
         return key
 
     def _take_use(self, tenant: str) -> int:
-        """One encryption of the primary DEK; reserves a block of uses when out."""
+        """One encryption of the primary DEK; reserves a block of uses when out.
+
+        The hot path (``encrypt``/``encrypt_bytes``) draws from the same
+        reservation counter without the lock; this is its locked slow path.
+        """
         with self._tenant_locks[tenant]:
             r = self._reservations.get(tenant)
-            if r is None or r.next >= r.end or time.monotonic() - r.taken_at >= self.keyring_ttl:
-                r = self._reserve(tenant, r)
-            r.next += 1
+            previous = r
+            cached = self._keyrings.get(tenant)
+            if r is not None and cached is not None and cached[0].dek.primary != r.dek_version:
+                r = None  # the DEK was rotated (seen in this process): stop spending the old one
+            if r is not None and next(r.counter) < r.end:
+                if _monotonic() - r.taken_at < self.keyring_ttl:
+                    return r.dek_version
+                # Stale but unspent: re-validate the primary with one read; the number drawn is this use.
+                keyring = self.read_keyring(tenant)[0]
+                if keyring.dek.primary == r.dek_version:
+                    r.taken_at = _monotonic()
+                    return r.dek_version
+            r = self._reserve(tenant, previous)
+            next(r.counter)  # the first number of the new block is this use
             return r.dek_version
 
     def _reserve(self, tenant: str, previous: _Reservation | None) -> _Reservation:
+        """Reserve a new block of uses of the primary DEK with one check-and-set write."""
         block = FIRST_RESERVATION if previous is None else min(previous.block * 2, MAX_RESERVATION)
-        if previous is not None and previous.next < previous.end:
-            # Stale but unspent: re-validate the primary with one read, without spending more.
-            keyring = self.read_keyring(tenant)[0]
-            if keyring.dek.primary == previous.dek_version:
-                previous.taken_at = time.monotonic()
-                return previous
         got: list[int] = []
 
         def change(keyring: Keyring) -> Keyring:
@@ -584,28 +635,116 @@ class Keyops:
         if end <= start:
             raise UsageCapReached(f"DEK version {version} of tenant {tenant!r} reached its usage cap; rotate the "
                                   f"DEK: keyops rotate --tenant {tenant} --level dek")
-        r = _Reservation(version, start, end, block, time.monotonic())
+        r = _Reservation(version, end, block, _monotonic(), itertools.count(start))
         self._reservations[tenant] = r
         return r
 
+    def _bound_key(self, tenant: str, version: int, encrypting: bool = False) -> crypto.BoundKey:
+        """DEK ``version`` bound to the tenant (``dek`` checks its state), entered in the fast path.
+
+        It enters the tenant's fast path only when its state allows it in the
+        keyring cached right now; for encryption, only as the primary DEK with
+        this process's live reservation of it.
+        """
+        key = self.dek(tenant, version)
+        src = self._keyrings.get(tenant)
+        st = self._fast.get(tenant)
+        if st is not None and st.src is src and version in st.by_version:
+            bk = st.by_version[version]
+        else:
+            bk = crypto.BoundKey(key, tenant, version)
+        if src is None:
+            return bk
+        keyring = src[0]
+        try:
+            kv = keyring.dek.get(version)
+        except NotFound:
+            return bk
+        if not kv.usable_for_decrypt:
+            return bk
+        if st is None or st.src is not src:
+            if len(self._fast) >= self._keys.maxsize:
+                self._fast.clear()
+            st = _FastTenant(tenant, src, self.keyring_ttl)
+            self._fast[tenant] = st
+        st.by_version[version] = bk
+        st.by_header[bk.header] = bk
+        st.by_text[bk.text_prefix] = bk
+        r = self._reservations.get(tenant)
+        if (encrypting and r is not None and r.dek_version == version == keyring.dek.primary
+                and kv.state == "active"):
+            st.primary, st.reservation = bk, r
+            st.enc_expires = min(st.expires, r.taken_at + self.keyring_ttl)
+        return bk
+
     # --- data -----------------------------------------------------------------------------
 
-    def encrypt_ciphertext(self, tenant: str, plaintext: bytes, context: bytes | str = b"") -> crypto.Ciphertext:
+    # The hot path: encrypt, encrypt_bytes and decrypt first try the tenant's
+    # _FastTenant (a few dict look-ups, one clock read and one atomic counter
+    # step), and take the checked slow path (validation, keyring TTL, state
+    # checks, reservations under the lock) whenever anything is missing or
+    # stale. Any error or unusual input also goes the slow way, so errors are
+    # those of the full parser.
+
+    def encrypt_bytes(self, tenant: str, plaintext: bytes, context: bytes | str = b"") -> bytes:
+        """Encrypt for ``tenant``; the binary form (see ``keyops.crypto``)."""
+        try:
+            st = self._fast[tenant]
+        except (KeyError, TypeError):
+            pass
+        else:
+            r = st.reservation
+            if (r is not None and self._keyrings.get(tenant) is st.src and _monotonic() < st.enc_expires
+                    and _LOCK_FREE_USES and next(r.counter) < r.end):
+                return st.primary.seal(plaintext, context)  # type: ignore[union-attr]
         tenant = validate_tenant(tenant)
         version = self._take_use(tenant)
-        return crypto.encrypt(self.dek(tenant, version), tenant, version, plaintext, context)
+        return self._bound_key(tenant, version, encrypting=True).seal(plaintext, context)
 
     def encrypt(self, tenant: str, plaintext: bytes, context: bytes | str = b"") -> str:
         """Encrypt for ``tenant``; the text form ``keyops:v1:...``."""
-        return self.encrypt_ciphertext(tenant, plaintext, context).to_text()
+        try:
+            st = self._fast[tenant]
+        except (KeyError, TypeError):
+            pass
+        else:
+            r = st.reservation
+            if (r is not None and self._keyrings.get(tenant) is st.src and _monotonic() < st.enc_expires
+                    and _LOCK_FREE_USES and next(r.counter) < r.end):
+                return st.primary.seal_text(plaintext, context)  # type: ignore[union-attr]
+        tenant = validate_tenant(tenant)
+        version = self._take_use(tenant)
+        return self._bound_key(tenant, version, encrypting=True).seal_text(plaintext, context)
+
+    def encrypt_ciphertext(self, tenant: str, plaintext: bytes, context: bytes | str = b"") -> crypto.Ciphertext:
+        return crypto.Ciphertext.from_bytes(self.encrypt_bytes(tenant, plaintext, context))
 
     def decrypt(self, tenant: str, ciphertext: str | bytes | crypto.Ciphertext, context: bytes | str = b"") -> bytes:
+        """Decrypt a ciphertext of ``tenant`` in any form (text, binary or parsed)."""
+        try:
+            st = self._fast[tenant]
+        except (KeyError, TypeError):
+            st = None
+        if st is not None and self._keyrings.get(tenant) is st.src and _monotonic() < st.expires:
+            try:
+                if ciphertext.__class__ is bytes:
+                    bk = st.by_header.get(ciphertext[:st.header_len])  # type: ignore[index]
+                    if bk is not None:
+                        return bk.open(ciphertext, context)  # type: ignore[arg-type]
+                elif ciphertext.__class__ is str:
+                    bk = st.by_text.get(ciphertext[:ciphertext.find(":", st.text_tenant_len) + 1])  # type: ignore
+                    if bk is not None:
+                        return bk.open_text(ciphertext, context)  # type: ignore[arg-type]
+            except MalformedCiphertext:
+                pass  # unusual but maybe valid (e.g. surrounding whitespace): the full parser decides
         tenant = validate_tenant(tenant)
         ct = ciphertext if isinstance(ciphertext, crypto.Ciphertext) else crypto.Ciphertext.parse(ciphertext)
         if ct.tenant != tenant:
             # Same opaque error as a wrong key: a ciphertext of another tenant is not authentic here.
             raise DecryptionError()
-        return crypto.decrypt(self.dek(tenant, ct.dek_version), ct, context)
+        return self._bound_key(tenant, ct.dek_version).open(ct.to_bytes(), context)
+
+    decrypt_bytes = decrypt
 
     # --- secrets ----------------------------------------------------------------------------
 
