@@ -167,9 +167,25 @@ class KeyChain:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> KeyChain:
-        return cls(primary=int(data["primary"]),
-                   versions=tuple(KeyVersion.from_dict(v) for v in data["versions"]),
-                   tombstones=tuple(Tombstone(**t) for t in data.get("tombstones", ())))
+        chain = cls(primary=data["primary"],
+                    versions=tuple(KeyVersion.from_dict(v) for v in data["versions"]),
+                    tombstones=tuple(Tombstone(**t) for t in data.get("tombstones", ())))
+        chain._check()
+        return chain
+
+    def _check(self) -> None:
+        """A document from storage names each version once, in a known state, with a real primary."""
+        numbers = [kv.version for kv in self.versions]
+        for n in numbers + [t.version for t in self.tombstones] + [self.primary]:
+            if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+                raise InvalidInput(f"key version {n!r} is not a version number")
+        if 0 in numbers or len(set(numbers)) != len(numbers):
+            raise InvalidInput(f"key versions {numbers} are not distinct positive numbers")
+        for kv in self.versions:
+            if kv.state not in STATES or not isinstance(kv.wrapped, str):
+                raise InvalidInput(f"key version {kv.version} has an unknown state or no wrapped key")
+        if (self.primary == 0) != (not self.versions) or (self.versions and self.primary not in numbers):
+            raise InvalidInput(f"primary version {self.primary} is not one of the versions {numbers}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -251,6 +267,8 @@ class Keyring:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Keyring:
+        if not isinstance(data, Mapping):
+            raise InvalidInput(f"keyring document is malformed: an object is expected, not {type(data).__name__}")
         if data.get("schema") != SCHEMA:
             raise InvalidInput(f"keyring schema {data.get('schema')!r} is not supported (expected {SCHEMA})")
         try:
