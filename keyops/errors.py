@@ -29,7 +29,8 @@ class ConfigError(KeyopsError):
     """Configuration is missing or contradictory."""
 
     code = "config"
-    exit_code = 3
+    # Not 3: the rotate/retire/destroy commands use 3 for "nothing to do".
+    exit_code = 15
 
 
 class DecryptionError(KeyopsError):
@@ -97,6 +98,18 @@ class KeyStateError(KeyopsError):
 
 class UsageCapReached(KeyStateError):
     code = "usage_cap_reached"
+
+
+class KeyInUse(KeyStateError):
+    """A key version still protects something (records, DEKs or KEKs) and cannot be retired or destroyed."""
+
+    code = "key_in_use"
+
+
+class ConfirmationRequired(InvalidInput):
+    """An irreversible operation was asked for without explicit confirmation."""
+
+    code = "confirmation_required"
 
 
 class VaultError(KeyopsError):

@@ -239,6 +239,13 @@ class VaultStore:
         with self._errors(f"configuring Transit key {key!r}"):
             self.client.adapter.post(f"/v1/{self.transit_mount}/keys/{key}/config", json=settings)
 
+    def transit_trim_key(self, key: str, min_available_version: int) -> None:
+        """Delete the Transit key's versions below ``min_available_version`` (irreversible)."""
+        self.calls.add("transit.trim")
+        with self._errors(f"trimming Transit key {key!r}"):
+            self.client.adapter.post(f"/v1/{self.transit_mount}/keys/{key}/trim",
+                                     json={"min_available_version": min_available_version})
+
     # --- server ----------------------------------------------------------------------
 
     def token_accessor(self) -> str | None:
