@@ -94,7 +94,11 @@ class Config:
         if "vault_skip_verify" in values:
             values["vault_skip_verify"] = _truthy(values["vault_skip_verify"])
         if "vault_timeout" in values:
-            values["vault_timeout"] = float(values["vault_timeout"])
+            try:
+                values["vault_timeout"] = float(values["vault_timeout"])
+            except (TypeError, ValueError):
+                raise ConfigError(f"vault_timeout (KEYOPS_VAULT_TIMEOUT) must be a number of seconds, "
+                                  f"not {values['vault_timeout']!r}") from None
         return cls(**values)
 
     def replace(self, **changes: Any) -> Config:
@@ -169,7 +173,8 @@ def _read_config_file(path: Path) -> dict[str, Any]:
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"config file {str(path)!r} is not valid TOML: {exc}") from exc
     section = data.get("keyops", data)
-    secrets = SECRET_FIELDS & set(section)
+    # A secret anywhere in the file is refused, even where keyops would not read it.
+    secrets = SECRET_FIELDS & (set(section) | set(data))
     if secrets:
         raise ConfigError(f"config file {str(path)!r} must not hold secrets ({', '.join(sorted(secrets))}); "
                           "use the environment or a *_file setting")
