@@ -139,6 +139,24 @@ class PermissionDenied(VaultError):
     exit_code = 14
 
 
+class JobFailed(KeyopsError):
+    """An item of a re-encryption or migration job failed; the job stopped at its last checkpoint.
+
+    Carries the ``code`` and ``exit_code`` of the failure that stopped it, so
+    the CLI and the Ansible modules report the cause (sealed Vault, a record
+    that does not decrypt, ...), while the message names the job and the item.
+    """
+
+    code = "job_failed"
+    exit_code = 9
+
+    def __init__(self, message: str, cause: KeyopsError | None = None) -> None:
+        super().__init__(message)
+        if cause is not None:
+            self.code = cause.code
+            self.exit_code = cause.exit_code
+
+
 class HsmError(KeyopsError):
     code = "hsm"
     exit_code = 20

@@ -12,6 +12,7 @@ import collections
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
+from keyops import crypto
 from keyops.model import Keyring
 from keyops.service import Keyops
 
@@ -21,17 +22,35 @@ DEFAULT_WORKERS = 4
 def count_dek_references(k: Keyops, tenant: str, workers: int = DEFAULT_WORKERS,
                          progress: Callable[[int, int], None] | None = None) -> dict[int, int]:
     """Records of ``tenant`` per DEK version (reads every record once)."""
+    return {version: len(names) for version, names in
+            dek_reference_names(k, tenant, workers=workers, progress=progress).items()}
+
+
+def dek_reference_names(k: Keyops, tenant: str, workers: int = DEFAULT_WORKERS,
+                        progress: Callable[[int, int], None] | None = None) -> dict[int, list[str]]:
+    """Names of the records of ``tenant`` per DEK version, sorted (reads every record once).
+
+    The DEK version is taken from the ciphertext's header, which is what
+    decryption uses, not from the record's informational field.
+    """
     names = k.list_secrets(tenant)
-    counts: collections.Counter[int] = collections.Counter()
+    found: collections.defaultdict[int, list[str]] = collections.defaultdict(list)
     done = 0
+
+    def version_of(name: str) -> int | None:
+        record = k.read_record(tenant, name)
+        if record is None:
+            return None  # deleted since the listing: refers to nothing
+        return crypto.Ciphertext.parse(record.ciphertext).dek_version
+
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-        for record in pool.map(lambda n: k.read_record(tenant, n), names):
+        for name, version in zip(names, pool.map(version_of, names)):
             done += 1
-            if record is not None:
-                counts[record.dek_version] += 1
+            if version is not None:
+                found[version].append(name)
             if progress is not None:
                 progress(done, len(names))
-    return dict(counts)
+    return dict(found)
 
 
 def count_kek_references(keyring: Keyring) -> dict[int, int]:

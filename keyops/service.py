@@ -144,10 +144,22 @@ class MasterVersion:
     created_at: str
 
 
+#: Default rotation period of the master key; a registry may set its own ``period_days``.
+MASTER_PERIOD_DAYS = 365
+
+
 @dataclasses.dataclass(frozen=True)
 class MasterRegistry:
+    """The ``master`` document: HSM key versions by label, their states, the primary.
+
+    States: ``active`` (the primary), ``decrypt_only``, ``retired``,
+    ``destroyed``; and ``pending`` for a version a master rotation has
+    claimed but not yet made primary (see ``keyops.rotation``).
+    """
+
     primary: int
     versions: tuple[MasterVersion, ...]
+    period_days: int = MASTER_PERIOD_DAYS
 
     def get(self, version: int) -> MasterVersion:
         for mv in self.versions:
@@ -156,11 +168,13 @@ class MasterRegistry:
         raise KeyStateError(f"master key version {version} is not registered")
 
     def to_dict(self) -> dict[str, Any]:
-        return {"schema": 1, "primary": self.primary, "versions": [dataclasses.asdict(v) for v in self.versions]}
+        return {"schema": 1, "primary": self.primary, "period_days": self.period_days,
+                "versions": [dataclasses.asdict(v) for v in self.versions]}
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> MasterRegistry:
-        return cls(int(data["primary"]), tuple(MasterVersion(**v) for v in data["versions"]))
+        return cls(int(data["primary"]), tuple(MasterVersion(**v) for v in data["versions"]),
+                   int(data.get("period_days", MASTER_PERIOD_DAYS)))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -759,9 +773,12 @@ class Keyops:
         except (KeyError, TypeError, ValueError) as exc:
             raise InvalidInput(f"secret {name!r} of tenant {tenant!r} is not a keyops record") from exc
 
-    def write_record(self, tenant: str, name: str, ct: crypto.Ciphertext, cas: int) -> int:
-        record = {"schema": RECORD_SCHEMA, "ciphertext": ct.to_text(), "dek_version": ct.dek_version,
-                  "updated_at": format_time(self.clock())}
+    def write_record(self, tenant: str, name: str, ct: crypto.Ciphertext, cas: int,
+                     extra: Mapping[str, Any] | None = None) -> int:
+        """Write a record with check-and-set. ``extra``: provenance fields (which job wrote it, from where)."""
+        record: dict[str, Any] = dict(extra or {})
+        record.update({"schema": RECORD_SCHEMA, "ciphertext": ct.to_text(), "dek_version": ct.dek_version,
+                       "updated_at": format_time(self.clock())})
         return self.store.write(secret_path(tenant, name), record, cas=cas)
 
     def get_secret(self, tenant: str, name: str) -> bytes:
