@@ -1,0 +1,464 @@
+"""Tenants, keyrings and the key hierarchy against the real OpenBao and SoftHSM2 of the fixtures.
+
+Checks go through independent clients (the root hvac client, raw
+python-pkcs11) wherever the property is about what is stored, not about
+what keyops reports.
+"""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import os
+import subprocess
+import sys
+import threading
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import hvac.exceptions
+import pkcs11
+import pkcs11.exceptions as p11e
+import pytest
+from pkcs11 import Attribute, KeyType, MechanismFlag, ObjectClass
+
+from keyops import crypto
+from keyops.config import Config
+from keyops.errors import Conflict, SecretNotFound, TenantExists
+from keyops.model import Policy
+from keyops.service import Keyops, keyring_path, secret_path, transit_key_name
+
+pytestmark = pytest.mark.integration
+
+RESIDENCES = ["kv", "transit"]
+KV = "keyops"
+
+
+def new_tenant(prefix: str = "t") -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:8]}"
+
+
+@pytest.fixture(scope="module")
+def k(config: Config) -> Iterator[Keyops]:
+    with Keyops(config) as keyops:
+        yield keyops
+
+
+@pytest.fixture(scope="module")
+def tenants(k: Keyops) -> dict[str, str]:
+    """One tenant per residence, shared by the read-only tests of this module."""
+    made = {}
+    for residence in RESIDENCES:
+        name = new_tenant(f"kr-{residence}")
+        k.create_tenant(name, Policy(kek_residence=residence))
+        made[residence] = name
+    return made
+
+
+def raw_doc(vault_client: Any, path: str) -> tuple[dict[str, Any], int]:
+    resp = vault_client.secrets.kv.v2.read_secret_version(path=path, mount_point=KV, raise_on_deleted_version=True)
+    return resp["data"]["data"], int(resp["data"]["metadata"]["version"])
+
+
+def b64(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")
+
+
+# --- round trips ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("residence", RESIDENCES)
+def test_encrypt_decrypt_round_trip(k: Keyops, config: Config, tenants: dict[str, str], residence: str) -> None:
+    tenant = tenants[residence]
+    samples = [b"", b"x", b"\x00\xff" * 3, os.urandom(1024), os.urandom(64 * 1024)]
+    texts = [k.encrypt(tenant, pt, "ctx/a") for pt in samples]
+    binaries = [k.encrypt_bytes(tenant, pt, b"ctx/b") for pt in samples]
+    for pt, text, binary in zip(samples, texts, binaries, strict=True):
+        assert text.startswith(f"keyops:v1:{tenant}:1:")
+        assert crypto.Ciphertext.parse(binary).tenant == tenant
+        assert k.decrypt(tenant, text, "ctx/a") == pt
+        assert k.decrypt(tenant, binary, b"ctx/b") == pt
+        assert k.decrypt(tenant, crypto.Ciphertext.parse(text), "ctx/a") == pt
+        assert pt not in text.encode() or len(pt) < 2
+    # Another process (a fresh Keyops, cold caches) reads the same ciphertexts.
+    with Keyops(config) as cold:
+        for pt, text, binary in zip(samples, texts, binaries, strict=True):
+            assert cold.decrypt(tenant, text, "ctx/a") == pt
+            assert cold.decrypt(tenant, binary, b"ctx/b") == pt
+    assert len(set(texts)) == len(texts)
+
+
+@pytest.mark.parametrize("residence", RESIDENCES)
+def test_secrets_round_trip(k: Keyops, config: Config, vault_client: Any, tenants: dict[str, str],
+                            residence: str) -> None:
+    tenant = tenants[residence]
+    value = b"p\x00ss\nw\xffrd-" + uuid.uuid4().hex.encode()
+    first = k.put_secret(tenant, "db/password", value)
+    assert first.changed and first.version == 1 and first.dek_version == 1
+    assert k.get_secret(tenant, "db/password") == value
+    again = k.put_secret(tenant, "db/password", value)
+    assert not again.changed and again.version == 1  # no write for the same value
+    assert raw_doc(vault_client, secret_path(tenant, "db/password"))[1] == 1
+    second = k.put_secret(tenant, "db/password", "new value")
+    assert second.changed and second.version == 2
+    assert k.get_secret(tenant, "db/password") == b"new value"
+
+    # As stored: a keyops record, no plaintext.
+    doc, _ = raw_doc(vault_client, secret_path(tenant, "db/password"))
+    assert doc["schema"] == 1 and doc["dek_version"] == 1
+    assert doc["ciphertext"].startswith(f"keyops:v1:{tenant}:1:")
+    assert "new value" not in str(doc) and b64(b"new value") not in str(doc)
+
+    k.put_secret(tenant, "db/user", b"admin")
+    k.put_secret(tenant, "api/token", b"")
+    k.put_secret(tenant, "api/v2/token", b"t2")
+    planned = k.put_secret(tenant, "planned", b"x", dry_run=True)
+    assert planned.changed and k.read_record(tenant, "planned") is None
+    assert k.list_secrets(tenant) == ["api/token", "api/v2/token", "db/password", "db/user"]
+    assert k.list_secrets(tenant, "api") == ["api/token", "api/v2/token"]
+    assert k.get_secret(tenant, "api/token") == b""
+
+    with Keyops(config) as cold:
+        assert cold.get_secret(tenant, "db/user") == b"admin"
+
+    assert k.delete_secret(tenant, "db/user", dry_run=True) is True
+    assert k.get_secret(tenant, "db/user") == b"admin"
+    assert k.delete_secret(tenant, "db/user") is True
+    with pytest.raises(SecretNotFound):
+        k.get_secret(tenant, "db/user")
+    assert k.delete_secret(tenant, "db/user") is False
+    with pytest.raises(hvac.exceptions.InvalidPath):  # history gone too, not only soft-deleted
+        vault_client.secrets.kv.v2.read_secret_metadata(path=secret_path(tenant, "db/user"), mount_point=KV)
+    assert "db/user" not in k.list_secrets(tenant)
+
+
+# --- the keyring as stored ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("residence", RESIDENCES)
+def test_keyring_document_as_stored(k: Keyops, vault_client: Any, tenants: dict[str, str], residence: str) -> None:
+    tenant = tenants[residence]
+    doc, _ = raw_doc(vault_client, keyring_path(tenant))
+    assert doc["schema"] == 1 and doc["tenant"] == tenant
+    assert doc["policy"]["kek_residence"] == residence
+    (kek,) = doc["kek"]["versions"]
+    (dek,) = doc["dek"]["versions"]
+    assert doc["kek"]["primary"] == 1 and doc["dek"]["primary"] == 1
+    assert kek["state"] == dek["state"] == "active"
+    assert dek["parent_version"] == 1
+    registry, _ = raw_doc(vault_client, "master")
+    assert kek["parent_version"] == registry["primary"]
+    # The KEK (escrow copy for transit) is wrapped by the HSM master key: 12 + 32 + 16 bytes.
+    assert len(base64.b64decode(kek["wrapped"])) == 60
+    keyring = k.get_tenant(tenant)
+    assert len(k.unwrap_kek(keyring, 1)) == 32
+    wrapped_dek = base64.b64decode(dek["wrapped"])
+    if residence == "transit":
+        assert kek["transit_version"] == 1
+        assert wrapped_dek.startswith(b"vault:v1:")
+    else:
+        assert "transit_version" not in kek
+        assert len(wrapped_dek) == 60
+        with pytest.raises(hvac.exceptions.InvalidPath):
+            vault_client.secrets.transit.read_key(name=transit_key_name(tenant))
+
+
+def test_transit_key_is_imported_and_not_exportable(k: Keyops, vault_client: Any, tenants: dict[str, str]) -> None:
+    tenant = tenants["transit"]
+    info = vault_client.secrets.transit.read_key(name=transit_key_name(tenant))["data"]
+    assert info["name"] == f"keyops-{tenant}" and info["type"] == "aes256-gcm96"
+    assert info["exportable"] is False and info["allow_plaintext_backup"] is False
+    assert info["imported_key"] is True and info["deletion_allowed"] is False
+    assert info["latest_version"] == 1
+    with pytest.raises(hvac.exceptions.InvalidRequest):
+        vault_client.secrets.transit.export_key(name=transit_key_name(tenant), key_type="encryption-key")
+    with pytest.raises(hvac.exceptions.VaultError, match="exporting is disallowed"):  # no backup either
+        vault_client.secrets.transit.backup_key(name=transit_key_name(tenant))
+    # Transit holds exactly the KEK whose escrow copy is in KV: Transit encrypts, the escrowed KEK decrypts.
+    kek = k.unwrap_kek(k.get_tenant(tenant), 1)
+    probe = vault_client.secrets.transit.encrypt_data(
+        name=transit_key_name(tenant), plaintext=b64(b"probe"), associated_data=b64(b"aad"))["data"]["ciphertext"]
+    assert probe.startswith("vault:v1:")
+    assert crypto.AeadKey(kek).open(base64.b64decode(probe[len("vault:v1:"):]), b"aad") == b"probe"
+
+
+def test_app_unwraps_its_dek_through_transit(k: Keyops, vault_client: Any, tenants: dict[str, str]) -> None:
+    """What an app with a Transit-only token does: Transit decrypt of the wrapped DEK, then local AES-GCM."""
+    tenant = tenants["transit"]
+    text = k.encrypt(tenant, b"app data", "orders/42")
+    doc, _ = raw_doc(vault_client, keyring_path(tenant))
+    (dek,) = doc["dek"]["versions"]
+    wrapped = base64.b64decode(dek["wrapped"]).decode("ascii")
+    context = crypto.key_context(tenant, "dek", 1)
+    plain = vault_client.secrets.transit.decrypt_data(
+        name=transit_key_name(tenant), ciphertext=wrapped, associated_data=b64(context))["data"]["plaintext"]
+    dek_bytes = base64.b64decode(plain)
+    assert len(dek_bytes) == 32
+    ct = crypto.Ciphertext.from_text(text)
+    assert crypto.decrypt(crypto.AeadKey(dek_bytes), ct, "orders/42") == b"app data"
+    # Without the right associated data Transit refuses to unwrap.
+    for wrong in (b"", crypto.key_context(tenant, "dek", 2), crypto.key_context(tenant, "kek", 1)):
+        with pytest.raises(hvac.exceptions.InvalidRequest):
+            vault_client.secrets.transit.decrypt_data(
+                name=transit_key_name(tenant), ciphertext=wrapped, associated_data=b64(wrong))
+
+
+def test_transit_tenant_works_without_the_hsm_pin(stack: Any, tenants: dict[str, str]) -> None:
+    """Residence transit: apps encrypt, decrypt, put and get without any PIN configured."""
+    tenant = tenants["transit"]
+    env = {**os.environ, **stack.env()}
+    env.pop("KEYOPS_PKCS11_PIN_FILE")
+    env.pop("KEYOPS_PKCS11_PIN", None)
+
+    def run(*args: str, data: bytes = b"") -> bytes:
+        proc = subprocess.run([sys.executable, "-m", "keyops.cli.main", *args], input=data, env=env,
+                              capture_output=True, timeout=120)
+        assert proc.returncode == 0, proc.stderr.decode()
+        return proc.stdout
+
+    ct = run("encrypt", "--tenant", tenant, "--context", "c", data=b"no pin needed")
+    assert run("decrypt", "--tenant", tenant, "--context", "c", data=ct) == b"no pin needed"
+    run("secret", "put", tenant, "nopin", data=b"\x00value")
+    assert run("secret", "get", tenant, "nopin") == b"\x00value"
+
+
+# --- the DEK cache ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("residence", RESIDENCES)
+def test_ten_thousand_decryptions_cost_one_unwrap(config: Config, tenants: dict[str, str], residence: str) -> None:
+    tenant = tenants[residence]
+    with Keyops(config) as writer:
+        texts = [writer.encrypt(tenant, f"item {i}".encode(), "ctx") for i in range(100)]
+    with Keyops(config) as fresh:
+        for i in range(10_000):
+            assert fresh.decrypt(tenant, texts[i % 100], "ctx") == f"item {i % 100}".encode()
+        calls = fresh.calls.snapshot()
+    if residence == "kv":
+        assert calls.get("hsm.decrypt") == 1, calls  # the KEK; the DEK is unwrapped in memory
+        assert calls.get("transit.decrypt", 0) == 0, calls
+    else:
+        assert calls.get("transit.decrypt") == 1, calls  # the DEK, through Transit
+        assert calls.get("hsm.decrypt", 0) == 0, calls
+    assert calls.get("hsm.encrypt", 0) == 0 and calls.get("kv.write", 0) == 0, calls
+    # The keyring and the master registry, each read a few times at most (TTL refreshes on a slow machine).
+    assert 1 <= calls.get("kv.read", 0) <= 6, calls
+    assert sum(v for key, v in calls.items() if key.startswith(("kv.", "transit."))) <= 8, calls
+
+
+def test_encryptions_reserve_uses_in_blocks(config: Config, vault_client: Any, tenants: dict[str, str]) -> None:
+    tenant = tenants["kv"]
+    before = raw_doc(vault_client, keyring_path(tenant))[0]["dek"]["versions"][0]["uses"]
+    with Keyops(config) as fresh:
+        for i in range(5000):
+            fresh.encrypt(tenant, b"x")
+        writes = fresh.calls.snapshot().get("kv.write", 0)
+    after = raw_doc(vault_client, keyring_path(tenant))[0]["dek"]["versions"][0]["uses"]
+    assert 1 <= writes <= 3  # a block of reservations, not one write per encryption
+    assert after - before >= 5000  # never undercounts
+
+
+# --- concurrent writers ---------------------------------------------------------------------------------
+
+
+def test_two_writers_with_the_same_cas_cannot_both_win(config: Config, vault_client: Any) -> None:
+    tenant = new_tenant("cas")
+    with Keyops(config) as setup:
+        setup.create_tenant(tenant)
+    for round_ in range(4):
+        writers = [Keyops(config), Keyops(config)]
+        base, version = writers[0].read_keyring(tenant)
+        outcomes: list[Any] = [None, None]
+        barrier = threading.Barrier(2)
+
+        def write(i: int) -> None:
+            mine = base.reserve_uses(1 + i)[0]  # two different changes of the same version
+            barrier.wait()
+            try:
+                outcomes[i] = ("won", writers[i].write_keyring(mine, cas=version), mine)
+            except Conflict as exc:
+                outcomes[i] = ("lost", exc, mine)
+
+        threads = [threading.Thread(target=write, args=(i,)) for i in range(2)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=60)
+        kinds = sorted(o[0] for o in outcomes)
+        assert kinds == ["lost", "won"], (round_, outcomes)
+        (winner,) = [o for o in outcomes if o[0] == "won"]
+        (loser,) = [o for o in outcomes if o[0] == "lost"]
+        assert type(loser[1]) is Conflict and "check-and-set" in str(loser[1])
+        doc, stored_version = raw_doc(vault_client, keyring_path(tenant))
+        assert stored_version == version + 1 == winner[1]
+        assert doc == winner[2].to_dict()  # the winner's document, whole
+        for w in writers:
+            w.close()
+
+
+def test_concurrent_updates_lose_nothing(config: Config, vault_client: Any) -> None:
+    """update_keyring retries on conflict: every writer's change lands."""
+    tenant = new_tenant("upd")
+    with Keyops(config) as setup:
+        setup.create_tenant(tenant)
+    start = raw_doc(vault_client, keyring_path(tenant))[0]["dek"]["versions"][0]["uses"]
+    writers = [Keyops(config) for _ in range(4)]
+    barrier = threading.Barrier(len(writers))
+    errors: list[BaseException] = []
+
+    def work(w: Keyops) -> None:
+        barrier.wait()
+        try:
+            for _ in range(3):
+                w.update_keyring(tenant, lambda kr: kr.reserve_uses(10)[0])
+        except BaseException as exc:  # noqa: BLE001 - reported by the assertion below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(w,)) for w in writers]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert not errors, errors
+    doc, _ = raw_doc(vault_client, keyring_path(tenant))
+    assert doc["dek"]["versions"][0]["uses"] == start + 4 * 3 * 10
+    for w in writers:
+        w.close()
+
+
+def test_two_processes_creating_one_tenant(stack: Any, vault_client: Any) -> None:
+    """Two CLI processes create the same tenant at once: one keyring, the same KEK for both."""
+    tenant = new_tenant("race")
+    env = {**os.environ, **stack.env()}
+    procs = [subprocess.Popen([sys.executable, "-m", "keyops.cli.main", "tenant", "create", tenant], env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE) for _ in range(2)]
+    results = [(p.wait(timeout=120), p.stdout.read(), p.stderr.read()) for p in procs]  # type: ignore[union-attr]
+    codes = sorted(code for code, _, _ in results)
+    # Both succeed (one waits for the other) or the loser says it lost the race (Conflict, exit 7).
+    assert codes in ([0, 0], [0, 7]), results
+    for code, _, err in results:
+        if code == 7:
+            assert b"being created by another process" in err or b"check-and-set" in err
+    doc, _ = raw_doc(vault_client, keyring_path(tenant))
+    assert [v["version"] for v in doc["kek"]["versions"]] == [1]
+    assert [v["version"] for v in doc["dek"]["versions"]] == [1]
+
+
+# --- the master key on the token ---------------------------------------------------------------------------
+
+
+def test_master_key_is_sensitive_and_not_extractable(k: Keyops, config: Config, tenants: dict[str, str]) -> None:
+    version, wrapper = k.master_wrapper()
+    label = wrapper.label
+    attrs = k.hsm.attributes(label)
+    assert attrs.label == label and attrs.key_length_bits == 256
+    assert attrs.token is True and attrs.sensitive is True and attrs.extractable is False
+    assert attrs.always_sensitive is True and attrs.never_extractable is True
+
+    # The same, read with python-pkcs11 directly (this process is logged in already through k.hsm).
+    lib = pkcs11.lib(config.resolve_pkcs11_module())
+    token = lib.get_token(token_label=config.pkcs11_token_label)
+    try:
+        session = token.open(user_pin=config.resolve_pkcs11_pin(), rw=True)
+    except p11e.UserAlreadyLoggedIn:
+        session = token.open(rw=True)
+    try:
+        key = session.get_key(object_class=ObjectClass.SECRET_KEY, label=label)
+        assert key[Attribute.KEY_TYPE] == KeyType.AES and key[Attribute.VALUE_LEN] == 32
+        assert key[Attribute.TOKEN] is True and key[Attribute.PRIVATE] is True
+        assert key[Attribute.SENSITIVE] is True and key[Attribute.EXTRACTABLE] is False
+        assert key[Attribute.ALWAYS_SENSITIVE] is True and key[Attribute.NEVER_EXTRACTABLE] is True
+        assert key[Attribute.WRAP] is False and key[Attribute.UNWRAP] is False
+        with pytest.raises(p11e.AttributeSensitive):
+            key[Attribute.VALUE]
+        # Neither can it be wrapped out, made extractable, or copied into an extractable key.
+        wrapping = session.generate_key(KeyType.AES, 256, store=False,
+                                        capabilities=MechanismFlag.WRAP | MechanismFlag.UNWRAP)
+        with pytest.raises(p11e.KeyUnextractable):
+            wrapping.wrap_key(key)
+        with pytest.raises(p11e.AttributeReadOnly):
+            key[Attribute.EXTRACTABLE] = True
+        with pytest.raises(p11e.AttributeReadOnly):
+            key[Attribute.SENSITIVE] = False
+        with pytest.raises(p11e.PKCS11Error):
+            key.copy({Attribute.EXTRACTABLE: True, Attribute.SENSITIVE: False, Attribute.TOKEN: False})
+        assert key[Attribute.EXTRACTABLE] is False and key[Attribute.SENSITIVE] is True
+    finally:
+        session.close()
+    # Still usable for its one job afterwards.
+    assert k.decrypt(tenants["kv"], k.encrypt(tenants["kv"], b"still works")) == b"still works"
+
+
+# --- create_tenant ------------------------------------------------------------------------------------------------
+
+
+def test_create_tenant_is_idempotent(k: Keyops, vault_client: Any) -> None:
+    tenant = new_tenant("idem")
+    policy = Policy(kek_period_days=60, dek_period_days=7, dek_usage_cap=1000)
+    planned = k.create_tenant(tenant, policy, dry_run=True)
+    assert planned.changed and planned.keyring is None
+    with pytest.raises(hvac.exceptions.InvalidPath):
+        raw_doc(vault_client, keyring_path(tenant))
+    created = k.create_tenant(tenant, policy)
+    assert created.changed and created.kek_version == 1 and created.dek_version == 1
+    doc, version = raw_doc(vault_client, keyring_path(tenant))
+    again = k.create_tenant(tenant, policy)
+    assert not again.changed and again.keyring == created.keyring
+    assert k.create_tenant(tenant, policy, dry_run=True).changed is False
+    assert raw_doc(vault_client, keyring_path(tenant)) == (doc, version)
+    with pytest.raises(TenantExists):
+        k.create_tenant(tenant, dataclasses.replace(policy, dek_usage_cap=999))
+    assert raw_doc(vault_client, keyring_path(tenant)) == (doc, version)
+    assert tenant in k.list_tenants()
+    assert k.get_tenant(tenant).policy == policy
+
+
+@pytest.mark.parametrize("residence", RESIDENCES)
+def test_create_tenant_resumes_a_half_made_keyring(k: Keyops, vault_client: Any, residence: str) -> None:
+    """A crash after the KEK was stored (first write) is finished by running create_tenant again."""
+    tenant = new_tenant(f"half-{residence}")
+    policy = Policy(kek_residence=residence)
+    k._create_kek_first(tenant, policy)
+    doc, version = raw_doc(vault_client, keyring_path(tenant))
+    assert doc["dek"]["versions"] == [] and len(doc["kek"]["versions"]) == 1
+    kek_wrapped = doc["kek"]["versions"][0]["wrapped"]
+    with pytest.raises(TenantExists):
+        k.create_tenant(tenant, Policy(kek_residence=residence, dek_usage_cap=5))
+    result = k.create_tenant(tenant, policy)
+    assert result.changed and result.dek_version == 1
+    doc2, version2 = raw_doc(vault_client, keyring_path(tenant))
+    assert version2 == version + 1
+    assert doc2["kek"]["versions"][0]["wrapped"] == kek_wrapped  # the same KEK, not a new one
+    assert [v["version"] for v in doc2["dek"]["versions"]] == [1]
+    assert k.decrypt(tenant, k.encrypt(tenant, b"resumed"), b"") == b"resumed"
+    assert not k.create_tenant(tenant, policy).changed
+    if residence == "transit":
+        info = vault_client.secrets.transit.read_key(name=transit_key_name(tenant))["data"]
+        assert info["latest_version"] == 1
+
+
+def test_create_tenant_resumes_after_the_transit_import(k: Keyops, vault_client: Any) -> None:
+    """Crash between the BYOK import and the DEK write: the imported key is recognised, not imported again."""
+    tenant = new_tenant("half-imp")
+    policy = Policy(kek_residence="transit")
+    keyring, _ = k._create_kek_first(tenant, policy)
+    k._ensure_transit_kek(keyring, 1)
+    assert vault_client.secrets.transit.read_key(name=transit_key_name(tenant))["data"]["latest_version"] == 1
+    result = k.create_tenant(tenant, policy)
+    assert result.changed and result.dek_version == 1
+    assert vault_client.secrets.transit.read_key(name=transit_key_name(tenant))["data"]["latest_version"] == 1
+    k.put_secret(tenant, "s", b"v")
+    assert k.get_secret(tenant, "s") == b"v"
+
+
+def test_status_reports_versions_and_usage(k: Keyops, tenants: dict[str, str]) -> None:
+    for residence, tenant in tenants.items():
+        st = k.tenant_status(tenant)
+        assert st.tenant == tenant and st.residence == residence
+        assert st.kek.primary == 1 and st.dek.primary == 1
+        assert [v.state for v in st.kek.versions] == ["active"]
+        assert st.dek_usage_cap == Policy().dek_usage_cap and st.due == ()
+        assert st.kek.period_days == 90 and st.dek.period_days == 30
+    listed = {s.tenant for s in k.status()}
+    assert set(tenants.values()) <= listed
