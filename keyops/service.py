@@ -95,7 +95,14 @@ def b64e(data: bytes) -> str:
 
 
 def b64d(text: str) -> bytes:
-    return base64.b64decode(text.encode("ascii"), validate=True)
+    """A stored wrapped key: anything but canonical base64 is tampered with, so not authentic."""
+    try:
+        raw = base64.b64decode(text.encode("ascii"), validate=True)
+    except ValueError:  # binascii.Error, UnicodeEncodeError
+        raise DecryptionError() from None
+    if base64.b64encode(raw).decode("ascii") != text:
+        raise DecryptionError()  # non-zero unused bits: a flipped bit must not go unnoticed
+    return raw
 
 
 # --- results (no key material in any of them) ------------------------------------------

@@ -7,8 +7,15 @@ their tenant and never see the KEK.
 
 from __future__ import annotations
 
+import base64
+import re
+
 from keyops.errors import DecryptionError, VaultError
 from keyops.vault import VaultStore
+
+_TRANSIT_CIPHERTEXT = re.compile(r"vault:v([1-9][0-9]{0,9}):([A-Za-z0-9+/]+={0,2})")
+# Transit's answers for a blob that is not one of its ciphertexts, or does not authenticate.
+_NOT_AUTHENTIC = ("authentication failed", "invalid ciphertext")
 
 
 class TransitWrapper:
@@ -25,14 +32,30 @@ class TransitWrapper:
             ciphertext = blob.decode("ascii")
         except UnicodeDecodeError:
             raise DecryptionError() from None
+        # Transit tolerates some changes (a "v0" key version, non-zero unused
+        # base64 bits); a flipped bit must never go unnoticed, so only the exact
+        # form that wrap() returns for this key version is sent.
+        match = _TRANSIT_CIPHERTEXT.fullmatch(ciphertext)
+        if (match is None
+                or (self.key_version is not None and int(match.group(1)) != self.key_version)
+                or not _canonical_base64(match.group(2))):
+            raise DecryptionError()
         try:
             return self.store.transit_decrypt(self.key_name, ciphertext, context)
         except VaultError as exc:
             # Transit answers 400 "cipher: message authentication failed" for a wrong
-            # context or a tampered blob; keep that as the one opaque error.
-            if type(exc) is VaultError and "authentication failed" in str(exc):
+            # context or a tampered blob, "invalid ciphertext: ..." for a mangled one;
+            # keep those as the one opaque error.
+            if type(exc) is VaultError and any(text in str(exc) for text in _NOT_AUTHENTIC):
                 raise DecryptionError() from exc
             raise
 
     def __repr__(self) -> str:
         return f"<TransitWrapper key={self.key_name!r} version={self.key_version}>"
+
+
+def _canonical_base64(text: str) -> bool:
+    try:
+        return base64.b64encode(base64.b64decode(text, validate=True)).decode("ascii") == text
+    except ValueError:
+        return False
