@@ -125,6 +125,10 @@ class LevelStatus:
     period_days: int
     next_due: str
     versions: tuple[VersionStatus, ...]
+    # For monitoring: alert on these without parsing dates.
+    primary_age_days: float = 0.0
+    seconds_until_due: int = 0  # negative once the primary is older than its period
+    state_counts: Mapping[str, int] = dataclasses.field(default_factory=dict)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -850,16 +854,24 @@ class Keyops:
                 VersionStatus(kv.version, kv.state, kv.created_at, round(age_days(kv.created_at, now), 2),
                               kv.parent_version, kv.uses if name == "dek" else None)
                 for kv in chain.versions)
+            until = int((next_due(keyring, name) - now).total_seconds()) if not chain.empty else 0
             return LevelStatus(name, chain.primary, keyring.policy.period_days(name),
-                               format_time(next_due(keyring, name)) if not chain.empty else "", versions)
+                               format_time(next_due(keyring, name)) if not chain.empty else "", versions,
+                               primary_age_days=round(age_days(chain.primary_key.created_at, now), 4)
+                               if not chain.empty else 0.0,
+                               seconds_until_due=until,
+                               state_counts=dict(collections.Counter(kv.state for kv in chain.versions)))
 
         if keyring.dek.empty:
             raise KeyStateError(f"tenant {tenant!r} is half-made (no DEK yet); re-run 'keyops tenant create'")
+        kek, dek, due = level("kek"), level("dek"), tuple(due_rotations(keyring, now))
+        uses, cap = keyring.dek.primary_key.uses, keyring.policy.dek_usage_cap
         return TenantStatus(
             tenant=keyring.tenant, residence=keyring.policy.kek_residence, policy=keyring.policy.to_dict(),
-            created_at=keyring.created_at, kek=level("kek"), dek=level("dek"),
-            dek_usage=keyring.dek.primary_key.uses, dek_usage_cap=keyring.policy.dek_usage_cap,
-            due=tuple(due_rotations(keyring, now)))
+            created_at=keyring.created_at, kek=kek, dek=dek, dek_usage=uses, dek_usage_cap=cap, due=due,
+            dek_usage_ratio=round(uses / cap, 6),
+            seconds_until_due=0 if due else max(0, min(kek.seconds_until_due, dek.seconds_until_due)),
+            is_due=bool(due))
 
     def status(self, tenant: str | None = None) -> list[TenantStatus]:
         tenants = [validate_tenant(tenant)] if tenant else self.list_tenants()

@@ -1,0 +1,55 @@
+"""``keyops retire`` and ``keyops destroy``: end a key version's life once nothing refers to it.
+
+    keyops retire  --tenant T --level dek|kek --version N [--dry-run] [--json]
+    keyops retire  --level master --version N [--dry-run] [--json]
+    keyops destroy --tenant T --level dek|kek --version N --yes [--dry-run] [--json]
+    keyops destroy --level master --version N --yes [--dry-run] [--json]
+
+Exit codes: 0 done (or, with --dry-run, would be done), 3 nothing to do
+(already in that state), 2 invalid input or ``destroy`` without ``--yes``,
+8 refused (the primary, or still referred to: ``key_in_use``), 5 not found;
+the full table is in ``keyops.cli.rotate``.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from keyops.cli._common import add_json_flag, open_keyops, print_json
+from keyops.cli.rotate import EXIT_DONE, EXIT_NOTHING_TO_DO
+from keyops.lifecycle import LifecycleResult, destroy, retire
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    for action, help_text in (
+            ("retire", "retire a key version nothing refers to (unusable, kept for audit)"),
+            ("destroy", "destroy a key version nothing refers to (irreversible; needs --yes)")):
+        parser = sub.add_parser(action, help=help_text,
+                                description=f"{help_text[0].upper()}{help_text[1:]}. Exit codes: 0 done, "
+                                            "3 nothing to do, 2 invalid input, 8 refused (primary or in use).")
+        parser.add_argument("--tenant", metavar="T", help="the tenant (not with --level master)")
+        parser.add_argument("--level", choices=("dek", "kek", "master"), required=True)
+        parser.add_argument("--version", type=int, required=True, metavar="N", help="the key version")
+        if action == "destroy":
+            parser.add_argument("--yes", action="store_true", help="confirm: the key material is gone for good")
+        parser.add_argument("--dry-run", action="store_true", help="check and say what would happen, change nothing")
+        add_json_flag(parser)
+        parser.set_defaults(func=cmd_lifecycle, action=action)
+
+
+def cmd_lifecycle(args: argparse.Namespace) -> int:
+    with open_keyops() as k:
+        if args.action == "retire":
+            result = retire(k, args.tenant, args.level, args.version, dry_run=args.dry_run)
+        else:
+            result = destroy(k, args.tenant, args.level, args.version, confirm=args.yes, dry_run=args.dry_run)
+    _print(result, args.json)
+    return EXIT_DONE if result.changed else EXIT_NOTHING_TO_DO
+
+
+def _print(result: LifecycleResult, as_json: bool) -> None:
+    if as_json:
+        print_json({"command": result.action, "changed": result.changed, "dry_run": result.dry_run,
+                    "result": result})
+    else:
+        print(result.detail)

@@ -1,0 +1,253 @@
+"""The end of a key version's life: retire (no longer usable, kept for audit), then destroy.
+
+A version is retired or destroyed only when nothing refers to it:
+
+* a DEK version: no secret record (its ciphertexts name the version; every
+  record of the tenant is read to count them);
+* a KEK version: no DEK version of the tenant (in the keyring);
+* a master key version: no KEK version of any tenant.
+
+The primary of a level is never retired or destroyed (rotate first), so a
+tenant always keeps a usable primary key. Destruction is irreversible and
+needs ``confirm=True`` (``--yes``); a destroyed DEK or KEK leaves only a
+small tombstone in the keyring, and a destroyed master key version is
+deleted from the HSM once the registry says it is destroyed. For residence
+``transit``, the tenant's Transit key follows: ``min_decryption_version``
+rises past retired versions and destroyed versions are trimmed.
+
+Each step is a check-and-set write followed by idempotent backend work, so
+a re-run after a crash finishes what is left (``changed`` then reports it).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Literal
+
+from keyops.errors import (
+    ConfirmationRequired,
+    Conflict,
+    InvalidInput,
+    KeyInUse,
+    KeyNotFound,
+    KeyStateError,
+    NotFound,
+)
+from keyops.model import LEVELS, STATES, Keyring
+from keyops.names import validate_tenant, validate_version
+from keyops.references import count_dek_references, count_kek_references, count_master_references
+from keyops.rotation import CAS_ATTEMPTS, PENDING, sync_transit_key
+from keyops.service import MASTER_PATH, Keyops, MasterRegistry
+
+Action = Literal["retire", "destroy"]
+_TARGET: dict[str, str] = {"retire": "retired", "destroy": "destroyed"}
+
+
+@dataclasses.dataclass(frozen=True)
+class LifecycleResult:
+    """What retire/destroy did (or would do). ``references``: what still refers to the version (0 to proceed)."""
+
+    action: str
+    tenant: str | None
+    level: str
+    version: int
+    changed: bool
+    state_before: str
+    state_after: str
+    references: int
+    dry_run: bool
+    detail: str = ""
+
+
+def retire(k: Keyops, tenant: str | None, level: str, version: int, *, dry_run: bool = False) -> LifecycleResult:
+    """Make ``version`` unusable (kept for audit) once nothing refers to it."""
+    return _change(k, "retire", tenant, level, version, dry_run=dry_run)
+
+
+def destroy(k: Keyops, tenant: str | None, level: str, version: int, *, confirm: bool,
+            dry_run: bool = False) -> LifecycleResult:
+    """Destroy ``version``'s material for good; needs ``confirm=True`` (a dry run does not)."""
+    if not confirm and not dry_run:
+        where = "the master key" if level == "master" else f"tenant {tenant!r}"
+        raise ConfirmationRequired(f"destroying {level} version {version} of {where} cannot be undone; "
+                                   "confirm with --yes (confirm=True), or look first with --dry-run")
+    return _change(k, "destroy", tenant, level, version, dry_run=dry_run)
+
+
+def _change(k: Keyops, action: Action, tenant: str | None, level: str, version: int, *,
+            dry_run: bool) -> LifecycleResult:
+    if level not in LEVELS:
+        raise InvalidInput(f"level must be one of {', '.join(LEVELS)}, not {level!r}")
+    version = validate_version(version)
+    if level == "master":
+        if tenant is not None:
+            raise InvalidInput("the master key belongs to no tenant; leave out the tenant (--tenant)")
+        run = _change_master
+    else:
+        if tenant is None:
+            raise InvalidInput(f"a {level} version belongs to a tenant; name it (--tenant)")
+        tenant = validate_tenant(tenant)
+        run = _change_tenant_key
+    if dry_run:
+        return run(k, action, tenant, level, version, dry_run=True)
+    with k.audited(action, tenant=tenant, level=level, versions=[version]) as event:
+        result = run(k, action, tenant, level, version, dry_run=False)
+        event.update(changed=result.changed, state=result.state_after)
+    return result
+
+
+# --- DEK and KEK versions -------------------------------------------------------------------
+
+
+def _change_tenant_key(k: Keyops, action: Action, tenant: str | None, level: str, version: int, *,
+                       dry_run: bool) -> LifecycleResult:
+    assert tenant is not None
+    target = _TARGET[action]
+    keyring, revision = k.read_keyring(tenant)
+    before = _state(keyring, level, version)
+    if _at_or_past(before, target):
+        # Already there; for a transit KEK the Transit key may still lag behind (a crash after the write).
+        follow = [] if dry_run else _follow_transit(k, keyring, level, action)
+        return LifecycleResult(action, tenant, level, version, bool(follow), before, before, 0, dry_run,
+                               detail=_done_detail(action, level, version, tenant, before, follow))
+    _check_not_primary(keyring, level, version)
+    references = _tenant_references(k, keyring, level, version)
+    if references:
+        raise KeyInUse(_in_use_message(action, level, version, tenant, references))
+    if dry_run:
+        return LifecycleResult(action, tenant, level, version, True, before, target, 0, True,
+                               detail=f"would {action} {level.upper()} v{version} of tenant {tenant} "
+                                      f"({before} -> {target})")
+    for _ in range(CAS_ATTEMPTS):
+        new = keyring.set_state(level, version, target, k.clock())
+        try:
+            k.write_keyring(new, cas=revision)
+            break
+        except Conflict:
+            keyring, revision = k.read_keyring(tenant)
+            if _at_or_past(_state(keyring, level, version), target):
+                new = keyring
+                break
+            _check_not_primary(keyring, level, version)
+            if level == "kek" and count_kek_references(keyring).get(version, 0):
+                raise KeyInUse(_in_use_message(action, level, version, tenant,
+                                               count_kek_references(keyring)[version])) from None
+    else:
+        raise Conflict(f"the keyring of tenant {tenant!r} kept changing; nothing was {target}; retry later")
+    follow = _follow_transit(k, new, level, action)
+    detail = f"{_TARGET[action]} {level.upper()} v{version} of tenant {tenant} ({before} -> {target})"
+    if follow:
+        detail += "; " + "; ".join(follow)
+    return LifecycleResult(action, tenant, level, version, True, before, target, 0, False, detail=detail)
+
+
+def _state(keyring: Keyring, level: str, version: int) -> str:
+    chain = keyring.chain(level)
+    if any(t.version == version for t in chain.tombstones):
+        return "destroyed"
+    try:
+        return chain.get(version).state
+    except KeyNotFound:
+        raise KeyNotFound(f"tenant {keyring.tenant!r} has no {level.upper()} version {version} (its versions: "
+                          f"{', '.join(str(v.version) for v in chain.versions)})") from None
+
+
+def _at_or_past(state: str, target: str) -> bool:
+    return STATES.index(state) >= STATES.index(target)
+
+
+def _check_not_primary(keyring: Keyring, level: str, version: int) -> None:
+    if keyring.chain(level).primary == version:
+        raise KeyStateError(f"{level.upper()} v{version} is the primary key of tenant {keyring.tenant!r}; rotate "
+                            f"first (keyops rotate --tenant {keyring.tenant} --level {level}) so that the tenant "
+                            "keeps a usable primary")
+
+
+def _tenant_references(k: Keyops, keyring: Keyring, level: str, version: int) -> int:
+    if level == "kek":
+        return count_kek_references(keyring).get(version, 0)
+    return count_dek_references(k, keyring.tenant).get(version, 0)
+
+
+def _in_use_message(action: str, level: str, version: int, tenant: str, references: int) -> str:
+    if level == "dek":
+        return (f"cannot {action} DEK v{version} of tenant {tenant!r}: {references} secret "
+                f"{'records still use' if references != 1 else 'record still uses'} it; re-encrypt first "
+                f"(keyops reencrypt --tenant {tenant})")
+    return (f"cannot {action} KEK v{version} of tenant {tenant!r}: {references} DEK "
+            f"{'versions are' if references != 1 else 'version is'} still wrapped by it; finish the KEK rotation first "
+            f"(keyops rotate --tenant {tenant} --level kek)")
+
+
+def _follow_transit(k: Keyops, keyring: Keyring, level: str, action: Action) -> list[str]:
+    if level != "kek" or keyring.policy.kek_residence != "transit":
+        return []
+    return sync_transit_key(k, keyring, trim=action == "destroy")
+
+
+def _done_detail(action: str, level: str, version: int, tenant: str | None, state: str,
+                 follow: list[str]) -> str:
+    what = f"master key v{version}" if tenant is None else f"{level.upper()} v{version} of tenant {tenant}"
+    if follow:
+        return f"{what} was already {state}; finished: {'; '.join(follow)}"
+    return f"nothing to do: {what} is already {state}"
+
+
+# --- master key versions -----------------------------------------------------------------------
+
+
+def _change_master(k: Keyops, action: Action, tenant: str | None, level: str, version: int, *,
+                   dry_run: bool) -> LifecycleResult:
+    target = _TARGET[action]
+    for _ in range(CAS_ATTEMPTS):
+        found = k.read_master()
+        if found is None:
+            raise NotFound("no master key is registered")
+        registry, revision = found
+        try:
+            mv = registry.get(version)
+        except KeyStateError:
+            raise KeyNotFound(f"master key version {version} is not registered (versions: "
+                              f"{', '.join(str(v.version) for v in registry.versions)})") from None
+        if mv.state == PENDING:
+            raise KeyStateError(f"master key v{version} is being created by a master rotation; finish it first "
+                                "(keyops rotate --level master)")
+        if _at_or_past(mv.state, target):
+            follow = [] if dry_run else _follow_hsm(k, registry, version, action)
+            return LifecycleResult(action, None, "master", version, bool(follow), mv.state, mv.state, 0, dry_run,
+                                   detail=_done_detail(action, "master", version, None, mv.state, follow))
+        if registry.primary == version:
+            raise KeyStateError(f"master key v{version} is the primary; rotate it first (keyops rotate --level "
+                                "master) so that KEKs keep a usable master key")
+        references = count_master_references(k).get(version, 0)
+        if references:
+            raise KeyInUse(f"cannot {action} master key v{version}: {references} KEK "
+                           f"{'versions are' if references != 1 else 'version is'} still wrapped by it; finish "
+                           "the master rotation first (keyops rotate --level master)")
+        if dry_run:
+            return LifecycleResult(action, None, "master", version, True, mv.state, target, 0, True,
+                                   detail=f"would {action} master key v{version} ({mv.label}); "
+                                          f"{mv.state} -> {target}")
+        new = dataclasses.replace(registry, versions=tuple(
+            dataclasses.replace(v, state=target) if v.version == version else v for v in registry.versions))
+        try:
+            k.store.write(MASTER_PATH, new.to_dict(), cas=revision)
+        except Conflict:
+            continue  # re-check everything on the fresh registry
+        follow = _follow_hsm(k, new, version, action)
+        detail = f"{target} master key v{version} ({mv.label}); {mv.state} -> {target}"
+        if follow:
+            detail += "; " + "; ".join(follow)
+        return LifecycleResult(action, None, "master", version, True, mv.state, target, 0, False, detail=detail)
+    raise Conflict(f"the master key registry kept changing; master key v{version} was not {target}; retry later")
+
+
+def _follow_hsm(k: Keyops, registry: MasterRegistry, version: int, action: Action) -> list[str]:
+    """After the registry says destroyed: delete the key from the HSM (idempotent)."""
+    if action != "destroy":
+        return []
+    label = registry.get(version).label
+    if not k.hsm.has_key(label):
+        return []
+    k.hsm.destroy_key(label)
+    return [f"HSM key {label!r} deleted"]

@@ -1,0 +1,867 @@
+"""Rotation at every level of the hierarchy: on demand, and when due by policy.
+
+Each rotation is a short sequence of check-and-set writes, ordered so that a
+process killed between any two of them leaves every key usable and every
+secret decryptable; a re-run finds the interrupted work and finishes it
+instead of starting another rotation (``resumed=True``).
+
+DEK
+    A new DEK, wrapped by the primary KEK, becomes primary; older versions
+    turn ``decrypt_only``. One write.
+
+KEK, residence ``kv``
+    A new KEK (wrapped by the master key) and every DEK version of the tenant
+    re-wrapped under it, in memory, in one write. No secret is read or written.
+
+KEK, residence ``transit``
+    1. The new KEK, wrapped by the master key (its escrow copy), is written to
+       the keyring as primary *before* Transit sees it, so Transit never holds
+       a version keyops could not recover.
+    2. It is imported into the tenant's Transit key (``import_version``) and
+       checked with a probe.
+    3. Every DEK version is unwrapped by its old Transit version and wrapped
+       by the new one (decrypt, then encrypt: Transit's ``rewrap`` takes no
+       associated data), in memory; one write.
+    4. ``min_decryption_version`` is raised once no DEK refers to an older
+       version.
+    Interrupted work shows as DEK versions whose ``parent_version`` is not the
+    primary KEK, a Transit key behind the keyring, or a
+    ``min_decryption_version`` below what the keyring needs.
+
+Master key
+    1. Version N+1 is claimed in the registry (state ``pending``, one write),
+       so that two rotations never both create an HSM key.
+    2. The HSM key ``<prefix>-v<N+1>`` is created (idempotent by label).
+    3. It becomes primary; version N turns ``decrypt_only`` (one write).
+    4. Every KEK version (the escrow copies of residence ``transit`` included)
+       of every tenant is re-wrapped under it, one write per keyring.
+    Interrupted work shows as a ``pending`` version or KEKs wrapped by a
+    non-primary master version.
+
+Concurrency: a rotation reads a document at version v and writes it with
+``cas=v``. When the write loses, the document is read again: if the primary
+moved, another rotation won, and this one raises ``Conflict`` (or, with
+``expect_version``, reports ``changed=False``); a write that did not rotate
+(a usage reservation, a policy change) is simply retried on the fresh copy.
+Because an unfinished rotation looks the same as one still running, each
+rotation also holds a lease in KV (``locks/tenants/<tenant>``,
+``locks/master``): a second rotation that finds a live lease raises
+``Conflict`` instead of "finishing" work that is still under way. A lease
+whose holder died (same host, process gone) or expired is taken over, so a
+re-run after a crash resumes at once.
+
+``expect_version=N`` rotates only while the primary is still version N, so
+CI jobs and Ansible can re-run a rotation without rotating twice.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import datetime as dt
+import os
+import socket
+import time
+import uuid
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any, Literal
+
+from keyops import crypto
+from keyops.errors import Conflict, InvalidInput, KeyopsError, KeyStateError, NotFound, TenantNotFound
+from keyops.model import TENANT_LEVELS, Keyring, age_days, due_rotations, format_time
+from keyops.names import validate_tenant, validate_version
+from keyops.service import (
+    MASTER_PATH,
+    Keyops,
+    MasterRegistry,
+    MasterVersion,
+    b64d,
+    b64e,
+    transit_key_name,
+)
+from keyops.wrappers import AeadWrapper, KeyWrapper, Pkcs11Wrapper
+
+#: Attempts at a check-and-set write that loses to writes which are not rotations.
+CAS_ATTEMPTS = 8
+PENDING = "pending"
+_DECRYPTING = ("active", "decrypt_only")
+LOCKS_PATH = "locks"
+#: How long a rotation's lease lasts unless renewed; a crashed holder on another host blocks this long.
+LEASE_SECONDS = 120.0
+
+
+# --- results (no key material in any of them) -----------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class RotationResult:
+    """One tenant-level rotation. ``rewrapped``: DEK versions re-wrapped (KEK rotation)."""
+
+    tenant: str
+    level: str
+    changed: bool
+    old_version: int
+    new_version: int
+    reason: str
+    dry_run: bool
+    resumed: bool = False
+    rewrapped: int = 0
+    detail: str = ""
+
+
+@dataclasses.dataclass(frozen=True)
+class MasterRotationResult:
+    """A master key rotation. ``tenants``: keyrings whose KEKs were (or would be) re-wrapped."""
+
+    changed: bool
+    old_version: int
+    new_version: int
+    reason: str
+    dry_run: bool
+    resumed: bool = False
+    tenants: tuple[str, ...] = ()
+    rewrapped: int = 0
+    detail: str = ""
+    level: str = "master"
+    tenant: str | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class DueFailure:
+    tenant: str | None
+    level: str
+    error: str  # the KeyopsError code
+    message: str
+
+
+@dataclasses.dataclass(frozen=True)
+class DueRotationReport:
+    """What ``rotate_due`` found due, and what it rotated (or would, in a dry run)."""
+
+    dry_run: bool
+    tenants_checked: int
+    master_checked: bool
+    rotations: tuple[RotationResult | MasterRotationResult, ...]
+    failures: tuple[DueFailure, ...]
+
+    @property
+    def changed(self) -> bool:
+        return any(r.changed for r in self.rotations)
+
+    @property
+    def nothing_due(self) -> bool:
+        return not self.changed and not self.failures
+
+    def summary(self) -> str:
+        scope = f"{self.tenants_checked} tenant{'s' if self.tenants_checked != 1 else ''}"
+        if self.master_checked:
+            scope += " and the master key"
+        if self.nothing_due:
+            return f"nothing due ({scope} checked)"
+        verb = "would rotate" if self.dry_run else "rotated"
+        done = sum(1 for r in self.rotations if r.changed)
+        text = f"{verb} {done} key{'s' if done != 1 else ''} ({scope} checked)"
+        if self.failures:
+            text += f"; {len(self.failures)} failed"
+        return text
+
+
+# --- pure helpers (no I/O) --------------------------------------------------------------------
+
+
+def stale_dek_versions(keyring: Keyring) -> list[int]:
+    """DEK versions not (yet) wrapped by the primary KEK: work left by an interrupted KEK rotation."""
+    return [kv.version for kv in keyring.dek.versions if kv.parent_version != keyring.kek.primary]
+
+
+def stale_kek_versions(keyring: Keyring, master_primary: int) -> list[int]:
+    """KEK versions not (yet) wrapped by the primary master key."""
+    return [kv.version for kv in keyring.kek.versions if kv.parent_version != master_primary]
+
+
+def transit_version_of(keyring: Keyring, kek_version: int) -> int:
+    kv = keyring.kek.get(kek_version)
+    return kv.transit_version or kv.version
+
+
+def transit_targets(keyring: Keyring) -> tuple[int, int]:
+    """``(min_decryption_version, min_available_version)`` the tenant's Transit key should have.
+
+    Decryption is needed for the Transit versions of the KEKs that wrap a DEK,
+    and of the primary; every version below the lowest KEK still in the
+    keyring (destroyed ones leave only a tombstone) may be trimmed.
+    """
+    by_version = {kv.version: kv.transit_version or kv.version for kv in keyring.kek.versions}
+    needed = {by_version[keyring.kek.primary]}
+    needed.update(by_version[d.parent_version] for d in keyring.dek.versions if d.parent_version in by_version)
+    return min(needed), min(by_version.values())
+
+
+def pending_master_version(registry: MasterRegistry) -> int | None:
+    pending = [mv.version for mv in registry.versions if mv.state == PENDING]
+    return max(pending) if pending else None
+
+
+def claim_master_version(registry: MasterRegistry, label: Callable[[int], str], now: dt.datetime) -> MasterRegistry:
+    """The registry with version N+1 claimed (``pending``), not yet primary."""
+    version = max(mv.version for mv in registry.versions) + 1
+    new = MasterVersion(version, label(version), PENDING, format_time(now))
+    return dataclasses.replace(registry, versions=registry.versions + (new,))
+
+
+def promote_master_version(registry: MasterRegistry, version: int) -> MasterRegistry:
+    """``version`` becomes the primary; the previous primary turns ``decrypt_only``."""
+    if registry.primary == version:
+        return registry
+
+    def state(mv: MasterVersion) -> MasterVersion:
+        if mv.version == version:
+            return dataclasses.replace(mv, state="active")
+        if mv.state == "active":
+            return dataclasses.replace(mv, state="decrypt_only")
+        return mv
+
+    return dataclasses.replace(registry, primary=version, versions=tuple(state(mv) for mv in registry.versions))
+
+
+def master_due(registry: MasterRegistry, now: dt.datetime) -> str | None:
+    """Why the master key is due (age against its period), or None."""
+    primary = registry.get(registry.primary)
+    age = age_days(primary.created_at, now)
+    if age >= registry.period_days:
+        return f"age: {age:.1f} days old, period {registry.period_days} days"
+    return None
+
+
+# --- leases --------------------------------------------------------------------------------------
+
+
+class _Lease:
+    """A lease in KV on one rotation scope, taken and renewed with check-and-set writes."""
+
+    def __init__(self, k: Keyops, scope: str, what: str, seconds: float = LEASE_SECONDS) -> None:
+        self.k = k
+        self.path = f"{LOCKS_PATH}/{scope}"
+        self.what = what
+        self.seconds = seconds
+        self.owner = uuid.uuid4().hex
+        self.version = 0
+        self.renew_at = 0.0
+
+    def _doc(self) -> dict[str, Any]:
+        now = time.time()
+        return {"owner": self.owner, "host": socket.gethostname(), "pid": os.getpid(), "what": self.what,
+                "since": format_time(dt.datetime.now(dt.timezone.utc)), "expires_at": now + self.seconds}
+
+    def acquire(self) -> None:
+        for _ in range(CAS_ATTEMPTS):
+            found = self.k.store.read(self.path)
+            cas = 0
+            if found is not None:
+                holder, cas = found
+                if _holder_alive(holder):
+                    raise Conflict(
+                        f"another {self.what} is in progress (process {holder.get('pid')} on "
+                        f"{holder.get('host')!r}, since {holder.get('since')}); this run changed nothing. Re-run "
+                        f"when it has finished (the lease of a crashed run on another host expires "
+                        f"{max(0, int(float(holder.get('expires_at', 0)) - time.time()))} s from now)")
+            try:
+                self.version = self.k.store.write(self.path, self._doc(), cas=cas)
+            except Conflict:
+                continue
+            self.renew_at = time.time() + self.seconds / 3
+            return
+        raise Conflict(f"could not take the lease of {self.path}: it kept changing; retry later")
+
+    def renew(self) -> None:
+        """Extend the lease when a third of it has passed (cheap to call often)."""
+        if time.time() < self.renew_at:
+            return
+        try:
+            self.version = self.k.store.write(self.path, self._doc(), cas=self.version)
+        except Conflict as exc:
+            raise Conflict(f"the lease of this {self.what} was taken over (it expired); stopped; re-run to "
+                           "finish what is left") from exc
+        self.renew_at = time.time() + self.seconds / 3
+
+    def release(self) -> None:
+        found = self.k.store.read(self.path)
+        if found is not None and found[0].get("owner") == self.owner:
+            self.k.store.delete_all_versions(self.path)
+
+
+def _holder_alive(holder: dict[str, Any]) -> bool:
+    try:
+        if time.time() >= float(holder["expires_at"]):
+            return False
+        if holder.get("host") == socket.gethostname() and int(holder["pid"]) != os.getpid():
+            os.kill(int(holder["pid"]), 0)  # same host: a dead holder is known at once
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # alive, another user's
+    except (KeyError, TypeError, ValueError):
+        return False  # not a lease we understand: take it over
+    return True
+
+
+@contextlib.contextmanager
+def _leased(k: Keyops, scope: str, what: str) -> Iterator[_Lease]:
+    lease = _Lease(k, scope, what)
+    lease.acquire()
+    try:
+        yield lease
+    finally:
+        lease.release()
+
+
+# --- tenant levels -----------------------------------------------------------------------------
+
+
+def rotate(k: Keyops, tenant: str, level: Literal["dek", "kek"], *, dry_run: bool = False,
+           expect_version: int | None = None, reason: str = "on demand") -> RotationResult:
+    """Rotate the tenant's DEK or KEK; finish an interrupted KEK rotation first.
+
+    Raises ``Conflict`` when another rotation of the same level won the race
+    (without ``expect_version``; with it, the result is ``changed=False``).
+    """
+    tenant = validate_tenant(tenant)
+    if level not in TENANT_LEVELS:
+        raise InvalidInput(f"level must be 'dek' or 'kek' for a tenant rotation, not {level!r} "
+                           "(the master key rotates with rotate_master / --level master)")
+    if expect_version is not None:
+        expect_version = validate_version(expect_version, "expect_version")
+    if dry_run:
+        return _plan_tenant(k, tenant, level, expect_version, reason)
+    with k.audited("rotate", tenant=tenant, level=level, reason=reason) as event, \
+            _leased(k, f"tenants/{tenant}", f"rotation of tenant {tenant!r}"):
+        result = _rotate_tenant(k, tenant, level, expect_version, reason)
+        event.update(versions={"old": result.old_version, "new": result.new_version},
+                     changed=result.changed, resumed=result.resumed)
+    return result
+
+
+def resume(k: Keyops, tenant: str, *, dry_run: bool = False,
+           reason: str = "finish an interrupted rotation") -> RotationResult | None:
+    """Finish an interrupted KEK rotation of ``tenant``; None when there is nothing to finish."""
+    tenant = validate_tenant(tenant)
+    keyring, _ = k.read_keyring(tenant)
+    _require_complete(keyring)
+    work = _kek_work(k, keyring)
+    if not work:
+        return None
+    if dry_run:
+        return _resumed_result(keyring, reason, True, len(stale_dek_versions(keyring)), work)
+    with k.audited("rotate", tenant=tenant, level="kek", reason=reason) as event, \
+            _leased(k, f"tenants/{tenant}", f"rotation of tenant {tenant!r}"):
+        keyring, revision = k.read_keyring(tenant)
+        work = _kek_work(k, keyring)
+        stale = len(stale_dek_versions(keyring))
+        if work:
+            keyring, revision = _finish_kek(k, keyring, revision)
+        result = _resumed_result(keyring, reason, False, stale, work)
+        event.update(versions={"old": result.old_version, "new": result.new_version}, changed=bool(work),
+                     resumed=True)
+    return result if work else None
+
+
+def _require_complete(keyring: Keyring) -> None:
+    if keyring.kek.empty or keyring.dek.empty:
+        raise KeyStateError(f"tenant {keyring.tenant!r} is half-made (no KEK or DEK yet); re-run "
+                            f"'keyops tenant create {keyring.tenant}' with its policy first")
+
+
+def _kek_work(k: Keyops, keyring: Keyring) -> list[str]:
+    """What an interrupted KEK rotation left to do, in words (empty: nothing)."""
+    work: list[str] = []
+    primary = keyring.kek.primary
+    transit = keyring.policy.kek_residence == "transit"
+    name = transit_key_name(keyring.tenant)
+    info = k.store.transit_read_key(name) if transit else None
+    if transit:
+        tv = transit_version_of(keyring, primary)
+        latest = int(info["latest_version"]) if info else 0
+        if latest < tv:
+            work.append(f"import KEK v{primary} into Transit key {name!r} as version {tv}")
+    stale = stale_dek_versions(keyring)
+    if stale:
+        work.append(f"re-wrap DEK version{'s' if len(stale) > 1 else ''} {_list(stale)} under KEK v{primary}")
+    if transit:
+        target = transit_targets(_as_rewrapped(keyring))[0]
+        if info is not None and int(info.get("min_decryption_version", 1)) < target:
+            work.append(f"raise min_decryption_version of Transit key {name!r} to {target}")
+    return work
+
+
+def _as_rewrapped(keyring: Keyring) -> Keyring:
+    """The keyring as it will be once every DEK is under the primary KEK (for planning only)."""
+    dek = keyring.dek
+    for version in stale_dek_versions(keyring):
+        dek = dek.replace(dataclasses.replace(dek.get(version), parent_version=keyring.kek.primary))
+    return keyring.with_chain("dek", dek)
+
+
+def _previous_version(keyring: Keyring, level: str) -> int:
+    chain = keyring.chain(level)
+    older = [kv.version for kv in chain.versions if kv.version < chain.primary]
+    return max(older, default=chain.primary - 1)
+
+
+def _resumed_result(keyring: Keyring, reason: str, dry_run: bool, rewrapped: int,
+                    work: list[str]) -> RotationResult:
+    verb = "would finish" if dry_run else "finished"
+    return RotationResult(
+        keyring.tenant, "kek", True, _previous_version(keyring, "kek"), keyring.kek.primary, reason, dry_run,
+        resumed=True, rewrapped=rewrapped,
+        detail=f"{verb} an interrupted KEK rotation of tenant {keyring.tenant}: {'; '.join(work)}")
+
+
+def _nothing(tenant: str, level: str, current: int, reason: str, dry_run: bool, why: str) -> RotationResult:
+    return RotationResult(tenant, level, False, current, current, reason, dry_run, detail=f"nothing to do: {why}")
+
+
+def _plan_tenant(k: Keyops, tenant: str, level: str, expect: int | None, reason: str) -> RotationResult:
+    keyring, _ = k.read_keyring(tenant)
+    _require_complete(keyring)
+    work = _kek_work(k, keyring)
+    if work and level == "kek":
+        return _resumed_result(keyring, reason, True, len(stale_dek_versions(keyring)), work)
+    chain = keyring.chain(level)
+    if expect is not None and chain.primary != expect:
+        return _nothing(tenant, level, chain.primary, reason, True,
+                        f"the primary {level.upper()} is v{chain.primary}, not v{expect}")
+    new = chain.latest_version + 1
+    if level == "dek":
+        detail = f"would create DEK v{new} of tenant {tenant}, wrapped by KEK v{keyring.kek.primary}"
+        rewrapped = 0
+    else:
+        rewrapped = len(keyring.dek.versions)
+        detail = (f"would create KEK v{new} of tenant {tenant} ({keyring.policy.kek_residence}) and re-wrap "
+                  f"{rewrapped} DEK version{'s' if rewrapped != 1 else ''} under it")
+    if work:
+        detail = f"would first finish: {'; '.join(work)}; then {detail}"
+    return RotationResult(tenant, level, True, chain.primary, new, reason, True, rewrapped=rewrapped,
+                          detail=detail)
+
+
+def _rotate_tenant(k: Keyops, tenant: str, level: str, expect: int | None, reason: str) -> RotationResult:
+    keyring, revision = k.read_keyring(tenant)
+    _require_complete(keyring)
+    work = _kek_work(k, keyring)
+    if work:
+        stale = len(stale_dek_versions(keyring))
+        keyring, revision = _finish_kek(k, keyring, revision)
+        if level == "kek":
+            return _resumed_result(keyring, reason, False, stale, work)
+    start = keyring.chain(level).primary
+    if expect is not None and start != expect:
+        return _nothing(tenant, level, start, reason, False, f"the primary {level.upper()} is v{start}, not v{expect}")
+    rewrapped = 0
+    for _ in range(CAS_ATTEMPTS):
+        if stale_dek_versions(keyring):
+            raise Conflict(f"a KEK rotation of tenant {tenant!r} is in progress (started after this run read the "
+                           f"keyring); nothing was rotated; re-run once it finished")
+        if level == "dek":
+            new = _with_new_dek(k, keyring)
+        elif keyring.policy.kek_residence == "kv":
+            new = _with_new_kv_kek(k, keyring)
+            rewrapped = len(new.dek.versions)
+        else:
+            new = _with_new_transit_kek(k, keyring)
+        try:
+            revision = k.write_keyring(new, cas=revision)
+            break
+        except Conflict:
+            keyring, revision = k.read_keyring(tenant)
+            now_primary = keyring.chain(level).primary
+            if now_primary != start:
+                return _lost_race(tenant, level, start, now_primary, expect, reason)
+    else:
+        raise Conflict(f"the keyring of tenant {tenant!r} kept changing during {CAS_ATTEMPTS} attempts to rotate "
+                       f"its {level.upper()}; nothing was rotated; retry later")
+    if level == "kek" and keyring.policy.kek_residence == "transit":
+        rewrapped = len(stale_dek_versions(new))
+        new, revision = _finish_kek(k, new, revision)
+    what = "DEK" if level == "dek" else "KEK"
+    detail = f"rotated the {what} of tenant {tenant}: v{start} -> v{new.chain(level).primary}"
+    if rewrapped:
+        detail += f", {rewrapped} DEK version{'s' if rewrapped != 1 else ''} re-wrapped"
+    if work:
+        detail = f"finished an interrupted KEK rotation ({'; '.join(work)}); {detail}"
+    return RotationResult(tenant, level, True, start, new.chain(level).primary, reason, False,
+                          resumed=bool(work), rewrapped=rewrapped, detail=detail)
+
+
+def _lost_race(tenant: str, level: str, start: int, now_primary: int, expect: int | None,
+               reason: str) -> RotationResult:
+    what = level.upper()
+    if expect is not None:
+        return _nothing(tenant, level, now_primary, reason, False,
+                        f"another rotation won the race; the primary {what} is now v{now_primary}")
+    raise Conflict(f"another rotation of the {what} of tenant {tenant!r} won the race: its primary {what} is now "
+                   f"v{now_primary} (was v{start}). This run changed nothing; to rotate again only if still "
+                   f"needed, re-run with --expect-version {now_primary}")
+
+
+def _with_new_dek(k: Keyops, keyring: Keyring) -> Keyring:
+    tenant, kek_version = keyring.tenant, keyring.kek.primary
+    version = keyring.dek.latest_version + 1
+    wrapper = k._kek_wrapper(keyring, kek_version)
+    wrapped = wrapper.wrap(crypto.generate_key(), crypto.key_context(tenant, "dek", version))
+    return keyring.add_version("dek", b64e(wrapped), kek_version, k.clock())
+
+
+def _new_master_wrapped_kek(k: Keyops, keyring: Keyring) -> tuple[bytes, int, str, int]:
+    """A fresh KEK: (bytes, version, master-wrapped blob, master version)."""
+    version = keyring.kek.latest_version + 1
+    kek = crypto.generate_key()
+    master_version, master = k.master_wrapper()
+    wrapped = master.wrap(kek, crypto.key_context(keyring.tenant, "kek", version))
+    return kek, version, b64e(wrapped), master_version
+
+
+def _with_new_kv_kek(k: Keyops, keyring: Keyring) -> Keyring:
+    kek, version, wrapped, master_version = _new_master_wrapped_kek(k, keyring)
+    new = keyring.add_version("kek", wrapped, master_version, k.clock())
+    return _rewrap_deks(k, new, AeadWrapper(kek))
+
+
+def _with_new_transit_kek(k: Keyops, keyring: Keyring) -> Keyring:
+    # The Transit version is the one after the key's latest (not the KEK number), so a
+    # version imported twice by two racing resumes only shifts later numbers.
+    info = k.store.transit_read_key(transit_key_name(keyring.tenant))
+    if info is None:
+        raise KeyStateError(f"the Transit key {transit_key_name(keyring.tenant)!r} of tenant {keyring.tenant!r} "
+                            "is missing; restore it (or the Transit mount) before rotating")
+    _, _, wrapped, master_version = _new_master_wrapped_kek(k, keyring)
+    return keyring.add_version("kek", wrapped, master_version, k.clock(),
+                               transit_version=int(info["latest_version"]) + 1)
+
+
+def _rewrap_deks(k: Keyops, keyring: Keyring, new_wrapper: KeyWrapper | None = None) -> Keyring:
+    """Every DEK version not under the primary KEK, unwrapped by its KEK and wrapped by the primary (in memory)."""
+    tenant, primary = keyring.tenant, keyring.kek.primary
+    new_wrapper = new_wrapper or k._kek_wrapper(keyring, primary)
+    old_wrappers: dict[int, KeyWrapper] = {}
+    for version in stale_dek_versions(keyring):
+        kv = keyring.dek.get(version)
+        context = crypto.key_context(tenant, "dek", version)
+        if kv.parent_version not in old_wrappers:
+            old_wrappers[kv.parent_version] = k._kek_wrapper(keyring, kv.parent_version)
+        raw = old_wrappers[kv.parent_version].unwrap(b64d(kv.wrapped), context)
+        wrapped = new_wrapper.wrap(raw, context)
+        keyring = keyring.replace_version(
+            "dek", dataclasses.replace(kv, wrapped=b64e(wrapped), parent_version=primary))
+    return keyring
+
+
+def _finish_kek(k: Keyops, keyring: Keyring, revision: int) -> tuple[Keyring, int]:
+    """Finish a KEK rotation whose new primary is in the keyring: import, re-wrap, raise min_decryption."""
+    tenant, primary = keyring.tenant, keyring.kek.primary
+    transit = keyring.policy.kek_residence == "transit"
+    for _ in range(CAS_ATTEMPTS):
+        if not stale_dek_versions(keyring):
+            break
+        if transit:
+            k._ensure_transit_kek(keyring, primary)  # idempotent: imports, or verifies with a probe
+        new = _rewrap_deks(k, keyring)
+        try:
+            revision = k.write_keyring(new, cas=revision)
+            keyring = new
+            break
+        except Conflict:
+            keyring, revision = k.read_keyring(tenant)
+            if keyring.kek.primary != primary:
+                raise Conflict(f"another rotation of the KEK of tenant {tenant!r} took over (primary KEK is now "
+                               f"v{keyring.kek.primary}); re-run to see what is left") from None
+    else:
+        raise Conflict(f"the keyring of tenant {tenant!r} kept changing while its DEKs were re-wrapped; "
+                       "re-run to finish the KEK rotation")
+    if transit:
+        if not stale_dek_versions(keyring):
+            k._ensure_transit_kek(keyring, primary)  # the DEKs were re-wrapped by an earlier run
+        sync_transit_key(k, keyring)
+    return keyring, revision
+
+
+def sync_transit_key(k: Keyops, keyring: Keyring, *, trim: bool = False) -> list[str]:
+    """Raise the Transit key's ``min_decryption_version`` (and, with ``trim``, trim it) to what the keyring needs.
+
+    Only ever raises: versions a DEK still needs stay decryptable. Returns
+    what changed, in words.
+    """
+    name = transit_key_name(keyring.tenant)
+    info = k.store.transit_read_key(name)
+    if info is None:
+        raise KeyStateError(f"the Transit key {name!r} of tenant {keyring.tenant!r} is missing; restore it "
+                            "(or the Transit mount) first")
+    latest = int(info["latest_version"])
+    min_decryption, min_available = transit_targets(keyring)
+    min_decryption = min(min_decryption, latest)
+    min_available = min(min_available, min_decryption)
+    current_decryption = int(info.get("min_decryption_version") or 1)
+    current_encryption = int(info.get("min_encryption_version") or 0)
+    current_available = max(1, int(info.get("min_available_version") or 0))
+    settings: dict[str, Any] = {}
+    if current_decryption < min_decryption:
+        settings["min_decryption_version"] = min_decryption
+    do_trim = trim and min_available > current_available
+    if do_trim and current_encryption < min_available:
+        # Transit trims only below both minimums, and wants encryption's at or above decryption's.
+        settings["min_encryption_version"] = max(min_available, min_decryption, current_decryption)
+    changed: list[str] = []
+    if settings:
+        k.store.transit_configure_key(name, **settings)
+        changed.extend(f"{key} of Transit key {name!r} raised to {value}" for key, value in settings.items())
+    if do_trim:
+        k.store.transit_trim_key(name, min_available)
+        changed.append(f"Transit key {name!r} trimmed below version {min_available}")
+    return changed
+
+
+# --- master key -------------------------------------------------------------------------------
+
+
+def rotate_master(k: Keyops, *, dry_run: bool = False, expect_version: int | None = None,
+                  reason: str = "on demand") -> MasterRotationResult:
+    """Rotate the HSM master key and re-wrap every KEK of every tenant; finish an interrupted one first."""
+    if expect_version is not None:
+        expect_version = validate_version(expect_version, "expect_version")
+    if dry_run:
+        return _plan_master(k, expect_version, reason)
+    with k.audited("rotate", level="master", reason=reason) as event, \
+            _leased(k, "master", "master key rotation") as lease:
+        result = _rotate_master(k, expect_version, reason, lease)
+        event.update(versions={"old": result.old_version, "new": result.new_version}, changed=result.changed,
+                     resumed=result.resumed, tenants=len(result.tenants))
+    return result
+
+
+def _read_registry(k: Keyops) -> tuple[MasterRegistry, int]:
+    found = k.read_master()
+    if found is None:
+        raise NotFound("no master key is registered yet; it is created with the first tenant "
+                       "('keyops tenant create') or by the master_key module")
+    return found
+
+
+def _plan_master(k: Keyops, expect: int | None, reason: str) -> MasterRotationResult:
+    registry, _ = _read_registry(k)
+    start = registry.primary
+    pending = pending_master_version(registry)
+    target = pending or start
+    tenants, keks = _scan_keks(k, target)
+    if pending is not None or tenants:
+        what = f"make master v{pending} primary and " if pending is not None else ""
+        return MasterRotationResult(
+            True, start, target, reason, True, resumed=True, tenants=tuple(tenants), rewrapped=keks,
+            detail=f"would finish an interrupted master rotation: {what}re-wrap {keks} KEK versions of "
+                   f"{len(tenants)} tenants under master v{target}")
+    if expect is not None and start != expect:
+        return MasterRotationResult(False, start, start, reason, True,
+                                    detail=f"nothing to do: the primary master key is v{start}, not v{expect}")
+    tenants, keks = _scan_keks(k, None)
+    new = max(mv.version for mv in registry.versions) + 1
+    return MasterRotationResult(
+        True, start, new, reason, True, tenants=tuple(tenants), rewrapped=keks,
+        detail=f"would create master key {k.master_label(new)!r} in the HSM and re-wrap {keks} KEK versions "
+               f"of {len(tenants)} tenants under it")
+
+
+def _rotate_master(k: Keyops, expect: int | None, reason: str, lease: _Lease) -> MasterRotationResult:
+    registry, revision = _read_registry(k)
+    start = registry.primary
+    pending = pending_master_version(registry)
+    if pending is not None:
+        registry, revision = _activate_master(k, registry, revision, pending)
+        tenants, keks = _rewrap_all_keks(k, registry, lease)
+        return MasterRotationResult(
+            True, start, pending, reason, False, resumed=True, tenants=tuple(tenants), rewrapped=keks,
+            detail=f"finished an interrupted master rotation: master v{pending} is primary; {keks} KEK versions "
+                   f"of {len(tenants)} tenants re-wrapped")
+    tenants, keks = _rewrap_all_keks(k, registry, lease)
+    if tenants:
+        return MasterRotationResult(
+            True, _previous_master(registry), start, reason, False, resumed=True, tenants=tuple(tenants),
+            rewrapped=keks, detail=f"finished an interrupted master rotation: {keks} KEK versions of "
+                                   f"{len(tenants)} tenants re-wrapped under master v{start}")
+    if expect is not None and start != expect:
+        return MasterRotationResult(False, start, start, reason, False,
+                                    detail=f"nothing to do: the primary master key is v{start}, not v{expect}")
+    for _ in range(CAS_ATTEMPTS):
+        claimed = claim_master_version(registry, k.master_label, k.clock())
+        new_version = claimed.versions[-1].version
+        try:
+            revision = k.store.write(MASTER_PATH, claimed.to_dict(), cas=revision)
+            break
+        except Conflict:
+            registry, revision = _read_registry(k)
+            if registry.primary != start or pending_master_version(registry) is not None:
+                now = pending_master_version(registry) or registry.primary
+                if expect is not None:
+                    return MasterRotationResult(
+                        False, start, now, reason, False,
+                        detail=f"nothing to do: another master rotation won the race (master v{now})")
+                raise Conflict(f"another master key rotation won the race (master v{now}); this run changed "
+                               f"nothing. Re-run with --expect-version {registry.primary} to finish or check "
+                               "it") from None
+    else:
+        raise Conflict("the master key registry kept changing; nothing was rotated; retry later")
+    registry, revision = _activate_master(k, claimed, revision, new_version)
+    tenants, keks = _rewrap_all_keks(k, registry, lease)
+    return MasterRotationResult(
+        True, start, new_version, reason, False, tenants=tuple(tenants), rewrapped=keks,
+        detail=f"rotated the master key: v{start} -> v{new_version} ({k.master_label(new_version)}); {keks} KEK "
+               f"versions of {len(tenants)} tenants re-wrapped")
+
+
+def _previous_master(registry: MasterRegistry) -> int:
+    older = [mv.version for mv in registry.versions if mv.version < registry.primary]
+    return max(older, default=registry.primary)
+
+
+def _activate_master(k: Keyops, registry: MasterRegistry, revision: int,
+                     version: int) -> tuple[MasterRegistry, int]:
+    """Create the claimed HSM key (idempotent by label) and make it primary."""
+    k.hsm.ensure_key(registry.get(version).label)
+    for _ in range(CAS_ATTEMPTS):
+        promoted = promote_master_version(registry, version)
+        if promoted == registry:
+            return registry, revision
+        try:
+            return promoted, k.store.write(MASTER_PATH, promoted.to_dict(), cas=revision)
+        except Conflict:
+            registry, revision = _read_registry(k)
+            if registry.get(version).state not in (PENDING, "active"):
+                raise KeyStateError(f"master key version {version} turned {registry.get(version).state} while "
+                                    "it was being made primary; inspect the registry") from None
+    raise Conflict("the master key registry kept changing; re-run to finish the master rotation")
+
+
+def _scan_keks(k: Keyops, master_primary: int | None) -> tuple[list[str], int]:
+    """Tenants with KEK versions not under ``master_primary`` (None: every KEK version), and their count."""
+    tenants: list[str] = []
+    count = 0
+    for tenant in k.list_tenants():
+        try:
+            keyring, _ = k.read_keyring(tenant)
+        except TenantNotFound:
+            continue
+        stale = (len(keyring.kek.versions) if master_primary is None
+                 else len(stale_kek_versions(keyring, master_primary)))
+        if stale:
+            tenants.append(tenant)
+            count += stale
+    return tenants, count
+
+
+def _rewrap_all_keks(k: Keyops, registry: MasterRegistry, lease: _Lease) -> tuple[list[str], int]:
+    """Re-wrap, tenant by tenant, every KEK version not under the primary master key (one write per keyring)."""
+    wrappers = {mv.version: Pkcs11Wrapper(k.hsm, mv.label) for mv in registry.versions if mv.state in _DECRYPTING}
+    primary = registry.primary
+    tenants: list[str] = []
+    count = 0
+    for tenant in k.list_tenants():
+        lease.renew()
+        try:
+            keyring, revision = k.read_keyring(tenant)
+        except TenantNotFound:
+            continue  # removed meanwhile
+        for _ in range(CAS_ATTEMPTS):
+            stale = stale_kek_versions(keyring, primary)
+            if not stale:
+                break
+            new = _rewrap_keks(keyring, stale, wrappers, primary)
+            try:
+                k.write_keyring(new, cas=revision)
+            except Conflict:
+                keyring, revision = k.read_keyring(tenant)
+                continue
+            tenants.append(tenant)
+            count += len(stale)
+            break
+        else:
+            raise Conflict(f"the keyring of tenant {tenant!r} kept changing while its KEKs were re-wrapped; "
+                           "re-run the master rotation to finish it")
+    return tenants, count
+
+
+def _rewrap_keks(keyring: Keyring, versions: Iterable[int], wrappers: dict[int, Pkcs11Wrapper],
+                 primary: int) -> Keyring:
+    for version in versions:
+        kv = keyring.kek.get(version)
+        old = wrappers.get(kv.parent_version)
+        if old is None:
+            raise KeyStateError(f"KEK v{version} of tenant {keyring.tenant!r} is wrapped by master key "
+                                f"v{kv.parent_version}, which no longer decrypts; it cannot be re-wrapped")
+        context = crypto.key_context(keyring.tenant, "kek", version)
+        wrapped = wrappers[primary].wrap(old.unwrap(b64d(kv.wrapped), context), context)
+        keyring = keyring.replace_version(
+            "kek", dataclasses.replace(kv, wrapped=b64e(wrapped), parent_version=primary))
+    return keyring
+
+
+# --- due mode -----------------------------------------------------------------------------------
+
+
+def rotate_due(k: Keyops, *, dry_run: bool = False, tenants: list[str] | None = None,
+               include_master: bool = True) -> DueRotationReport:
+    """Rotate only what is due, and finish interrupted rotations; the rest is left alone.
+
+    Due: the master key by age against its period (365 days unless the
+    registry says otherwise); each tenant's KEK and DEK by age against the
+    policy's periods, and the DEK by reserved uses against its cap. A
+    failure of one tenant is reported and the others still run.
+    """
+    names = [validate_tenant(t) for t in tenants] if tenants is not None else k.list_tenants()
+    now = k.clock()
+    rotations: list[RotationResult | MasterRotationResult] = []
+    failures: list[DueFailure] = []
+    master_checked = False
+    if include_master:
+        try:
+            found = k.read_master()
+            if found is not None:
+                master_checked = True
+                registry = found[0]
+                why = master_due(registry, now)
+                if pending_master_version(registry) is not None or _any_stale_kek(k, registry.primary):
+                    why = "finish an interrupted master rotation"
+                if why is not None:
+                    rotations.append(rotate_master(k, dry_run=dry_run, expect_version=registry.primary,
+                                                   reason=f"due: {why}"))
+        except KeyopsError as exc:
+            failures.append(DueFailure(None, "master", exc.code, str(exc)))
+    for tenant in names:
+        level = "kek"
+        try:
+            keyring, _ = k.read_keyring(tenant)
+            _require_complete(keyring)
+            dues = {d.level: d for d in due_rotations(keyring, now)}
+            if "kek" not in dues:
+                finished = resume(k, tenant, dry_run=dry_run, reason="due: finish an interrupted rotation")
+                if finished is not None:
+                    rotations.append(finished)
+            for level in TENANT_LEVELS:
+                due = dues.get(level)
+                if due is not None:
+                    rotations.append(rotate(k, tenant, level, dry_run=dry_run, expect_version=due.version,
+                                            reason=f"due: {due.reason}: {due.detail}"))
+        except KeyopsError as exc:
+            failures.append(DueFailure(tenant, level, exc.code, str(exc)))
+    return DueRotationReport(dry_run, len(names), master_checked, tuple(rotations), tuple(failures))
+
+
+def _any_stale_kek(k: Keyops, master_primary: int) -> bool:
+    for tenant in k.list_tenants():
+        try:
+            keyring, _ = k.read_keyring(tenant)
+        except TenantNotFound:
+            continue
+        if stale_kek_versions(keyring, master_primary):
+            return True
+    return False
+
+
+def _list(versions: list[int]) -> str:
+    return ", ".join(f"v{v}" for v in versions)
