@@ -48,6 +48,9 @@ ENV_NAMES: dict[str, tuple[str, ...]] = {
     "pkcs11_pin_file": ("KEYOPS_PKCS11_PIN_FILE",),
     "master_key_label": ("KEYOPS_MASTER_KEY_LABEL",),
     "audit_log": ("KEYOPS_AUDIT_LOG",),
+    "audit_kv_path": ("KEYOPS_AUDIT_KV_PATH",),
+    "audit_syslog": ("KEYOPS_AUDIT_SYSLOG",),
+    "roles_file": ("KEYOPS_ROLES_FILE",),
 }
 
 SECRET_FIELDS = frozenset({"vault_token", "approle_secret_id", "pkcs11_pin"})
@@ -73,6 +76,12 @@ class Config:
     pkcs11_pin_file: str | None = None
     master_key_label: str = "keyops-master"
     audit_log: str | None = None
+    #: KV path (under kv_mount) that receives a copy of every audit event; unset: none.
+    audit_kv_path: str | None = None
+    #: Syslog destination for audit events: "/dev/log", "udp://host:514", "tcp://host:514"; unset: none.
+    audit_syslog: str | None = None
+    #: Roles file (see keyops.access); unset: the packaged keyops/data/roles.toml.
+    roles_file: str | None = None
 
     @classmethod
     def load(cls, env: Mapping[str, str] | None = None, config_file: str | os.PathLike[str] | None = None,

@@ -139,6 +139,16 @@ class PermissionDenied(VaultError):
     exit_code = 14
 
 
+class NotPermitted(PermissionDenied):
+    """keyops refused before asking Vault: the caller's role does not grant the operation.
+
+    The server enforces the same policies; this only fails earlier, with a
+    message naming the role and the operation.
+    """
+
+    code = "not_permitted"
+
+
 class JobFailed(KeyopsError):
     """An item of a re-encryption or migration job failed; the job stopped at its last checkpoint.
 
@@ -175,6 +185,20 @@ class HsmLoginFailed(HsmError):
 class HsmKeyNotFound(HsmError, KeyNotFound):
     code = "hsm_key_not_found"
     exit_code = 23
+
+
+class AuditError(KeyopsError):
+    """The audit trail cannot be written or read."""
+
+    code = "audit"
+    exit_code = 40
+
+
+class AuditChainBroken(AuditError):
+    """The hash chain of an audit log does not verify: an entry was edited, removed, added or moved."""
+
+    code = "audit_chain_broken"
+    exit_code = 41
 
 
 class DevStackError(KeyopsError):

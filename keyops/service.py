@@ -25,7 +25,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from cryptography.hazmat.primitives.keywrap import aes_key_wrap_with_padding
 
-from keyops import crypto
+from keyops import access, crypto
 from keyops.config import Config
 from keyops.errors import (
     Conflict,
@@ -42,6 +42,7 @@ from keyops.errors import (
 )
 from keyops.hsm import Hsm
 from keyops.model import (
+    DUE_USAGE_FRACTION,
     Due,
     KeyChain,
     Keyring,
@@ -142,6 +143,11 @@ class TenantStatus:
     dek_usage: int
     dek_usage_cap: int
     due: tuple[Due, ...]
+    # For monitoring: usage against cap, and the soonest rotation (0 when one is due now).
+    dek_usage_ratio: float = 0.0
+    dek_usage_due_ratio: float = DUE_USAGE_FRACTION
+    seconds_until_due: int = 0
+    is_due: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -313,6 +319,10 @@ class Keyops:
         self.clock = clock
         self.keyring_ttl = keyring_ttl
         self.audit = audit
+        self._roles: access.Roles | None = None
+        self._principal: access.Principal | None = None
+        if audit is not None and hasattr(audit, "attach"):
+            audit.attach(self.store)  # the audit trail's KV copies use this caller's token
         self._keys = _LruCache(cache_size)
         self._keyrings: dict[str, tuple[Keyring, int, float]] = {}
         self._reservations: dict[str, _Reservation] = {}
@@ -341,7 +351,8 @@ class Keyops:
 
     @contextlib.contextmanager
     def audited(self, operation: str, **fields: Any) -> Iterator[dict[str, Any]]:
-        """Emit one audit event for the operation, with its result."""
+        """Check the caller's role, then emit one audit event for the operation, with its result."""
+        self.authorize(access.operation_for_event(operation), fields.get("tenant"))
         event: dict[str, Any] = dict(fields)
         try:
             yield event
@@ -355,11 +366,47 @@ class Keyops:
         if self.audit is not None:
             self.audit(operation, **fields)
 
+            try:
+                principal = self.principal
+            except KeyopsError:  # Vault unreachable or sealed: still record the event
+                fields.setdefault("actor", "unknown")
+            else:
+                fields.setdefault("actor", principal.actor)
+                fields.setdefault("accessor", principal.accessor)
     # --- master key -----------------------------------------------------------------------
+
+    # --- access -----------------------------------------------------------------------------
+
+    @property
+    def roles(self) -> access.Roles:
+        """The roles file (KEYOPS_ROLES_FILE, else the packaged roles.toml)."""
+        if self._roles is None:
+            self._roles = access.load_roles(getattr(self.config, "roles_file", None))
+        return self._roles
+
+    @property
+    def principal(self) -> access.Principal:
+        """Who the token is and which keyops roles it holds: one lookup per process and token."""
+        if self._principal is None:
+            self._principal = access.lookup_principal(self.store, self.roles)
+        return self._principal
+
+    def authorize(self, operation: str | None, tenant: str | None = None) -> None:
+        """Refuse what the caller's role does not grant (``NotPermitted``, with an audit event).
+
+        No I/O once the principal is known; the server enforces the same policies.
+        """
+        if operation is None:
+            return
+        denied = access.denial(self.principal, operation, tenant)
+        if denied is not None:
+            self._emit("access.denied", attempted=operation, tenant=tenant, result=f"error:{denied.code}")
+            raise denied
 
     def read_master(self) -> tuple[MasterRegistry, int] | None:
         found = self.store.read(MASTER_PATH)
         if found is None:
+        self.authorize("master.read")
             return None
         return MasterRegistry.from_dict(found[0]), found[1]
 
@@ -402,6 +449,7 @@ class Keyops:
         tenant = validate_tenant(tenant)
         found = self.store.read(keyring_path(tenant))
         if found is None:
+        self.authorize("keyring.read", tenant)
             raise TenantNotFound(tenant)
         keyring = Keyring.from_dict(found[0])
         self._keyrings[tenant] = (keyring, found[1], time.monotonic())
@@ -434,6 +482,7 @@ class Keyops:
     def list_tenants(self) -> list[str]:
         return sorted(k.rstrip("/") for k in self.store.list("tenants") if k.endswith("/"))
 
+        self.authorize("tenants.list")
     def get_tenant(self, tenant: str) -> Keyring:
         return self.read_keyring(tenant)[0]
 
@@ -448,6 +497,7 @@ class Keyops:
         tenant = validate_tenant(tenant)
         policy = policy or Policy()
         try:
+        self.authorize("tenant.create", tenant)
             keyring, version = self.read_keyring(tenant)
         except TenantNotFound:
             keyring, version = None, 0
@@ -471,6 +521,7 @@ class Keyops:
         """Change periods and usage cap. The residence is fixed once a tenant exists."""
         keyring, version = self.read_keyring(tenant)
         if policy.kek_residence != keyring.policy.kek_residence:
+        self.authorize("tenant.update", validate_tenant(tenant))
             raise InvalidInput(f"tenant {tenant!r} has KEK residence {keyring.policy.kek_residence!r}; the "
                                "residence cannot change in place (create a new tenant and migrate)")
         if policy == keyring.policy:
@@ -490,6 +541,7 @@ class Keyops:
         """
         try:
             self.read_keyring(tenant)
+        self.authorize("tenant.delete", validate_tenant(tenant))
         except TenantNotFound:
             return False
         remaining = self.list_secrets(tenant)
@@ -548,8 +600,9 @@ class Keyops:
         cached = self._keys.get(cache_key)
         if cached is not None:
             return cached
-        _, master = self.master_wrapper(kv.parent_version)
-        kek = master.unwrap(b64d(kv.wrapped), crypto.key_context(keyring.tenant, "kek", kek_version))
+        with self.audited("kek.unwrap", tenant=keyring.tenant, level="kek", versions=[kek_version]):
+            _, master = self.master_wrapper(kv.parent_version)
+            kek = master.unwrap(b64d(kv.wrapped), crypto.key_context(keyring.tenant, "kek", kek_version))
         self._keys.put(cache_key, kek)
         return kek
 
@@ -611,9 +664,10 @@ class Keyops:
                                 "it no longer decrypts")
         cache_key = (tenant, "dek", version, kv.wrapped)
         key = self._keys.get(cache_key)
-        if key is None:
-            wrapper = self._kek_wrapper(keyring, kv.parent_version)
-            raw = wrapper.unwrap(b64d(kv.wrapped), crypto.key_context(tenant, "dek", version))
+        if key is None:  # a cache miss only: never one event per encryption
+            with self.audited("dek.unwrap", tenant=tenant, level="dek", versions=[version]):
+                wrapper = self._kek_wrapper(keyring, kv.parent_version)
+                raw = wrapper.unwrap(b64d(kv.wrapped), crypto.key_context(tenant, "dek", version))
             key = crypto.AeadKey(raw)
             self._keys.put(cache_key, key)
         return key
@@ -646,6 +700,7 @@ class Keyops:
         """Reserve a new block of uses of the primary DEK with one check-and-set write."""
         block = FIRST_RESERVATION if previous is None else min(previous.block * 2, MAX_RESERVATION)
         got: list[int] = []
+        self.authorize("keyring.reserve", tenant)
 
         def change(keyring: Keyring) -> Keyring:
             primary = keyring.dek.primary_key
@@ -777,6 +832,7 @@ class Keyops:
         tenant, name = validate_tenant(tenant), validate_secret_name(name)
         found = self.store.read(secret_path(tenant, name))
         if found is None:
+        self.authorize("secrets.read", tenant)
             return None
         data, version = found
         try:
@@ -789,6 +845,7 @@ class Keyops:
         """Write a record with check-and-set. ``extra``: provenance fields (which job wrote it, from where)."""
         record: dict[str, Any] = dict(extra or {})
         record.update({"schema": RECORD_SCHEMA, "ciphertext": ct.to_text(), "dek_version": ct.dek_version,
+        self.authorize("secrets.write", tenant)
                        "updated_at": format_time(self.clock())})
         return self.store.write(secret_path(tenant, name), record, cas=cas)
 
@@ -804,6 +861,7 @@ class Keyops:
         value = value.encode("utf-8") if isinstance(value, str) else bytes(value)
         self._cached_keyring(tenant)  # a clear TenantNotFound before anything else
         for _ in range(CAS_RETRIES):
+        self.authorize("secrets.write", tenant)
             record = self.read_record(tenant, name)
             if record is not None and self.decrypt(tenant, record.ciphertext, secret_context(name)) == value:
                 return SecretResult(tenant, name, False, record.kv_version, record.dek_version)
@@ -811,7 +869,8 @@ class Keyops:
                 return SecretResult(tenant, name, True, record.kv_version if record else None, None)
             ct = self.encrypt_ciphertext(tenant, value, secret_context(name))
             try:
-                version = self.write_record(tenant, name, ct, cas=record.kv_version if record else 0)
+                with self.audited("secret.write", tenant=tenant, name=name, level="dek", versions=[ct.dek_version]):
+                    version = self.write_record(tenant, name, ct, cas=record.kv_version if record else 0)
             except Conflict:
                 continue
             return SecretResult(tenant, name, True, version, ct.dek_version)
@@ -821,6 +880,7 @@ class Keyops:
         tenant = validate_tenant(tenant)
         self._cached_keyring(tenant)
         out: list[str] = []
+        self.authorize("secrets.read", tenant)
         pending = [prefix.strip("/")]
         while pending:
             folder = pending.pop()
@@ -838,8 +898,10 @@ class Keyops:
         tenant, name = validate_tenant(tenant), validate_secret_name(name)
         if self.read_record(tenant, name) is None:
             return False
+        self.authorize("secrets.delete", tenant)
         if not dry_run:
-            self.store.delete_all_versions(secret_path(tenant, name))
+            with self.audited("secret.delete", tenant=tenant, name=name, level="dek"):
+                self.store.delete_all_versions(secret_path(tenant, name))
         return True
 
     # --- status -----------------------------------------------------------------------------

@@ -1,0 +1,802 @@
+"""Who may touch which key: roles, the Vault ACL policies made from them, and role checks.
+
+Three layers, from data to enforcement:
+
+* **Operations** (``OPERATIONS``, defined here because they follow keyops'
+  own path layout): named rights such as ``secrets.read`` or ``rotate``, each
+  with the Vault paths and capabilities it needs, the operations it implies
+  and whether it needs the HSM (and so the PIN).
+* **Roles** (``keyops/data/roles.toml``, or the file named by
+  ``KEYOPS_ROLES_FILE``): named sets of operations that operators extend.
+  A role of scope ``tenant`` is bound to one tenant (``app``); a role of
+  scope ``global`` covers every tenant (``rotation``, ``auditor``,
+  ``security-admin``).
+* **Policies**: one HCL policy per global role (``keyops-<role>``) and per
+  tenant role and tenant (``keyops-<role>-<tenant>``), applied to Vault with
+  ``apply_policies``; tokens and AppRoles are minted bound to them.
+
+The server enforces the policies. The library checks the same rights first
+(``Principal.allows``), to fail early with a clear "not permitted" error: it
+learns the caller's roles once per process from the token's own policies
+(``auth/token/lookup-self``). A root token is ``security-admin``. A token
+that carries any policy keyops did not generate is left to the server alone:
+the library cannot know what such a policy grants, and refusing what the
+server would allow helps nobody.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import importlib.resources
+import os
+import re
+import threading
+import tomllib
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from keyops.errors import ConfigError, InvalidInput, NotFound, NotPermitted, PermissionDenied
+from keyops.names import validate_tenant
+from keyops.vault import vault_errors
+
+if TYPE_CHECKING:  # pragma: no cover
+    from keyops.service import Keyops
+    from keyops.vault import VaultStore
+
+__all__ = [
+    "OPERATIONS",
+    "POLICY_PREFIX",
+    "AppRoleCredentials",
+    "MintedToken",
+    "Operation",
+    "PolicyApplyResult",
+    "Principal",
+    "Role",
+    "Roles",
+    "Rule",
+    "apply_policies",
+    "denial",
+    "ensure_approle",
+    "load_roles",
+    "lookup_principal",
+    "mint_token",
+    "operation_for_event",
+    "parse_roles",
+    "policy_name",
+    "render_policies",
+    "render_policy",
+]
+
+POLICY_PREFIX = "keyops"
+ROLES_FILE_ENV = "KEYOPS_ROLES_FILE"
+ROLES_SCHEMA = 1
+DEFAULT_AUDIT_KV_PATH = "audit"
+CAPABILITIES = ("create", "read", "update", "patch", "delete", "list", "sudo", "deny")
+SCOPES = ("tenant", "global")
+#: How much of the HSM an operation needs: never; only for tenants of KEK
+#: residence ``kv`` (whose KEKs the master key unwraps); always.
+HSM_NEEDS = ("never", "kv-residence", "always")
+
+_ROLE_NAME_RE = re.compile(r"[a-z][a-z0-9]*(?:-[a-z0-9]+)*")
+_MAX_ROLE_NAME = 40
+# Mount names and custom paths end up inside HCL strings: no quote, brace
+# (other than our placeholders), space or control character may reach it.
+_MOUNT_RE = re.compile(r"[A-Za-z0-9_.-]+(?:/[A-Za-z0-9_.-]+)*")
+_CUSTOM_PATH_RE = re.compile(r"[A-Za-z0-9_.@=,:+*/-]+")
+_PLACEHOLDER_RE = re.compile(r"\{([a-z_]+)\}")
+PLACEHOLDERS = ("kv", "transit", "approle", "audit", "tenant", "transit_key", "prefix")
+
+
+# --- operations ----------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Rule:
+    """One ``path "..." { capabilities = [...] }`` block, as a template."""
+
+    path: str
+    capabilities: tuple[str, ...]
+
+
+@dataclasses.dataclass(frozen=True)
+class Operation:
+    name: str
+    description: str
+    rules: tuple[Rule, ...] = ()
+    implies: tuple[str, ...] = ()
+    #: True when the right is about one tenant (a tenant role grants it for its tenant only).
+    tenant_scoped: bool = True
+    hsm: str = "never"
+
+
+def _r(path: str, *caps: str) -> Rule:
+    return Rule(path, caps)
+
+
+_KEYRING = "{kv}/data/tenants/{tenant}/keyring"
+_SECRETS_DATA = "{kv}/data/secrets/{tenant}/*"
+_SECRETS_META = "{kv}/metadata/secrets/{tenant}/*"
+_TRANSIT_KEY = "{transit}/keys/{transit_key}"
+
+OPERATIONS: Mapping[str, Operation] = {op.name: op for op in (
+    # --- reading and using one tenant's keys
+    Operation("keyring.read", "read the tenant's keyring (versions, states, wrapped keys; no key material)",
+              (_r(_KEYRING, "read"),)),
+    Operation("keyring.reserve", "record DEK usage in the tenant's keyring (a check-and-set write per block "
+              "of encryptions)", (_r(_KEYRING, "update"),), ("keyring.read",)),
+    Operation("keyring.write", "change the tenant's existing keyring (add, re-wrap and change key versions)",
+              (_r(_KEYRING, "read", "update"),), ("keyring.read", "keyring.reserve")),
+    Operation("kek.unwrap", "unwrap the tenant's KEK with the HSM master key (residence kv, or rotation)",
+              (), ("master.read", "keyring.read"), hsm="kv-residence"),
+    Operation("dek.unwrap", "unwrap the tenant's DEKs (through its Transit key for residence transit)",
+              (_r("{transit}/decrypt/{transit_key}", "update"),), ("keyring.read",)),
+    Operation("dek.wrap", "wrap with the tenant's Transit key (residence transit)",
+              (_r("{transit}/encrypt/{transit_key}", "update"),)),
+    Operation("transit.import", "import a new KEK version into the tenant's existing Transit key (BYOK)",
+              (_r("{transit}/wrapping_key", "read"), _r(_TRANSIT_KEY, "read"),
+               _r(_TRANSIT_KEY + "/import_version", "update")),
+              ("dek.wrap",)),
+    Operation("secrets.read", "read and list the tenant's encrypted secrets",
+              (_r(_SECRETS_DATA, "read"), _r(_SECRETS_META, "read", "list"))),
+    Operation("secrets.write", "write the tenant's encrypted secrets (check-and-set)",
+              (_r(_SECRETS_DATA, "create", "update"),), ("secrets.read", "keyring.reserve")),
+    Operation("secrets.delete", "delete the tenant's secrets and their history",
+              (_r(_SECRETS_META, "delete"),), ("secrets.read",)),
+    Operation("jobs.write", "checkpoints of the tenant's re-encryption and migration jobs",
+              (_r("{kv}/data/tenants/{tenant}/jobs/*", "create", "read", "update"),
+               _r("{kv}/metadata/tenants/{tenant}/jobs/*", "read", "list", "delete"))),
+    # --- key lifecycle
+    Operation("tenant.create", "create the tenant's keyring with its first KEK and DEK",
+              (_r(_KEYRING, "create"), _r(_TRANSIT_KEY + "/import", "update")),
+              ("keyring.write", "kek.unwrap", "transit.import", "master.read"), hsm="always"),
+    Operation("tenant.update", "change the tenant's rotation periods and usage cap", (), ("keyring.write",)),
+    Operation("tenant.delete", "remove an empty tenant's keyring and job checkpoints",
+              (_r("{kv}/metadata/tenants/{tenant}/*", "read", "list", "delete"),),
+              ("keyring.read", "secrets.read", "jobs.write")),
+    Operation("rotate", "rotate the tenant's DEK or KEK",
+              (), ("keyring.write", "kek.unwrap", "dek.unwrap", "transit.import", "master.read", "jobs.write"),
+              hsm="always"),
+    Operation("reencrypt", "re-encrypt the tenant's secrets under its primary DEK",
+              (), ("secrets.write", "keyring.reserve", "dek.unwrap", "dek.wrap", "kek.unwrap", "jobs.write"),
+              hsm="kv-residence"),
+    Operation("migrate", "migrate existing secrets into the tenant (add source paths to the role)",
+              (), ("secrets.write", "keyring.reserve", "dek.unwrap", "dek.wrap", "kek.unwrap", "jobs.write"),
+              hsm="kv-residence"),
+    Operation("retire", "retire old key versions of the tenant (no longer usable, kept for audit)",
+              (), ("keyring.write",)),
+    Operation("destroy", "destroy key versions of the tenant (material gone) and delete Transit keys",
+              (_r(_TRANSIT_KEY, "read", "delete"), _r(_TRANSIT_KEY + "/config", "update"),
+               _r(_TRANSIT_KEY + "/trim", "update")),
+              ("keyring.write", "tenant.delete", "kek.unwrap"), hsm="always"),
+    # --- global rights
+    Operation("tenants.list", "list tenant names", (_r("{kv}/metadata/tenants/", "list"),), tenant_scoped=False),
+    Operation("master.read", "read the master-key registry (labels and states only)",
+              (_r("{kv}/data/master", "read"),), tenant_scoped=False),
+    Operation("master.write", "create the master key on the HSM and register it",
+              (_r("{kv}/data/master", "create", "read", "update"),), ("master.read",),
+              tenant_scoped=False, hsm="always"),
+    Operation("master.rotate", "rotate the master key and re-wrap every KEK",
+              (), ("master.write", "keyring.write", "kek.unwrap", "tenants.list"), tenant_scoped=False,
+              hsm="always"),
+    Operation("status.read", "read every tenant's status (ages, states, usage, what is due)",
+              (), ("tenants.list", "keyring.read", "master.read"), tenant_scoped=False),
+    Operation("audit.read", "read the audit trail kept in KV and the server's audit devices",
+              (_r("{kv}/data/{audit}/*", "read"), _r("{kv}/metadata/{audit}/*", "read", "list"),
+               _r("sys/audit", "read", "sudo"), _r("sys/audit-hash/*", "update")), tenant_scoped=False),
+    Operation("audit.write", "add events to the audit trail kept in KV (create only: no overwrite, no delete)",
+              (_r("{kv}/data/{audit}/*", "create"),), tenant_scoped=False),
+    Operation("policy.write", "apply keyops policies, manage keyops AppRoles and mint tokens",
+              (_r("sys/policy", "read"), _r("sys/policy/{prefix}-*", "create", "read", "update", "delete"),
+               _r("sys/policies/acl", "list"),
+               _r("sys/policies/acl/{prefix}-*", "create", "read", "update", "delete", "list"),
+               _r("sys/auth", "read"), _r("sys/auth/{approle}", "create", "read", "update", "sudo"),
+               _r("auth/{approle}/role/{prefix}-*", "create", "read", "update", "delete", "list"),
+               _r("auth/token/create", "create", "update", "sudo"),
+               _r("auth/token/revoke-accessor", "update"), _r("auth/token/lookup-accessor", "update")),
+              tenant_scoped=False),
+)}
+
+
+def _closure(names: Iterable[str]) -> frozenset[str]:
+    """The operations named and everything they imply."""
+    seen: set[str] = set()
+    pending = list(names)
+    while pending:
+        name = pending.pop()
+        if name not in seen:
+            seen.add(name)
+            pending.extend(OPERATIONS[name].implies)
+    return frozenset(seen)
+
+
+# --- roles -----------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Role:
+    name: str
+    scope: str
+    #: Operations as written in the file (``*`` expanded).
+    operations: tuple[str, ...]
+    description: str = ""
+    #: Extra path rules an operator adds (e.g. migration sources).
+    paths: tuple[Rule, ...] = ()
+
+    @property
+    def granted(self) -> frozenset[str]:
+        """Every operation the role grants, implied ones included."""
+        return _closure(self.operations)
+
+    @property
+    def hsm(self) -> str:
+        """How much the role needs the HSM (and so the PIN): never, kv-residence or always."""
+        needs = {OPERATIONS[op].hsm for op in self.granted}
+        return next((level for level in reversed(HSM_NEEDS) if level in needs), "never")
+
+
+@dataclasses.dataclass(frozen=True)
+class Roles:
+    roles: Mapping[str, Role]
+    source: str
+
+    def get(self, name: str) -> Role:
+        role = self.roles.get(name)
+        if role is None:
+            raise InvalidInput(f"unknown role {name!r}; the roles in {self.source} are: "
+                               f"{', '.join(sorted(self.roles))}")
+        return role
+
+    def __iter__(self) -> Any:
+        return iter(self.roles.values())
+
+    @property
+    def digest(self) -> str:
+        return hashlib.sha256(repr(sorted(self.roles.items())).encode()).hexdigest()[:16]
+
+
+def load_roles(path: str | os.PathLike[str] | None = None, env: Mapping[str, str] | None = None) -> Roles:
+    """The roles file: ``path``, else ``$KEYOPS_ROLES_FILE``, else the packaged ``roles.toml``."""
+    env = os.environ if env is None else env
+    chosen = path or env.get(ROLES_FILE_ENV)
+    if chosen:
+        p = Path(chosen)
+        try:
+            text = p.read_text(encoding="utf-8")
+        except OSError as exc:
+            raise ConfigError(f"roles file {str(p)!r} cannot be read: {exc.strerror}") from exc
+        source = str(p)
+    else:
+        text = importlib.resources.files("keyops").joinpath("data/roles.toml").read_text(encoding="utf-8")
+        source = "the packaged roles.toml"
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise InvalidInput(f"roles file {source} is not valid TOML: {exc}") from exc
+    return parse_roles(data, source)
+
+
+def parse_roles(data: Mapping[str, Any], source: str = "the roles file") -> Roles:
+    """Validate the roles document; every mistake is an ``InvalidInput`` naming the role and the problem."""
+    unknown = set(data) - {"schema", "roles"}
+    if unknown:
+        raise InvalidInput(f"{source}: unknown top-level keys {', '.join(sorted(unknown))} "
+                           "(expected 'schema' and '[roles.<name>]' tables)")
+    if data.get("schema", ROLES_SCHEMA) != ROLES_SCHEMA:
+        raise InvalidInput(f"{source}: schema {data.get('schema')!r} is not supported (expected {ROLES_SCHEMA})")
+    raw_roles = data.get("roles")
+    if not isinstance(raw_roles, Mapping) or not raw_roles:
+        raise InvalidInput(f"{source}: defines no roles; add '[roles.<name>]' tables")
+    for name in raw_roles:
+        if not isinstance(name, str) or len(name) > _MAX_ROLE_NAME or not _ROLE_NAME_RE.fullmatch(name):
+            raise InvalidInput(f"{source}: invalid role name {str(name)[:50]!r}: use lowercase letters, digits "
+                               f"and single '-', starting with a letter, at most {_MAX_ROLE_NAME} characters")
+    roles: dict[str, Role] = {}
+    for name in raw_roles:
+        roles[name] = _parse_role(name, raw_roles, source, ())
+    _check_unambiguous(roles, source)
+    return Roles(roles, source)
+
+
+def _parse_role(name: str, raw_roles: Mapping[str, Any], source: str, stack: tuple[str, ...]) -> Role:
+    where = f"{source}: role {name!r}"
+    if name in stack:
+        raise InvalidInput(f"{where} includes itself ({' -> '.join(stack + (name,))})")
+    spec = raw_roles[name]
+    if not isinstance(spec, Mapping):
+        raise InvalidInput(f"{where} must be a table")
+    unknown = set(spec) - {"description", "scope", "operations", "includes", "paths"}
+    if unknown:
+        raise InvalidInput(f"{where} has unknown keys {', '.join(sorted(unknown))} "
+                           "(expected description, scope, operations, includes, paths)")
+    scope = spec.get("scope")
+    if scope not in SCOPES:
+        raise InvalidInput(f"{where}: scope must be 'tenant' or 'global', not {scope!r}")
+    operations: list[str] = []
+    for op in _string_list(spec.get("operations", []), f"{where}: operations"):
+        if op == "*":
+            operations.extend(OPERATIONS)
+        elif op not in OPERATIONS:
+            raise InvalidInput(f"{where}: unknown operation {op!r}; known operations: "
+                               f"{', '.join(sorted(OPERATIONS))}")
+        else:
+            operations.append(op)
+    paths: list[Rule] = []
+    for included in _string_list(spec.get("includes", []), f"{where}: includes"):
+        if included not in raw_roles:
+            raise InvalidInput(f"{where} includes unknown role {included!r}")
+        other = _parse_role(included, raw_roles, source, stack + (name,))
+        if other.scope == "tenant" and scope == "global":
+            raise InvalidInput(f"{where} is global but includes the tenant role {included!r}")
+        operations.extend(other.operations)
+        paths.extend(other.paths)
+    raw_paths = spec.get("paths", [])
+    if not isinstance(raw_paths, list):
+        raise InvalidInput(f"{where}: paths must be a list of {{path = ..., capabilities = [...]}} tables")
+    for item in raw_paths:
+        paths.append(_parse_path(item, where))
+    if not operations and not paths:
+        raise InvalidInput(f"{where} grants nothing; give it operations, includes or paths")
+    description = spec.get("description", "")
+    if not isinstance(description, str):
+        raise InvalidInput(f"{where}: description must be a string")
+    return Role(name, scope, tuple(dict.fromkeys(operations)), description, tuple(dict.fromkeys(paths)))
+
+
+def _parse_path(item: Any, where: str) -> Rule:
+    if not isinstance(item, Mapping) or set(item) != {"path", "capabilities"}:
+        raise InvalidInput(f"{where}: each entry of paths needs exactly 'path' and 'capabilities'")
+    path = item["path"]
+    if not isinstance(path, str) or not path or len(path) > 512:
+        raise InvalidInput(f"{where}: a path must be a non-empty string of at most 512 characters")
+    bare = _PLACEHOLDER_RE.sub("x", path)
+    for placeholder in _PLACEHOLDER_RE.findall(path):
+        if placeholder not in PLACEHOLDERS:
+            raise InvalidInput(f"{where}: path {path!r} uses unknown placeholder {{{placeholder}}}; known: "
+                               f"{', '.join('{' + p + '}' for p in PLACEHOLDERS)}")
+    if not _CUSTOM_PATH_RE.fullmatch(bare) or ".." in bare.split("/") or "*" in bare[:-1]:
+        raise InvalidInput(f"{where}: invalid path {path[:60]!r}: use letters, digits, '/', '+' segments and "
+                           "at most one '*' at the end")
+    caps = _string_list(item["capabilities"], f"{where}: capabilities of {path!r}")
+    for cap in caps:
+        if cap not in CAPABILITIES:
+            raise InvalidInput(f"{where}: unknown capability {cap!r} for {path!r}; "
+                               f"known: {', '.join(CAPABILITIES)}")
+    if not caps:
+        raise InvalidInput(f"{where}: path {path!r} has no capabilities")
+    return Rule(path, tuple(c for c in CAPABILITIES if c in caps))
+
+
+def _string_list(value: Any, what: str) -> list[str]:
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise InvalidInput(f"{what} must be a list of strings")
+    return list(value)
+
+
+def _check_unambiguous(roles: Mapping[str, Role], source: str) -> None:
+    """``keyops-<role>-<tenant>`` must name exactly one role: no tenant role may be a prefix of another name."""
+    for tenant_role in (r for r in roles.values() if r.scope == "tenant"):
+        for other in roles:
+            if other != tenant_role.name and other.startswith(tenant_role.name + "-"):
+                raise InvalidInput(f"{source}: role {other!r} starts with the tenant role "
+                                   f"{tenant_role.name + '-'!r}; its policy names would be ambiguous, rename one")
+
+
+# --- policies ------------------------------------------------------------------------------
+
+
+def policy_name(role: Role, tenant: str | None = None) -> str:
+    if role.scope == "tenant":
+        if tenant is None:
+            raise InvalidInput(f"role {role.name!r} is bound to one tenant: name the tenant")
+        return f"{POLICY_PREFIX}-{role.name}-{validate_tenant(tenant)}"
+    if tenant is not None:
+        raise InvalidInput(f"role {role.name!r} is global (every tenant); do not name a tenant")
+    return f"{POLICY_PREFIX}-{role.name}"
+
+
+@dataclasses.dataclass(frozen=True)
+class Mounts:
+    """The mounts and paths that policy templates are filled with (validated: they go into HCL)."""
+
+    kv: str = "keyops"
+    transit: str = "transit"
+    approle: str = "approle"
+    audit: str = DEFAULT_AUDIT_KV_PATH
+
+    def __post_init__(self) -> None:
+        for field in dataclasses.fields(self):
+            value = getattr(self, field.name)
+            if not isinstance(value, str) or not _MOUNT_RE.fullmatch(value) or ".." in value.split("/"):
+                raise InvalidInput(f"{field.name} mount/path {str(value)[:60]!r} is not a plain Vault path")
+        if self.audit.split("/")[0] in ("tenants", "secrets", "master"):
+            raise InvalidInput(f"the audit KV path {self.audit!r} overlaps keyops' own paths; choose another one")
+
+    @classmethod
+    def from_config(cls, config: Any) -> Mounts:
+        return cls(kv=config.kv_mount, transit=config.transit_mount, approle=config.approle_mount,
+                   audit=getattr(config, "audit_kv_path", None) or DEFAULT_AUDIT_KV_PATH)
+
+
+def _fill(template: str, mounts: Mounts, tenant: str | None) -> str:
+    values = {"kv": mounts.kv, "transit": mounts.transit, "approle": mounts.approle, "audit": mounts.audit,
+              "prefix": POLICY_PREFIX,
+              # A global role covers every tenant: one path segment of any name. Transit key
+              # names are a whole segment too, so the Transit mount should be keyops' own.
+              "tenant": tenant if tenant is not None else "+",
+              "transit_key": f"{POLICY_PREFIX}-{tenant}" if tenant is not None else "+"}
+    return _PLACEHOLDER_RE.sub(lambda m: values[m.group(1)], template)
+
+
+def policy_rules(role: Role, tenant: str | None, mounts: Mounts) -> dict[str, tuple[str, ...]]:
+    """Path -> capabilities of the role's policy, merged and in canonical order."""
+    merged: dict[str, set[str]] = {}
+    rules = [rule for op in sorted(role.granted) for rule in OPERATIONS[op].rules] + list(role.paths)
+    for rule in rules:
+        merged.setdefault(_fill(rule.path, mounts, tenant), set()).update(rule.capabilities)
+    return {path: tuple(c for c in CAPABILITIES if c in caps) for path, caps in sorted(merged.items())}
+
+
+def render_policy(role: Role, tenant: str | None, mounts: Mounts) -> str:
+    """The HCL of one policy. Deterministic, so that re-applying an unchanged policy changes nothing."""
+    name = policy_name(role, tenant)
+    who = f"role {role.name!r} for tenant {tenant!r}" if tenant else f"role {role.name!r} (every tenant)"
+    lines = [f"# {name}: {who}.",
+             "# Generated by keyops from its roles file; change the roles file and run 'keyops policy apply'.",
+             f"# Operations: {', '.join(sorted(role.granted))}.", ""]
+    for path, caps in policy_rules(role, tenant, mounts).items():
+        quoted = ", ".join(f'"{c}"' for c in caps)
+        lines += [f'path "{path}" {{', f"  capabilities = [{quoted}]", "}", ""]
+    return "\n".join(lines)
+
+
+def render_policies(roles: Roles, tenants: Iterable[str], mounts: Mounts,
+                    only: Iterable[str] | None = None) -> dict[str, str]:
+    """Policy name -> HCL: each global role once, each tenant role once per tenant."""
+    tenants = sorted({validate_tenant(t) for t in tenants})
+    wanted = None if only is None else set(only)
+    if wanted is not None:
+        for name in wanted:
+            roles.get(name)
+    out: dict[str, str] = {}
+    for role in roles:
+        if wanted is not None and role.name not in wanted:
+            continue
+        if role.scope == "global":
+            out[policy_name(role)] = render_policy(role, None, mounts)
+        else:
+            for tenant in tenants:
+                out[policy_name(role, tenant)] = render_policy(role, tenant, mounts)
+    return out
+
+
+@dataclasses.dataclass(frozen=True)
+class PolicyChange:
+    name: str
+    action: str  # "create", "update" or "unchanged"
+
+
+@dataclasses.dataclass(frozen=True)
+class PolicyApplyResult:
+    changes: tuple[PolicyChange, ...]
+    dry_run: bool
+
+    @property
+    def changed(self) -> bool:
+        return any(c.action != "unchanged" for c in self.changes)
+
+    def names(self, action: str) -> list[str]:
+        return [c.name for c in self.changes if c.action == action]
+
+
+def read_policy(store: VaultStore, name: str) -> str | None:
+    store.calls.add("sys.read_policy")
+    try:
+        with vault_errors(f"reading policy {name!r}", store.config.vault_addr):
+            resp = store.client.sys.read_policy(name=name)
+    except NotFound:
+        return None
+    data = resp.get("data") or resp
+    rules = data.get("rules", data.get("policy"))
+    return None if rules is None else str(rules)
+
+
+def apply_policies(k: Keyops, policies: Mapping[str, str], dry_run: bool = False) -> PolicyApplyResult:
+    """Create or update each policy whose text differs from the server's; one audit event per change."""
+    k.authorize("policy.write")
+    changes: list[PolicyChange] = []
+    for name, text in sorted(policies.items()):
+        if not name.startswith(POLICY_PREFIX + "-"):
+            raise InvalidInput(f"policy {name!r} is not a keyops policy (names start with {POLICY_PREFIX}-)")
+        current = read_policy(k.store, name)
+        if current is not None and current.strip() == text.strip():
+            changes.append(PolicyChange(name, "unchanged"))
+            continue
+        action = "create" if current is None else "update"
+        changes.append(PolicyChange(name, action))
+        if dry_run:
+            continue
+        with k.audited(f"policy.{action}", policy=name, level="policy"):
+            k.store.calls.add("sys.write_policy")
+            with vault_errors(f"writing policy {name!r}", k.config.vault_addr):
+                k.store.client.sys.create_or_update_policy(name=name, policy=text)
+    return PolicyApplyResult(tuple(changes), dry_run)
+
+
+# --- credentials ---------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class MintedToken:
+    policies: tuple[str, ...]
+    accessor: str
+    ttl: int
+    token: str = dataclasses.field(repr=False)
+
+
+@dataclasses.dataclass(frozen=True)
+class AppRoleCredentials:
+    role_name: str
+    role_id: str
+    policies: tuple[str, ...]
+    changed: bool
+    secret_id_accessor: str | None = None
+    secret_id: str | None = dataclasses.field(default=None, repr=False)
+
+
+def _role_policies(roles: Roles, role_name: str, tenant: str | None) -> tuple[Role, str]:
+    role = roles.get(role_name)
+    return role, policy_name(role, tenant)
+
+
+def mint_token(k: Keyops, roles: Roles, role_name: str, tenant: str | None = None, ttl: str = "1h",
+               orphan: bool = False, num_uses: int = 0) -> MintedToken:
+    """A token bound to the role's policy (which must be applied). The caller keeps the token secret."""
+    role, policy = _role_policies(roles, role_name, tenant)
+    k.authorize("policy.write")
+    if read_policy(k.store, policy) is None:
+        raise NotFound(f"policy {policy!r} is not on the server; run 'keyops policy apply' first")
+    meta = {"keyops_role": role.name, **({"keyops_tenant": tenant} if tenant else {})}
+    with k.audited("policy.mint_token", tenant=tenant, role=role.name, level="policy") as event:
+        k.store.calls.add("auth.create_token")
+        with vault_errors(f"creating a token with policy {policy!r}", k.config.vault_addr):
+            create = k.store.client.auth.token.create_orphan if orphan else k.store.client.auth.token.create
+            resp = create(policies=[policy], ttl=ttl, meta=meta, num_uses=num_uses,
+                          display_name=policy)
+        auth = resp["auth"]
+        event["minted_accessor"] = auth["accessor"]
+    return MintedToken(tuple(auth["policies"]), auth["accessor"], int(auth["lease_duration"]),
+                       auth["client_token"])
+
+
+def ensure_approle(k: Keyops, roles: Roles, role_name: str, tenant: str | None = None, *,
+                   token_ttl: str = "1h", token_max_ttl: str = "24h", secret_id_ttl: str = "24h",
+                   new_secret_id: bool = True, dry_run: bool = False) -> AppRoleCredentials:
+    """The AppRole ``keyops-<role>[-<tenant>]`` bound to the role's policy, and optionally a new secret id.
+
+    Enables the AppRole auth method at the configured mount when it is
+    missing. Re-running changes nothing but issues a fresh secret id (when
+    asked); secret ids are never stored by keyops.
+    """
+    role, policy = _role_policies(roles, role_name, tenant)
+    k.authorize("policy.write")
+    mount = Mounts.from_config(k.config).approle
+    client = k.store.client
+    addr = k.config.vault_addr
+    changed = False
+    with vault_errors("listing auth methods", addr):
+        methods = client.sys.list_auth_methods()
+    methods = methods.get("data", methods)
+    if f"{mount}/" not in methods:
+        changed = True
+        if dry_run:
+            return AppRoleCredentials(policy, "", (policy,), True)
+        with k.audited("policy.enable_approle", level="policy", mount=mount), \
+                vault_errors(f"enabling AppRole at {mount!r}", addr):
+            client.sys.enable_auth_method("approle", path=mount, description="keyops roles")
+    elif methods[f"{mount}/"].get("type") != "approle":
+        raise InvalidInput(f"auth mount {mount!r} exists but is not AppRole; set KEYOPS_APPROLE_MOUNT")
+    wanted = {"token_policies": [policy], "token_ttl": token_ttl, "token_max_ttl": token_max_ttl,
+              "secret_id_ttl": secret_id_ttl}
+    try:
+        with vault_errors(f"reading AppRole {policy!r}", addr):
+            current = client.auth.approle.read_role(role_name=policy, mount_point=mount)["data"]
+    except NotFound:
+        current = None
+    if current is None or sorted(current.get("token_policies") or []) != [policy] or any(
+            _seconds(wanted[f]) != int(current.get(f) or 0) for f in ("token_ttl", "token_max_ttl", "secret_id_ttl")):
+        changed = True
+        if dry_run:
+            return AppRoleCredentials(policy, "", (policy,), True)
+        with k.audited("policy.approle", tenant=tenant, role=role.name, level="policy", approle=policy), \
+                vault_errors(f"writing AppRole {policy!r}", addr):
+            client.auth.approle.create_or_update_approle(role_name=policy, mount_point=mount, **wanted)
+    if dry_run:
+        return AppRoleCredentials(policy, "", (policy,), changed)
+    with vault_errors(f"reading the role id of AppRole {policy!r}", addr):
+        role_id = client.auth.approle.read_role_id(role_name=policy, mount_point=mount)["data"]["role_id"]
+    secret_id = secret_accessor = None
+    if new_secret_id:
+        with k.audited("policy.secret_id", tenant=tenant, role=role.name, level="policy", approle=policy) as event, \
+                vault_errors(f"creating a secret id for AppRole {policy!r}", addr):
+            resp = client.auth.approle.generate_secret_id(role_name=policy, mount_point=mount)["data"]
+            secret_id, secret_accessor = resp["secret_id"], resp["secret_id_accessor"]
+            event["secret_id_accessor"] = secret_accessor
+    return AppRoleCredentials(policy, role_id, (policy,), changed, secret_accessor, secret_id)
+
+
+def _seconds(duration: str) -> int:
+    match = re.fullmatch(r"(\d+)([smhd]?)", duration.strip())
+    if not match:
+        raise InvalidInput(f"duration {duration!r} must be a number with an optional unit s, m, h or d")
+    return int(match.group(1)) * {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}[match.group(2)]
+
+
+# --- the caller's roles --------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Grant:
+    role: str
+    tenant: str | None
+    operations: frozenset[str]
+
+    def describe(self) -> str:
+        return f"{self.role} of tenant {self.tenant!r}" if self.tenant else self.role
+
+
+@dataclasses.dataclass(frozen=True)
+class Principal:
+    """Who the token is (for audit events) and what keyops roles it holds (for early checks)."""
+
+    actor: str
+    accessor: str | None = None
+    approle: str | None = None
+    grants: tuple[Grant, ...] = ()
+    root: bool = False
+    #: False when the token holds a policy keyops did not generate: the server alone decides then.
+    complete: bool = False
+
+    def allows(self, operation: str, tenant: str | None = None) -> bool:
+        if self.root or not self.complete:
+            return True
+        scoped = OPERATIONS[operation].tenant_scoped
+        return any(operation in g.operations and (g.tenant is None or not scoped or g.tenant == tenant)
+                   for g in self.grants)
+
+    def describe(self) -> str:
+        if self.root:
+            return "a root token (security-admin)"
+        if not self.grants:
+            return "a token with no keyops role"
+        return "a token with role " + ", ".join(g.describe() for g in self.grants)
+
+    @property
+    def roles(self) -> list[str]:
+        """``["app:acme", "auditor"]``; ``["root"]`` for a root token."""
+        named = [f"{g.role}:{g.tenant}" if g.tenant else g.role for g in self.grants]
+        return ["root", *named] if self.root else named
+
+
+def principal_from_policies(policies: Iterable[str], roles: Roles, actor: str, accessor: str | None = None,
+                            approle: str | None = None) -> Principal:
+    grants: list[Grant] = []
+    complete = True
+    root = False
+    by_length = sorted(roles, key=lambda r: len(r.name), reverse=True)
+    for name in policies:
+        if name == "default":
+            continue
+        if name == "root":
+            root = True
+            continue
+        grant = _parse_policy_name(name, by_length)
+        if grant is None:
+            complete = False
+        else:
+            grants.append(grant)
+    return Principal(actor, accessor, approle, tuple(grants), root, complete)
+
+
+def _parse_policy_name(name: str, roles: list[Role]) -> Grant | None:
+    prefix = POLICY_PREFIX + "-"
+    if not name.startswith(prefix):
+        return None
+    rest = name[len(prefix):]
+    for role in roles:
+        if role.scope == "global" and rest == role.name:
+            return Grant(role.name, None, role.granted)
+        if role.scope == "tenant" and rest.startswith(role.name + "-"):
+            tenant = rest[len(role.name) + 1:]
+            try:
+                validate_tenant(tenant)
+            except InvalidInput:
+                return None
+            return Grant(role.name, tenant, role.granted)
+    return None
+
+
+_PRINCIPALS: dict[tuple[str, ...], Principal] = {}
+_PRINCIPALS_LOCK = threading.Lock()
+
+
+def lookup_principal(store: VaultStore, roles: Roles) -> Principal:
+    """The caller's principal from ``lookup-self``: once per process and token (tokens keep their policies)."""
+    token = store.client.token or ""
+    key = (store.config.vault_addr, store.config.vault_namespace or "",
+           hashlib.sha256(token.encode()).hexdigest(), roles.digest)
+    with _PRINCIPALS_LOCK:
+        cached = _PRINCIPALS.get(key)
+    if cached is not None:
+        return cached
+    store.calls.add("auth.lookup_self")
+    try:
+        with vault_errors("looking up the Vault token's policies", store.config.vault_addr):
+            data = store.client.auth.token.lookup_self()["data"]
+    except PermissionDenied:
+        # A token without the default policy cannot look itself up; the server still decides.
+        principal = Principal(actor="token:unknown")
+    else:
+        accessor = data.get("accessor") or None
+        meta = data.get("meta") or {}
+        approle = meta.get("role_name") if isinstance(meta, Mapping) else None
+        actor = f"approle:{approle}" if approle else f"token:{accessor or 'unknown'}"
+        policies = list(data.get("policies") or []) + list(data.get("identity_policies") or [])
+        principal = principal_from_policies(policies, roles, actor, accessor, approle)
+    with _PRINCIPALS_LOCK:
+        _PRINCIPALS[key] = principal
+    return principal
+
+
+def forget_principals() -> None:
+    """Drop the per-process cache (tests; a process that swapped its token)."""
+    with _PRINCIPALS_LOCK:
+        _PRINCIPALS.clear()
+
+
+#: Audit operation names (chosen by the modules that emit them) -> the right they need.
+#: Matched by exact name, then by the part before the first dot.
+_EVENT_OPERATIONS: Mapping[str, str] = {
+    "tenant.create": "tenant.create", "tenant.update_policy": "tenant.update", "tenant.update": "tenant.update",
+    "tenant.delete": "tenant.delete", "master.create": "master.write", "master.rotate": "master.rotate",
+    "dek.unwrap": "dek.unwrap", "kek.unwrap": "kek.unwrap", "secret.write": "secrets.write",
+    "secret.delete": "secrets.delete",
+    "rotate": "rotate", "rotation": "rotate", "reencrypt": "reencrypt", "migrate": "migrate",
+    "retire": "retire", "destroy": "destroy", "policy": "policy.write", "lifecycle": "retire",
+}
+
+
+def operation_for_event(event_operation: str) -> str | None:
+    """The right an audited operation needs, or None when keyops does not know the name."""
+    found = _EVENT_OPERATIONS.get(event_operation)
+    if found is None:
+        head = event_operation.split(".", 1)[0]
+        found = _EVENT_OPERATIONS.get(head)
+        if head == "rotate" and event_operation.endswith("master"):
+            found = "master.rotate"
+        if head == "lifecycle" and "destroy" in event_operation:
+            found = "destroy"
+    return found
+
+
+def denial(principal: Principal, operation: str, tenant: str | None) -> NotPermitted | None:
+    """The "not permitted" error for a refused operation, or None when the principal may do it."""
+    if principal.allows(operation, tenant):
+        return None
+    target = f" on tenant {tenant!r}" if tenant and OPERATIONS[operation].tenant_scoped else ""
+    holders = sorted(role for role, granted in _ROLE_HINTS.items() if operation in granted)
+    hint = f"; roles that grant it: {', '.join(holders)}" if holders else ""
+    return NotPermitted(f"not permitted: {principal.describe()} may not {operation}{target} "
+                        f"({OPERATIONS[operation].description}){hint}")
+
+
+def _role_hints() -> dict[str, frozenset[str]]:
+    try:
+        return {r.name: r.granted for r in load_roles(env={})}
+    except (InvalidInput, ConfigError, OSError):  # pragma: no cover - the packaged file is tested
+        return {}
+
+
+_ROLE_HINTS = _role_hints()
+
