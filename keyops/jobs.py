@@ -90,6 +90,7 @@ class Checkpoint:
     cursor: str = ""  # every name <= cursor (sorted order) is finished; "" = none yet
     counts: Mapping[str, int] = dataclasses.field(default_factory=dict)
     runs: int = 1
+    #: When done: the job's result. While running: partial results that are not counts (skipped items).
     result: Mapping[str, Any] | None = None
 
     def __post_init__(self) -> None:

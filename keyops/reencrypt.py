@@ -44,6 +44,7 @@ from keyops.jobs import (
     validate_job_id,
     validate_pool,
 )
+from keyops.model import Keyring
 from keyops.names import validate_tenant
 from keyops.progress import PhaseClock, ProgressCallback
 from keyops.references import dek_reference_names
@@ -134,6 +135,7 @@ def reencrypt(k: Keyops, tenant: str, *, workers: int = DEFAULT_WORKERS, batch_s
     if keyring.dek.primary_key.state != "active":
         raise KeyStateError(f"the primary DEK (version {target}) of tenant {tenant!r} is "
                             f"{keyring.dek.primary_key.state}; rotate the DEK before re-encrypting")
+    _warm_keys(k, keyring)
     if dry_run:
         return _dry_run(k, tenant, target, job_id or new_job_id(KIND, k.clock()), workers, batch_size, progress)
 
@@ -152,6 +154,13 @@ def reencrypt(k: Keyops, tenant: str, *, workers: int = DEFAULT_WORKERS, batch_s
         result = job.run()
         event.update(rewritten=result.rewritten, total=result.total, unreferenced=list(result.unreferenced))
     return result
+
+
+def _warm_keys(k: Keyops, keyring: Keyring) -> None:
+    """Unwrap the usable DEKs once, here, rather than in every worker at once on its first record."""
+    for kv in keyring.dek.versions:
+        if kv.usable_for_decrypt:
+            k.dek(keyring.tenant, kv.version)
 
 
 def _open_job(k: Keyops, tenant: str, job_id: str | None, target: int) -> JobRun | None:

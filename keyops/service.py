@@ -334,7 +334,9 @@ class Keyops:
     def hsm(self) -> Hsm:
         """Opened on first use: apps of residence ``transit`` never need the PIN."""
         if self._hsm is None:
-            self._hsm = Hsm.from_config(self.config, counter=self.calls)
+            with self._lock:  # worker threads may get here at once; the PKCS#11 library loads once
+                if self._hsm is None:
+                    self._hsm = Hsm.from_config(self.config, counter=self.calls)
         return self._hsm
 
     def close(self) -> None:
