@@ -1,0 +1,1 @@
+"""Reproducible performance runs of keyops (``python -m benchmarks.run``; see docs/benchmarks.md)."""
