@@ -366,8 +366,6 @@ class Keyops:
 
     def _emit(self, operation: str, **fields: Any) -> None:
         if self.audit is not None:
-            self.audit(operation, **fields)
-
             try:
                 principal = self.principal
             except KeyopsError:  # Vault unreachable or sealed: still record the event
@@ -375,7 +373,7 @@ class Keyops:
             else:
                 fields.setdefault("actor", principal.actor)
                 fields.setdefault("accessor", principal.accessor)
-    # --- master key -----------------------------------------------------------------------
+            self.audit(operation, **fields)
 
     # --- access -----------------------------------------------------------------------------
 
@@ -405,10 +403,12 @@ class Keyops:
             self._emit("access.denied", attempted=operation, tenant=tenant, result=f"error:{denied.code}")
             raise denied
 
+    # --- master key -----------------------------------------------------------------------
+
     def read_master(self) -> tuple[MasterRegistry, int] | None:
+        self.authorize("master.read")
         found = self.store.read(MASTER_PATH)
         if found is None:
-        self.authorize("master.read")
             return None
         return MasterRegistry.from_dict(found[0]), found[1]
 
@@ -449,9 +449,9 @@ class Keyops:
 
     def read_keyring(self, tenant: str) -> tuple[Keyring, int]:
         tenant = validate_tenant(tenant)
+        self.authorize("keyring.read", tenant)
         found = self.store.read(keyring_path(tenant))
         if found is None:
-        self.authorize("keyring.read", tenant)
             raise TenantNotFound(tenant)
         keyring = Keyring.from_dict(found[0])
         self._keyrings[tenant] = (keyring, found[1], time.monotonic())
@@ -482,9 +482,9 @@ class Keyops:
         return self.read_keyring(tenant)[0]
 
     def list_tenants(self) -> list[str]:
+        self.authorize("tenants.list")
         return sorted(k.rstrip("/") for k in self.store.list("tenants") if k.endswith("/"))
 
-        self.authorize("tenants.list")
     def get_tenant(self, tenant: str) -> Keyring:
         return self.read_keyring(tenant)[0]
 
@@ -497,9 +497,9 @@ class Keyops:
         completed.
         """
         tenant = validate_tenant(tenant)
+        self.authorize("tenant.create", tenant)
         policy = policy or Policy()
         try:
-        self.authorize("tenant.create", tenant)
             keyring, version = self.read_keyring(tenant)
         except TenantNotFound:
             keyring, version = None, 0
@@ -521,9 +521,9 @@ class Keyops:
 
     def update_policy(self, tenant: str, policy: Policy, dry_run: bool = False) -> TenantResult:
         """Change periods and usage cap. The residence is fixed once a tenant exists."""
+        self.authorize("tenant.update", validate_tenant(tenant))
         keyring, version = self.read_keyring(tenant)
         if policy.kek_residence != keyring.policy.kek_residence:
-        self.authorize("tenant.update", validate_tenant(tenant))
             raise InvalidInput(f"tenant {tenant!r} has KEK residence {keyring.policy.kek_residence!r}; the "
                                "residence cannot change in place (create a new tenant and migrate)")
         if policy == keyring.policy:
@@ -541,9 +541,9 @@ class Keyops:
         The Transit key (residence transit) is left in place: deleting it is an
         explicit Transit operation, since it cannot be undone.
         """
+        self.authorize("tenant.delete", validate_tenant(tenant))
         try:
             self.read_keyring(tenant)
-        self.authorize("tenant.delete", validate_tenant(tenant))
         except TenantNotFound:
             return False
         remaining = self.list_secrets(tenant)
@@ -700,9 +700,9 @@ class Keyops:
 
     def _reserve(self, tenant: str, previous: _Reservation | None) -> _Reservation:
         """Reserve a new block of uses of the primary DEK with one check-and-set write."""
+        self.authorize("keyring.reserve", tenant)
         block = FIRST_RESERVATION if previous is None else min(previous.block * 2, MAX_RESERVATION)
         got: list[int] = []
-        self.authorize("keyring.reserve", tenant)
 
         def change(keyring: Keyring) -> Keyring:
             primary = keyring.dek.primary_key
@@ -832,9 +832,9 @@ class Keyops:
 
     def read_record(self, tenant: str, name: str) -> SecretRecord | None:
         tenant, name = validate_tenant(tenant), validate_secret_name(name)
+        self.authorize("secrets.read", tenant)
         found = self.store.read(secret_path(tenant, name))
         if found is None:
-        self.authorize("secrets.read", tenant)
             return None
         data, version = found
         try:
@@ -845,9 +845,9 @@ class Keyops:
     def write_record(self, tenant: str, name: str, ct: crypto.Ciphertext, cas: int,
                      extra: Mapping[str, Any] | None = None) -> int:
         """Write a record with check-and-set. ``extra``: provenance fields (which job wrote it, from where)."""
+        self.authorize("secrets.write", tenant)
         record: dict[str, Any] = dict(extra or {})
         record.update({"schema": RECORD_SCHEMA, "ciphertext": ct.to_text(), "dek_version": ct.dek_version,
-        self.authorize("secrets.write", tenant)
                        "updated_at": format_time(self.clock())})
         return self.store.write(secret_path(tenant, name), record, cas=cas)
 
@@ -861,9 +861,9 @@ class Keyops:
         """Store ``value`` encrypted; no write (``changed=False``) when it is already stored."""
         tenant, name = validate_tenant(tenant), validate_secret_name(name)
         value = value.encode("utf-8") if isinstance(value, str) else bytes(value)
+        self.authorize("secrets.write", tenant)
         self._cached_keyring(tenant)  # a clear TenantNotFound before anything else
         for _ in range(CAS_RETRIES):
-        self.authorize("secrets.write", tenant)
             record = self.read_record(tenant, name)
             if record is not None and self.decrypt(tenant, record.ciphertext, secret_context(name)) == value:
                 return SecretResult(tenant, name, False, record.kv_version, record.dek_version)
@@ -880,9 +880,9 @@ class Keyops:
 
     def list_secrets(self, tenant: str, prefix: str = "") -> list[str]:
         tenant = validate_tenant(tenant)
+        self.authorize("secrets.read", tenant)
         self._cached_keyring(tenant)
         out: list[str] = []
-        self.authorize("secrets.read", tenant)
         pending = [prefix.strip("/")]
         while pending:
             folder = pending.pop()
@@ -898,9 +898,9 @@ class Keyops:
     def delete_secret(self, tenant: str, name: str, dry_run: bool = False) -> bool:
         """Remove the record and its history. False when there was nothing to delete."""
         tenant, name = validate_tenant(tenant), validate_secret_name(name)
+        self.authorize("secrets.delete", tenant)
         if self.read_record(tenant, name) is None:
             return False
-        self.authorize("secrets.delete", tenant)
         if not dry_run:
             with self.audited("secret.delete", tenant=tenant, name=name, level="dek"):
                 self.store.delete_all_versions(secret_path(tenant, name))
