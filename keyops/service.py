@@ -701,6 +701,9 @@ class Keyops:
     def _reserve(self, tenant: str, previous: _Reservation | None) -> _Reservation:
         """Reserve a new block of uses of the primary DEK with one check-and-set write."""
         self.authorize("keyring.reserve", tenant)
+        # Unwrap the primary DEK first: a process that cannot use it (wrong PIN,
+        # HSM or Transit refusing) must fail without spending a reservation.
+        self.dek(tenant, self._cached_keyring(tenant).dek.primary)
         block = FIRST_RESERVATION if previous is None else min(previous.block * 2, MAX_RESERVATION)
         got: list[int] = []
 
@@ -780,6 +783,7 @@ class Keyops:
                     and _LOCK_FREE_USES and next(r.counter) < r.end):
                 return st.primary.seal(plaintext, context)  # type: ignore[union-attr]
         tenant = validate_tenant(tenant)
+        crypto._check_context(context)  # bad input must not spend a reservation
         version = self._take_use(tenant)
         return self._bound_key(tenant, version, encrypting=True).seal(plaintext, context)
 
@@ -795,6 +799,7 @@ class Keyops:
                     and _LOCK_FREE_USES and next(r.counter) < r.end):
                 return st.primary.seal_text(plaintext, context)  # type: ignore[union-attr]
         tenant = validate_tenant(tenant)
+        crypto._check_context(context)  # bad input must not spend a reservation
         version = self._take_use(tenant)
         return self._bound_key(tenant, version, encrypting=True).seal_text(plaintext, context)
 
@@ -854,6 +859,7 @@ class Keyops:
     def get_secret(self, tenant: str, name: str) -> bytes:
         record = self.read_record(tenant, name)
         if record is None:
+            self._cached_keyring(tenant)  # TenantNotFound when it is the tenant that is missing
             raise SecretNotFound(f"tenant {tenant!r} has no secret {name!r}")
         return self.decrypt(tenant, record.ciphertext, secret_context(name))
 
