@@ -213,7 +213,7 @@ class _Job:
         run = self.run_
         if run.checkpoint.phase == "pass":
             self._pass()
-            run.update(run.checkpoint.with_phase("verify", self.k.clock()))
+            run.update(run.checkpoint.with_phase("verify", self.k.clock(), reset_cursor=False))
         references, late = self._verify()
         counts = collections.Counter(dict(run.checkpoint.counts))
         result = ReencryptResult(
