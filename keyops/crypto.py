@@ -250,6 +250,9 @@ def _check_context(context: bytes | str) -> bytes:
 #: full, so memory stays bounded whatever the callers' contexts.
 AAD_CACHE_SIZE = 256
 
+_urandom = os.urandom  # one global look-up instead of two on the hot path
+_COPY_BELOW = 8192  # bytes of binary ciphertext up to which BoundKey.open slices the body
+
 
 def binary_tenant_prefix(tenant: str) -> bytes:
     """The first bytes of every binary ciphertext of ``tenant`` (before the DEK version)."""
@@ -274,7 +277,7 @@ class BoundKey:
     back to the full parser for its precise error) or ``DecryptionError``.
     """
 
-    __slots__ = ("tenant", "version", "header", "text_prefix", "_aead", "_hlen", "_body_at", "_tlen",
+    __slots__ = ("tenant", "version", "header", "text_prefix", "_aead", "_hlen", "_body_at", "_min_len", "_tlen",
                  "_aad_prefix", "_aads")
 
     def __init__(self, key: AeadKey, tenant: str, version: int) -> None:
@@ -290,6 +293,7 @@ class BoundKey:
         self._aead = key._aead
         self._hlen = len(self.header)
         self._body_at = self._hlen + NONCE_SIZE
+        self._min_len = self._body_at + TAG_SIZE
         self._tlen = len(self.text_prefix)
         # secret_aad(tenant, version, context) == _aad_prefix + len(context) (4 bytes) + context
         self._aad_prefix = secret_aad(tenant, version, b"")[:-4]
@@ -313,26 +317,37 @@ class BoundKey:
         """Encrypt to the binary form (a fresh random nonce each call)."""
         if plaintext.__class__ is not bytes:
             plaintext = _as_bytes(plaintext, "plaintext")
-        nonce = os.urandom(NONCE_SIZE)
-        return self.header + nonce + self._aead.encrypt(nonce, plaintext, self.aad(context))
+        aad = self._aads.get(context) if context.__class__ is bytes else None  # inlined aad(): hot
+        if aad is None:
+            aad = self.aad(context)
+        nonce = _urandom(NONCE_SIZE)
+        return self.header + nonce + self._aead.encrypt(nonce, plaintext, aad)
 
     def seal_text(self, plaintext: bytes, context: bytes | str = b"") -> str:
         """Encrypt to the text form ``keyops:v1:<tenant>:<version>:<base64>``."""
         if plaintext.__class__ is not bytes:
             plaintext = _as_bytes(plaintext, "plaintext")
-        nonce = os.urandom(NONCE_SIZE)
-        sealed = nonce + self._aead.encrypt(nonce, plaintext, self.aad(context))
+        aad = self._aads.get(context) if context.__class__ is bytes else None  # inlined aad(): hot
+        if aad is None:
+            aad = self.aad(context)
+        nonce = _urandom(NONCE_SIZE)
+        sealed = nonce + self._aead.encrypt(nonce, plaintext, aad)
         return self.text_prefix + binascii.b2a_base64(sealed, newline=False).decode("ascii")
 
     def open(self, data: bytes, context: bytes | str = b"") -> bytes:
         """Decrypt a binary ciphertext of this tenant and DEK version."""
         if not data.startswith(self.header):
             raise MalformedCiphertext("ciphertext is not of this tenant and DEK version")
-        if len(data) < self._body_at + TAG_SIZE:
+        size = len(data)
+        if size < self._min_len:
             raise MalformedCiphertext("ciphertext is truncated")
-        aad = self.aad(context)
+        aad = self._aads.get(context) if context.__class__ is bytes else None  # inlined aad(): hot
+        if aad is None:
+            aad = self.aad(context)
+        # A slice copies; a memoryview costs more than copying a small body, less than a large one.
+        body = data[self._body_at:] if size <= _COPY_BELOW else memoryview(data)[self._body_at:]
         try:
-            return self._aead.decrypt(data[self._hlen:self._body_at], data[self._body_at:], aad)
+            return self._aead.decrypt(data[self._hlen:self._body_at], body, aad)
         except InvalidTag:
             raise DecryptionError() from None
 
@@ -353,7 +368,9 @@ class BoundKey:
             raise MalformedCiphertext("malformed ciphertext: payload is not canonical base64")
         if len(sealed) < NONCE_SIZE + TAG_SIZE:
             raise MalformedCiphertext("ciphertext is truncated: payload shorter than nonce and tag")
-        aad = self.aad(context)
+        aad = self._aads.get(context) if context.__class__ is bytes else None  # inlined aad(): hot
+        if aad is None:
+            aad = self.aad(context)
         try:
             return self._aead.decrypt(sealed[:NONCE_SIZE], sealed[NONCE_SIZE:], aad)
         except InvalidTag:
