@@ -54,7 +54,7 @@ def _env(*names):
 CONNECTION_OPTIONS = {
     "url": dict(type="str", fallback=_env("VAULT_ADDR", "BAO_ADDR")),
     "token": dict(type="str", no_log=True, fallback=_env("VAULT_TOKEN", "BAO_TOKEN")),
-    "token_file": dict(type="path", fallback=_env("KEYOPS_VAULT_TOKEN_FILE")),
+    "token_file": dict(type="path", no_log=False, fallback=_env("KEYOPS_VAULT_TOKEN_FILE")),
     "namespace": dict(type="str", fallback=_env("VAULT_NAMESPACE", "BAO_NAMESPACE")),
     "ca_cert": dict(type="path", fallback=_env("VAULT_CACERT", "BAO_CACERT")),
     "validate_certs": dict(type="bool"),
@@ -68,10 +68,10 @@ CONNECTION_OPTIONS = {
 
 HSM_OPTIONS = {
     "pkcs11_module": dict(type="path", fallback=_env("KEYOPS_PKCS11_MODULE")),
-    "pkcs11_token": dict(type="str", fallback=_env("KEYOPS_PKCS11_TOKEN")),
+    "pkcs11_token": dict(type="str", no_log=False, fallback=_env("KEYOPS_PKCS11_TOKEN")),
     "pkcs11_pin": dict(type="str", no_log=True, fallback=_env("KEYOPS_PKCS11_PIN")),
-    "pkcs11_pin_file": dict(type="path", fallback=_env("KEYOPS_PKCS11_PIN_FILE")),
-    "master_key_label": dict(type="str", fallback=_env("KEYOPS_MASTER_KEY_LABEL")),
+    "pkcs11_pin_file": dict(type="path", no_log=False, fallback=_env("KEYOPS_PKCS11_PIN_FILE")),
+    "master_key_label": dict(type="str", no_log=False, fallback=_env("KEYOPS_MASTER_KEY_LABEL")),
     "softhsm2_conf": dict(type="path", fallback=_env("SOFTHSM2_CONF")),
 }
 

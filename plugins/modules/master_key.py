@@ -1,0 +1,181 @@
+#!/usr/bin/python
+# -*- coding: utf-8 -*-
+# Copyright: keyops contributors
+# Apache License 2.0 (see https://www.apache.org/licenses/LICENSE-2.0)
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+module: master_key
+short_description: Ensure the HSM master key exists and is registered; rotate it
+version_added: 0.1.0
+description:
+  - Ensures the master key, an AES-256 key on the PKCS#11 token (sensitive, never extractable),
+    exists and is registered in KV (C(master)), the root of every tenant's key hierarchy.
+  - With O(rotate=true), creates the next master key version on the token, makes it primary and
+    re-wraps every KEK of every tenant under it (the previous version turns C(decrypt_only) and is
+    kept until nothing refers to it). An interrupted rotation is finished first.
+requirements:
+  - python >= 3.11
+  - the C(keyops) Python library (C(pip install keyops)) on the host that runs the module
+notes:
+  - 'Runs where the Vault token and the HSM are reachable, usually the controller
+    (C(connection: local) or C(delegate_to: localhost)) with C(ansible_python_interpreter)
+    pointing at the Python that has C(keyops) installed.'
+  - O(rotate=true) without O(expect_version) rotates on every run. Give O(expect_version) (the
+    primary version to replace) so that a re-run reports no change.
+  - A registered master key missing from the token is an error, never silently replaced.
+seealso:
+  - module: keyops.kms.rotate
+  - module: keyops.kms.key_info
+  - name: PKCS#11 v2.40 base specification
+    description: The token interface keyops uses for the master key.
+    link: https://docs.oasis-open.org/pkcs11/pkcs11-base/v2.40/pkcs11-base-v2.40.html
+author:
+  - keyops contributors
+extends_documentation_fragment:
+  - keyops.kms.connection
+  - keyops.kms.hsm
+  - keyops.kms.attributes
+attributes:
+  check_mode:
+    description: Reports whether the key would be created or rotated, and how many KEKs would be re-wrapped; changes nothing.
+    support: full
+  diff_mode:
+    description: Shows the master key versions and their states, before and after; never key material.
+    support: full
+options:
+  state:
+    description: V(present) ensures the master key exists.
+    type: str
+    choices: [present]
+    default: present
+  rotate:
+    description: Rotate the master key (see O(expect_version)).
+    type: bool
+    default: false
+  expect_version:
+    description: With O(rotate=true), rotate only while the primary master version is this one.
+    type: int
+  reason:
+    description: Why, recorded in the audit trail.
+    type: str
+    default: on demand (ansible)
+"""
+
+EXAMPLES = r"""
+- name: The master key exists (first run creates it)
+  keyops.kms.master_key:
+
+- name: Yearly master key rotation, exactly once per version
+  keyops.kms.master_key:
+    rotate: true
+    expect_version: "{{ keyops_master_version }}"
+    reason: annual rotation
+
+- name: Preview a rotation
+  keyops.kms.master_key:
+    rotate: true
+    expect_version: 1
+  check_mode: true
+  diff: true
+"""
+
+RETURN = r"""
+version:
+  description: The primary master key version after the task (in check mode, that it would be).
+  returned: always
+  type: int
+  sample: 2
+label:
+  description: Token label of the primary master key.
+  returned: always
+  type: str
+  sample: keyops-master-v2
+versions:
+  description: Master key versions and their states after the task.
+  returned: always
+  type: list
+  elements: dict
+  sample:
+    - {version: 1, label: keyops-master-v1, state: decrypt_only, created_at: "2024-01-07T10:00:00Z"}
+    - {version: 2, label: keyops-master-v2, state: active, created_at: "2025-01-07T10:00:00Z"}
+created:
+  description: Whether the master key was (would be) created.
+  returned: always
+  type: bool
+  sample: false
+rotation:
+  description: The rotation, with O(rotate=true); null otherwise.
+  returned: always
+  type: dict
+  sample:
+    changed: true
+    old_version: 1
+    new_version: 2
+    tenants: 5
+    rewrapped: 12
+    resumed: false
+    detail: created master v2 and re-wrapped 12 KEK versions of 5 tenants
+"""
+
+from ansible_collections.keyops.kms.plugins.module_utils._connection import KeyopsModule
+from ansible_collections.keyops.kms.plugins.module_utils._views import jsonable, master_view
+
+try:
+    from keyops import rotation
+except ImportError:
+    pass  # KeyopsModule reports the missing library
+
+
+def predicted(registry, result, label):
+    """The registry a dry-run rotation would leave: the new version primary, the old one decrypt_only."""
+    versions = [dict(v, state="decrypt_only" if v["state"] == "active" else v["state"])
+                for v in jsonable(registry.versions) if v["version"] != result.new_version]
+    versions.append({"version": result.new_version, "label": label(result.new_version), "state": "active",
+                     "created_at": None})
+    return {"primary": result.new_version, "versions": versions}
+
+
+def main():
+    module = KeyopsModule(
+        argument_spec=dict(
+            state=dict(type="str", default="present", choices=["present"]),
+            rotate=dict(type="bool", default=False),
+            expect_version=dict(type="int"),
+            reason=dict(type="str", default="on demand (ansible)"),
+        ),
+        supports_check_mode=True,
+    )
+    p = module.params
+    rotated = None
+    with module.session() as k:
+        found = k.read_master()
+        before = found[0] if found else None
+        registry, created = k.ensure_master(dry_run=module.check_mode)
+        # A master key this task has just created has nothing to rotate.
+        if p["rotate"] and not created:
+            rotated = rotation.rotate_master(k, dry_run=module.check_mode, expect_version=p["expect_version"],
+                                             reason=p["reason"])
+            if not module.check_mode:
+                registry = k.read_master()[0]
+        label = k.master_label
+    if rotated is not None and rotated.changed and module.check_mode:
+        after = predicted(registry, rotated, label)
+    else:
+        after = {"primary": registry.primary, "versions": jsonable(registry.versions)}
+    primary = [v for v in after["versions"] if v["version"] == after["primary"]][0]
+    changed = created or bool(rotated and rotated.changed)
+    rotation_out = None
+    if rotated is not None:
+        rotation_out = {"changed": rotated.changed, "old_version": rotated.old_version,
+                        "new_version": rotated.new_version, "tenants": len(rotated.tenants),
+                        "rewrapped": rotated.rewrapped, "resumed": rotated.resumed, "detail": rotated.detail}
+    after_view = {"exists": True, "primary": after["primary"],
+                  "versions": {str(v["version"]): v["state"] for v in after["versions"]}}
+    module.exit_json(changed=changed, version=after["primary"], label=primary["label"], versions=after["versions"],
+                     created=created, rotation=rotation_out, **module.diff(master_view(before), after_view))
+
+
+if __name__ == "__main__":
+    main()
