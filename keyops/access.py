@@ -138,6 +138,8 @@ OPERATIONS: Mapping[str, Operation] = {op.name: op for op in (
               (_r("{transit}/wrapping_key", "read"), _r(_TRANSIT_KEY, "read"),
                _r(_TRANSIT_KEY + "/import_version", "update")),
               ("dek.wrap",)),
+    Operation("transit.config", "raise the tenant's Transit key minimum versions after a rotation (no deletion)",
+              (_r(_TRANSIT_KEY, "read"), _r(_TRANSIT_KEY + "/config", "update"))),
     Operation("secrets.read", "read and list the tenant's encrypted secrets",
               (_r(_SECRETS_DATA, "read"), _r(_SECRETS_META, "read", "list"))),
     Operation("secrets.write", "write the tenant's encrypted secrets (check-and-set)",
@@ -156,20 +158,21 @@ OPERATIONS: Mapping[str, Operation] = {op.name: op for op in (
               (_r("{kv}/metadata/tenants/{tenant}/*", "read", "list", "delete"),),
               ("keyring.read", "secrets.read", "jobs.write")),
     Operation("rotate", "rotate the tenant's DEK or KEK",
-              (), ("keyring.write", "kek.unwrap", "dek.unwrap", "transit.import", "master.read", "jobs.write"),
-              hsm="always"),
+              (_r("{kv}/data/locks/tenants/{tenant}", "create", "read", "update"),
+               _r("{kv}/metadata/locks/tenants/{tenant}", "delete")),
+              ("keyring.write", "kek.unwrap", "dek.unwrap", "transit.import", "transit.config", "master.read",
+               "jobs.write"), hsm="always"),
     Operation("reencrypt", "re-encrypt the tenant's secrets under its primary DEK",
               (), ("secrets.write", "keyring.reserve", "dek.unwrap", "dek.wrap", "kek.unwrap", "jobs.write"),
               hsm="kv-residence"),
     Operation("migrate", "migrate existing secrets into the tenant (add source paths to the role)",
               (), ("secrets.write", "keyring.reserve", "dek.unwrap", "dek.wrap", "kek.unwrap", "jobs.write"),
               hsm="kv-residence"),
-    Operation("retire", "retire old key versions of the tenant (no longer usable, kept for audit)",
-              (), ("keyring.write",)),
+    Operation("retire", "retire old key versions (no longer usable, kept for audit)",
+              (), ("keyring.write", "transit.config", "master.write")),
     Operation("destroy", "destroy key versions of the tenant (material gone) and delete Transit keys",
-              (_r(_TRANSIT_KEY, "read", "delete"), _r(_TRANSIT_KEY + "/config", "update"),
-               _r(_TRANSIT_KEY + "/trim", "update")),
-              ("keyring.write", "tenant.delete", "kek.unwrap"), hsm="always"),
+              (_r(_TRANSIT_KEY, "read", "delete"), _r(_TRANSIT_KEY + "/trim", "update")),
+              ("keyring.write", "transit.config", "tenant.delete", "kek.unwrap", "master.write"), hsm="always"),
     # --- global rights
     Operation("tenants.list", "list tenant names", (_r("{kv}/metadata/tenants/", "list"),), tenant_scoped=False),
     Operation("master.read", "read the master-key registry (labels and states only)",
@@ -178,7 +181,8 @@ OPERATIONS: Mapping[str, Operation] = {op.name: op for op in (
               (_r("{kv}/data/master", "create", "read", "update"),), ("master.read",),
               tenant_scoped=False, hsm="always"),
     Operation("master.rotate", "rotate the master key and re-wrap every KEK",
-              (), ("master.write", "keyring.write", "kek.unwrap", "tenants.list"), tenant_scoped=False,
+              (_r("{kv}/data/locks/master", "create", "read", "update"), _r("{kv}/metadata/locks/master", "delete")),
+              ("master.write", "keyring.write", "kek.unwrap", "tenants.list"), tenant_scoped=False,
               hsm="always"),
     Operation("status.read", "read every tenant's status (ages, states, usage, what is due)",
               (), ("tenants.list", "keyring.read", "master.read"), tenant_scoped=False),
@@ -763,20 +767,17 @@ _EVENT_OPERATIONS: Mapping[str, str] = {
     "dek.unwrap": "dek.unwrap", "kek.unwrap": "kek.unwrap", "secret.write": "secrets.write",
     "secret.delete": "secrets.delete",
     "rotate": "rotate", "rotation": "rotate", "reencrypt": "reencrypt", "migrate": "migrate",
-    "retire": "retire", "destroy": "destroy", "policy": "policy.write", "lifecycle": "retire",
+    "retire": "retire", "destroy": "destroy", "policy": "policy.write",
 }
 
 
-def operation_for_event(event_operation: str) -> str | None:
+def operation_for_event(event_operation: str, level: str | None = None) -> str | None:
     """The right an audited operation needs, or None when keyops does not know the name."""
     found = _EVENT_OPERATIONS.get(event_operation)
     if found is None:
-        head = event_operation.split(".", 1)[0]
-        found = _EVENT_OPERATIONS.get(head)
-        if head == "rotate" and event_operation.endswith("master"):
-            found = "master.rotate"
-        if head == "lifecycle" and "destroy" in event_operation:
-            found = "destroy"
+        found = _EVENT_OPERATIONS.get(event_operation.split(".", 1)[0])
+    if found == "rotate" and level == "master":
+        return "master.rotate"
     return found
 
 

@@ -356,6 +356,11 @@ class KvSink:
             _log.warning("audit event %s was not copied to KV %s: %s", entry.get("request_id"), self.path, exc)
 
 
+class _RaisingSysLogHandler(logging.handlers.SysLogHandler):
+    def handleError(self, record: logging.LogRecord) -> None:  # noqa: N802 - logging's name
+        raise  # noqa: PLE0704 - re-raise the send error to SyslogSink, which counts and logs it
+
+
 class SyslogSink:
     """Each event as one ``keyops-audit: {json}`` message (facility authpriv)."""
 
@@ -377,7 +382,7 @@ class SyslogSink:
                 socktype = socket.SOCK_STREAM if self.target.startswith("tcp://") else socket.SOCK_DGRAM
             else:
                 address = self.target if self.target not in ("1", "true", "yes", "on") else "/dev/log"
-            self._handler = logging.handlers.SysLogHandler(
+            self._handler = _RaisingSysLogHandler(
                 address=address, facility=logging.handlers.SysLogHandler.LOG_AUTHPRIV, socktype=socktype)
         return self._handler
 

@@ -354,7 +354,7 @@ class Keyops:
     @contextlib.contextmanager
     def audited(self, operation: str, **fields: Any) -> Iterator[dict[str, Any]]:
         """Check the caller's role, then emit one audit event for the operation, with its result."""
-        self.authorize(access.operation_for_event(operation), fields.get("tenant"))
+        self.authorize(access.operation_for_event(operation, fields.get("level")), fields.get("tenant"))
         event: dict[str, Any] = dict(fields)
         try:
             yield event
