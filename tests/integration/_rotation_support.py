@@ -13,12 +13,14 @@ import contextlib
 import dataclasses
 import subprocess
 import sys
+import time
 import uuid
 from collections.abc import Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import hvac
+import hvac.exceptions
 import requests
 
 from keyops.config import Config
@@ -48,12 +50,27 @@ def isolated_mount(stack: Any, config: Config, vault_client: hvac.Client) -> Ite
     tag = uuid.uuid4().hex[:8]
     mount = f"ko-{tag}"
     vault_client.sys.enable_secrets_engine(backend_type="kv", path=mount, options={"version": "2"})
+    _wait_for_kv_mount(vault_client, mount)
     cfg = config.replace(kv_mount=mount, master_key_label=f"km-{tag}")
     env = cli_env(stack, KEYOPS_KV_MOUNT=mount, KEYOPS_MASTER_KEY_LABEL=cfg.master_key_label)
     try:
         yield Isolated(cfg, env)
     finally:
         vault_client.sys.disable_secrets_engine(path=mount)
+
+
+def _wait_for_kv_mount(client: hvac.Client, mount: str, timeout: float = 30.0) -> None:
+    """A new KV v2 mount answers "upgrading" for a moment; wait until it answers normally."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            client.secrets.kv.v2.read_secret_metadata(path="ready-probe", mount_point=mount)
+        except hvac.exceptions.InvalidPath:
+            return
+        except hvac.exceptions.InvalidRequest:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
 
 
 def cli_env(stack: Any, **extra: str) -> dict[str, str]:
