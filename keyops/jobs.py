@@ -94,6 +94,7 @@ class Checkpoint:
     result: Mapping[str, Any] | None = None
 
     def __post_init__(self) -> None:
+        validate_job_id(self.job_id)
         if self.kind not in KINDS:
             raise InvalidInput(f"job kind must be one of {', '.join(KINDS)}, not {self.kind!r}")
         if self.state not in STATES:
