@@ -175,6 +175,7 @@ def migrate(k: Keyops, tenant: str, source: str, *, source_mount: str | None = N
     every migrated source are destroyed afterwards (the markers stay).
     """
     tenant = validate_tenant(tenant)
+    k.authorize("migrate", tenant)  # before the job listing and reads below, not only at the audited step
     workers, batch_size = validate_pool(workers, batch_size)
     if job_id is not None:
         validate_job_id(job_id)

@@ -126,6 +126,7 @@ def reencrypt(k: Keyops, tenant: str, *, workers: int = DEFAULT_WORKERS, batch_s
     run reads every record, writes nothing and counts what would move.
     """
     tenant = validate_tenant(tenant)
+    k.authorize("reencrypt", tenant)  # before the job listing and reads below, not only at the audited step
     workers, batch_size = validate_pool(workers, batch_size)
     if job_id is not None:
         validate_job_id(job_id)
