@@ -88,6 +88,7 @@ class CryptoResults:
     transit_batch: dict[int, int]  # size -> items per batch request
     rounds: int
     local_repeats: int
+    paired: dict[str, float]  # "keyops/raw 1024" -> median of chunk-by-chunk ratios (a noise check)
 
     def rate(self, contender: str, size: int) -> Rate:
         for r in self.rates:
@@ -197,9 +198,9 @@ def calibrate(chunk: Chunk, seconds: float, start: int = 16, cap: int = 10**7) -
 Contenders = dict[tuple[str, int], tuple[Chunk, int]]  # (contender, size) -> (chunk, pairs per chunk)
 
 
-def interleaved(local: Contenders, remote: Contenders, rounds: int, local_repeats: int = 5,
-                settle: float = 0.5, progress: Callable[[str], None] = lambda _: None) -> list[Rate]:
-    """Alternate all contenders, round by round; the best and the median chunk of each count.
+def interleaved(local: Contenders, remote: Contenders, rounds: int, local_repeats: int = 20, settle: float = 0.5,
+                progress: Callable[[str], None] = lambda _: None) -> dict[tuple[str, int], list[float]]:
+    """Alternate all contenders, round by round; returns every chunk's pairs per second, in order.
 
     A round runs every local contender ``local_repeats`` times in turn (short
     chunks, so that raw and keyops both meet the machine's quiet moments),
@@ -216,9 +217,12 @@ def interleaved(local: Contenders, remote: Contenders, rounds: int, local_repeat
             samples[key].append(n / chunk(n))
         progress(f"round {i + 1}/{rounds} done")
         time.sleep(settle)
-    every = {**local, **remote}
-    return [Rate(name, size, max(s), statistics.median(s), len(s), every[(name, size)][1])
-            for (name, size), s in samples.items()]
+    return samples
+
+
+def paired_ratio(samples: dict[tuple[str, int], list[float]], name: str, reference: str, size: int) -> float:
+    """Median over chunks of name/reference, each chunk against the reference chunk run next to it."""
+    return statistics.median(a / b for a, b in zip(samples[(name, size)], samples[(reference, size)], strict=True))
 
 
 def count_calls(config: Config, tenant: str, ops: int = CALLS_OPS) -> dict[str, dict[str, int]]:
@@ -235,7 +239,7 @@ def count_calls(config: Config, tenant: str, ops: int = CALLS_OPS) -> dict[str, 
     return out
 
 
-def run_crypto(config: Config, rounds: int = 7, local_repeats: int = 5, chunk_seconds: float = 0.04,
+def run_crypto(config: Config, rounds: int = 7, local_repeats: int = 20, chunk_seconds: float = 0.01,
                transit_seconds: float = 0.5, progress: Callable[[str], None] = print) -> CryptoResults:
     tag = uuid.uuid4().hex[:8]
     client = make_client(config)
@@ -266,7 +270,12 @@ def run_crypto(config: Config, rounds: int = 7, local_repeats: int = 5, chunk_se
                 transit_batch_chunk(client, mount, data, batch_items[size]), batch_items[size])
 
         progress(f"measuring: {rounds} interleaved rounds")
-        rates = interleaved(local, remote, rounds, local_repeats, progress=progress)
+        samples = interleaved(local, remote, rounds, local_repeats, progress=progress)
+        every = {**local, **remote}
+        rates = [Rate(name, size, max(s), statistics.median(s), len(s), every[(name, size)][1])
+                 for (name, size), s in samples.items()]
+        paired = {f"{name}/raw {size}": paired_ratio(samples, name, "raw", size)
+                  for size in SIZES for name in ("keyops", "keyops-text")}
 
     progress(f"counting backend calls of {CALLS_OPS} operations")
     calls = {residence: count_calls(config, t) for residence, t in tenants.items()}
@@ -281,7 +290,7 @@ def run_crypto(config: Config, rounds: int = 7, local_repeats: int = 5, chunk_se
                           best("keyops", size) / best("transit-batch", size), GOAL_BATCH_RATIO))
         goals.append(Goal("keyops >= 100x Transit one item per request", size,
                           best("keyops", size) / best("transit-1", size), GOAL_SINGLE_RATIO))
-    return CryptoResults(tuple(rates), tuple(goals), calls, batch_items, rounds, local_repeats)
+    return CryptoResults(tuple(rates), tuple(goals), calls, batch_items, rounds, local_repeats, paired)
 
 
 # --- report -------------------------------------------------------------------------------
@@ -316,6 +325,8 @@ def report(results: CryptoResults) -> str:
         parts = [f"{ref} {kb / results.rate(ref, size).best:,.2f}x | {kt / results.rate(ref, size).best:,.2f}x"
                  for ref in ("raw", "transit-batch", "transit-1")]
         lines.append(f"  {_size(size):>6}: vs " + "; vs ".join(parts))
+    lines.append("median of chunk-by-chunk ratios against the raw chunk run just before (a noise check): "
+                 + ", ".join(f"{key} {value:.2f}x" for key, value in results.paired.items()))
     lines += ["", "goals:"]
     for g in results.goals:
         lines.append(f"  {'PASS' if g.passed else 'FAIL'}  {g.name} at {_size(g.size)}: "

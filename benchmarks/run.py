@@ -42,10 +42,10 @@ def machine() -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.run", description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=7, help="interleaved rounds; best of N counts (default 7)")
-    parser.add_argument("--local-repeats", type=int, default=5,
-                        help="chunks of each local contender per round (default 5)")
-    parser.add_argument("--chunk-seconds", type=float, default=0.04,
-                        help="length of one local chunk (default 0.04)")
+    parser.add_argument("--local-repeats", type=int, default=20,
+                        help="chunks of each local contender per round (default 20)")
+    parser.add_argument("--chunk-seconds", type=float, default=0.01,
+                        help="length of one local chunk (default 0.01: short chunks meet quiet moments)")
     parser.add_argument("--transit-seconds", type=float, default=0.5,
                         help="length of one Transit single-item chunk (default 0.5)")
     parser.add_argument("--json", metavar="FILE", help="also write the results as JSON to FILE")
