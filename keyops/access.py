@@ -521,7 +521,8 @@ def apply_policies(k: Keyops, policies: Mapping[str, str], dry_run: bool = False
         changes.append(PolicyChange(name, action))
         if dry_run:
             continue
-        with k.audited(f"policy.{action}", policy=name, level="policy"):
+        grant = _parse_policy_name(name, sorted(k.roles, key=lambda r: len(r.name), reverse=True))
+        with k.audited(f"policy.{action}", policy=name, level="policy", tenant=grant.tenant if grant else None):
             k.store.calls.add("sys.write_policy")
             with vault_errors(f"writing policy {name!r}", k.config.vault_addr):
                 k.store.client.sys.create_or_update_policy(name=name, policy=text)
