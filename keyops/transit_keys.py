@@ -267,6 +267,28 @@ def _check_versions(name: str, key: TransitKeyView) -> None:
                            f"min_encryption_version is {key.min_encryption_version}")
 
 
+def config_requests(state: TransitKeyView, config: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """``config`` as one or more ``/config`` requests, each leaving a state Transit accepts.
+
+    OpenBao refuses ``min_encryption_version`` equal to ``min_decryption_version``
+    when both come in one request (although it accepts the same pair set one at a
+    time), so the two version settings go in separate requests, ordered so that
+    ``min_encryption_version`` is 0 or at least ``min_decryption_version`` after each.
+    """
+    rest = {k: v for k, v in config.items() if k not in ("min_decryption_version", "min_encryption_version")}
+    dec = config.get("min_decryption_version")
+    enc = config.get("min_encryption_version")
+    if dec is None or enc is None:
+        single = dict(rest)
+        single.update({k: v for k, v in (("min_decryption_version", dec), ("min_encryption_version", enc))
+                       if v is not None})
+        return [single] if single else []
+    # Encryption first when it does not fall below the current decryption minimum.
+    if enc == 0 or enc >= state.min_decryption_version:
+        return [dict(rest, min_encryption_version=enc), {"min_decryption_version": dec}]
+    return [dict(rest, min_decryption_version=dec), {"min_encryption_version": enc}]
+
+
 # --- I/O ----------------------------------------------------------------------------------------
 
 
@@ -322,8 +344,10 @@ def apply(store: VaultStore, spec: TransitKeySpec, dry_run: bool = False) -> Tra
         call("create_key", "creating", transit.create_key, key_type=create.pop("type"), **create)
     if steps.rotate:
         call("rotate_key", "rotating", transit.rotate_key)
-    if steps.config:
-        call("config", "configuring", transit.update_key_configuration, **steps.config)
+    configured = current if current is not None else dataclasses.replace(steps.after, min_decryption_version=1,
+                                                                          min_encryption_version=0)
+    for request in config_requests(configured, steps.config):
+        call("config", "configuring", transit.update_key_configuration, **request)
     if steps.trim_to is not None:
         call("trim_key", "trimming", transit.trim_key, min_version=steps.trim_to)
     if steps.delete:

@@ -133,3 +133,23 @@ def test_view_from_response_keeps_no_key_material() -> None:
             "keys": {"1": {"public_key": "-----BEGIN PUBLIC KEY-----..."}, "2": {"public_key": "..."}}}
     view = TransitKeyView.from_response("sig", data)
     assert view.versions == (1, 2) and "BEGIN" not in repr(view.to_dict())
+
+
+@pytest.mark.parametrize(("current", "config", "requests"), [
+    (key(), {}, []),
+    (key(), {"deletion_allowed": True}, [{"deletion_allowed": True}]),
+    (key(), {"min_decryption_version": 2}, [{"min_decryption_version": 2}]),
+    # Raising both: encryption first (OpenBao refuses enc == dec in one request).
+    (key(), {"min_decryption_version": 2, "min_encryption_version": 2, "auto_rotate_period": 3600},
+     [{"auto_rotate_period": 3600, "min_encryption_version": 2}, {"min_decryption_version": 2}]),
+    # Lowering encryption below the current decryption minimum: decryption first.
+    (key(min_decryption_version=3, min_encryption_version=3), {"min_decryption_version": 1, "min_encryption_version": 2},
+     [{"min_decryption_version": 1}, {"min_encryption_version": 2}]),
+    (key(min_decryption_version=2), {"min_decryption_version": 3, "min_encryption_version": 0},
+     [{"min_encryption_version": 0}, {"min_decryption_version": 3}]),
+])
+def test_config_requests_keep_every_intermediate_state_valid(current: TransitKeyView, config: dict[str, object],
+                                                             requests: list[dict[str, object]]) -> None:
+    from keyops.transit_keys import config_requests
+
+    assert config_requests(current, config) == requests
