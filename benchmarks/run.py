@@ -10,6 +10,7 @@ how to read them: docs/benchmarks.md.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -19,7 +20,7 @@ from typing import Any
 
 import cryptography
 
-from benchmarks._stack import temporary_stack
+from benchmarks._stack import dev_mode_openbao, temporary_stack
 from benchmarks.bench_crypto import report, run_crypto
 from keyops.vault import make_client
 
@@ -48,6 +49,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="length of one local chunk (default 0.01: short chunks meet quiet moments)")
     parser.add_argument("--transit-seconds", type=float, default=0.5,
                         help="length of one Transit single-item chunk (default 0.5)")
+    parser.add_argument("--no-dev-server", action="store_true",
+                        help="skip Transit on an audit-less dev-mode OpenBao (measured by default)")
     parser.add_argument("--json", metavar="FILE", help="also write the results as JSON to FILE")
     args = parser.parse_args(argv)
 
@@ -57,10 +60,15 @@ def main(argv: list[str] | None = None) -> int:
     info = machine()
     started = time.monotonic()
     progress("starting a temporary OpenBao + SoftHSM2 stack")
-    with temporary_stack() as stack:
+    with contextlib.ExitStack() as servers:
+        stack = servers.enter_context(temporary_stack())
         config = stack.config()
         info["openbao"] = make_client(config).sys.read_health_status(method="GET").get("version")
-        results = run_crypto(config, rounds=args.rounds, local_repeats=args.local_repeats,
+        dev_config = None
+        if not args.no_dev_server:
+            progress("starting an in-memory dev-mode OpenBao without audit device")
+            dev_config = servers.enter_context(dev_mode_openbao())
+        results = run_crypto(config, dev_config, rounds=args.rounds, local_repeats=args.local_repeats,
                              chunk_seconds=args.chunk_seconds, transit_seconds=args.transit_seconds,
                              progress=progress)
     info["seconds"] = round(time.monotonic() - started, 1)
