@@ -65,6 +65,7 @@ __all__ = [
     "operation_for_event",
     "parse_roles",
     "policy_name",
+    "remove_policies",
     "render_policies",
     "render_policy",
 ]
@@ -478,7 +479,10 @@ def render_policies(roles: Roles, tenants: Iterable[str], mounts: Mounts,
 @dataclasses.dataclass(frozen=True)
 class PolicyChange:
     name: str
-    action: str  # "create", "update" or "unchanged"
+    action: str  # "create", "update", "delete" or "unchanged"
+    #: The policy's HCL on the server before and after (None: absent); policies hold no secret.
+    before: str | None = dataclasses.field(default=None, repr=False)
+    after: str | None = dataclasses.field(default=None, repr=False)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -515,10 +519,10 @@ def apply_policies(k: Keyops, policies: Mapping[str, str], dry_run: bool = False
             raise InvalidInput(f"policy {name!r} is not a keyops policy (names start with {POLICY_PREFIX}-)")
         current = read_policy(k.store, name)
         if current is not None and current.strip() == text.strip():
-            changes.append(PolicyChange(name, "unchanged"))
+            changes.append(PolicyChange(name, "unchanged", current, current))
             continue
         action = "create" if current is None else "update"
-        changes.append(PolicyChange(name, action))
+        changes.append(PolicyChange(name, action, current, text))
         if dry_run:
             continue
         grant = _parse_policy_name(name, sorted(k.roles, key=lambda r: len(r.name), reverse=True))
@@ -526,6 +530,28 @@ def apply_policies(k: Keyops, policies: Mapping[str, str], dry_run: bool = False
             k.store.calls.add("sys.write_policy")
             with vault_errors(f"writing policy {name!r}", k.config.vault_addr):
                 k.store.client.sys.create_or_update_policy(name=name, policy=text)
+    return PolicyApplyResult(tuple(changes), dry_run)
+
+
+def remove_policies(k: Keyops, names: Iterable[str], dry_run: bool = False) -> PolicyApplyResult:
+    """Delete keyops policies (e.g. of an offboarded tenant); absent ones are ``unchanged``."""
+    k.authorize("policy.write")
+    changes: list[PolicyChange] = []
+    for name in sorted(set(names)):
+        if not name.startswith(POLICY_PREFIX + "-"):
+            raise InvalidInput(f"policy {name!r} is not a keyops policy (names start with {POLICY_PREFIX}-)")
+        current = read_policy(k.store, name)
+        if current is None:
+            changes.append(PolicyChange(name, "unchanged"))
+            continue
+        changes.append(PolicyChange(name, "delete", current, None))
+        if dry_run:
+            continue
+        grant = _parse_policy_name(name, sorted(k.roles, key=lambda r: len(r.name), reverse=True))
+        with k.audited("policy.delete", policy=name, level="policy", tenant=grant.tenant if grant else None):
+            k.store.calls.add("sys.delete_policy")
+            with vault_errors(f"deleting policy {name!r}", k.config.vault_addr):
+                k.store.client.sys.delete_policy(name=name)
     return PolicyApplyResult(tuple(changes), dry_run)
 
 
