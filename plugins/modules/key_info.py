@@ -22,6 +22,8 @@ notes:
     C(delegate_to: localhost)) with C(ansible_python_interpreter) pointing at the Python that has
     C(keyops) installed.'
   - Returns no key material; wrapped keys are not returned either.
+  - Does not use the HSM; it accepts the HSM options so that C(module_defaults) can set them once
+    for the whole action group C(keyops.kms.all).
 seealso:
   - module: keyops.kms.rotate
   - module: keyops.kms.tenant
@@ -29,6 +31,7 @@ author:
   - keyops contributors
 extends_documentation_fragment:
   - keyops.kms.connection
+  - keyops.kms.hsm
   - keyops.kms.attributes
   - keyops.kms.attributes.read_only
 options:
@@ -119,7 +122,6 @@ from ansible_collections.keyops.kms.plugins.module_utils._views import jsonable
 def main():
     module = KeyopsModule(
         argument_spec=dict(tenant=dict(type="str")),
-        hsm=False,
         supports_check_mode=True,
     )
     with module.session() as k:
