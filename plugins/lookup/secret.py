@@ -24,9 +24,11 @@ notes:
 seealso:
   - module: keyops.kms.secret
 author:
-  - keyops contributors
+  - keyops contributors (!UNKNOWN)
 extends_documentation_fragment:
+  - keyops.kms.connection
   - keyops.kms.connection.plugins
+  - keyops.kms.hsm
   - keyops.kms.hsm.plugins
 options:
   _terms:

@@ -94,6 +94,7 @@ CONFIG_FIELDS = {
     "master_key_label": "master_key_label",
 }
 
+
 def keyops_argument_spec(module_options, hsm=True):
     """The module's own options merged with the shared connection (and HSM) options."""
     spec = {}

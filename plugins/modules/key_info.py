@@ -28,7 +28,7 @@ seealso:
   - module: keyops.kms.rotate
   - module: keyops.kms.tenant
 author:
-  - keyops contributors
+  - keyops contributors (!UNKNOWN)
 extends_documentation_fragment:
   - keyops.kms.connection
   - keyops.kms.hsm

@@ -32,7 +32,7 @@ seealso:
     description: The token interface keyops uses for the master key.
     link: https://docs.oasis-open.org/pkcs11/pkcs11-base/v2.40/pkcs11-base-v2.40.html
 author:
-  - keyops contributors
+  - keyops contributors (!UNKNOWN)
 extends_documentation_fragment:
   - keyops.kms.connection
   - keyops.kms.hsm

@@ -36,7 +36,7 @@ seealso:
     description: The C(vault:vN:) ciphertexts this module can migrate.
     link: https://openbao.org/docs/secrets/transit/
 author:
-  - keyops contributors
+  - keyops contributors (!UNKNOWN)
 extends_documentation_fragment:
   - keyops.kms.connection
   - keyops.kms.hsm

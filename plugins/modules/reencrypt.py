@@ -31,7 +31,7 @@ seealso:
   - module: keyops.kms.rotate
   - module: keyops.kms.key_info
 author:
-  - keyops contributors
+  - keyops contributors (!UNKNOWN)
 extends_documentation_fragment:
   - keyops.kms.connection
   - keyops.kms.hsm

@@ -35,7 +35,7 @@ seealso:
   - module: keyops.kms.key_info
   - module: keyops.kms.master_key
 author:
-  - keyops contributors
+  - keyops contributors (!UNKNOWN)
 extends_documentation_fragment:
   - keyops.kms.connection
   - keyops.kms.hsm

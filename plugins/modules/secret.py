@@ -33,7 +33,7 @@ seealso:
   - module: keyops.kms.tenant
   - module: keyops.kms.migrate
 author:
-  - keyops contributors
+  - keyops contributors (!UNKNOWN)
 extends_documentation_fragment:
   - keyops.kms.connection
   - keyops.kms.hsm

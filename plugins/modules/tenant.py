@@ -33,7 +33,7 @@ seealso:
     description: The secrets engine that holds keyrings (C(tenants/<name>/keyring)) with check-and-set.
     link: https://openbao.org/docs/secrets/kv/kv-v2/
 author:
-  - keyops contributors
+  - keyops contributors (!UNKNOWN)
 extends_documentation_fragment:
   - keyops.kms.connection
   - keyops.kms.hsm

@@ -34,7 +34,7 @@ seealso:
     description: Create, read, configure, rotate and trim keys.
     link: https://openbao.org/api-docs/secret/transit/
 author:
-  - keyops contributors
+  - keyops contributors (!UNKNOWN)
 extends_documentation_fragment:
   - keyops.kms.connection
   - keyops.kms.attributes
