@@ -202,7 +202,7 @@ def calibrate(chunk: Chunk, seconds: float, start: int = 16, cap: int = 10**7) -
 Contenders = dict[tuple[str, int], tuple[Chunk, int]]  # (contender, size) -> (chunk, pairs per chunk)
 
 
-def interleaved(local: Contenders, remote: Contenders, rounds: int, local_repeats: int = 20, settle: float = 0.5,
+def interleaved(local: Contenders, remote: Contenders, rounds: int, local_repeats: int = 50, settle: float = 0.5,
                 progress: Callable[[str], None] = lambda _: None) -> dict[tuple[str, int], list[float]]:
     """Alternate all contenders, round by round; returns every chunk's pairs per second, in order.
 
@@ -243,8 +243,8 @@ def count_calls(config: Config, tenant: str, ops: int = CALLS_OPS) -> dict[str, 
     return out
 
 
-def run_crypto(config: Config, dev_config: Config | None = None, rounds: int = 7, local_repeats: int = 20,
-               chunk_seconds: float = 0.01, transit_seconds: float = 0.5,
+def run_crypto(config: Config, dev_config: Config | None = None, rounds: int = 7, local_repeats: int = 50,
+               chunk_seconds: float = 0.002, transit_seconds: float = 0.5,
                progress: Callable[[str], None] = print) -> CryptoResults:
     """``config``: keyops' stack; ``dev_config``: an audit-less dev-mode server for Transit, or None."""
     tag = uuid.uuid4().hex[:8]

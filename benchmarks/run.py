@@ -43,10 +43,11 @@ def machine() -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.run", description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=7, help="interleaved rounds; best of N counts (default 7)")
-    parser.add_argument("--local-repeats", type=int, default=20,
-                        help="chunks of each local contender per round (default 20)")
-    parser.add_argument("--chunk-seconds", type=float, default=0.01,
-                        help="length of one local chunk (default 0.01: short chunks meet quiet moments)")
+    parser.add_argument("--local-repeats", type=int, default=50,
+                        help="chunks of each local contender per round (default 50)")
+    parser.add_argument("--chunk-seconds", type=float, default=0.002,
+                        help="length of one local chunk (default 0.002: shorter than a scheduler time "
+                             "slice, so that some chunks run undisturbed on a busy machine)")
     parser.add_argument("--transit-seconds", type=float, default=0.5,
                         help="length of one Transit single-item chunk (default 0.5)")
     parser.add_argument("--no-dev-server", action="store_true",
