@@ -92,6 +92,7 @@ class CryptoResults:
     transit_batch: dict[int, int]  # size -> items per batch request
     rounds: int
     local_repeats: int
+    remote_repeats: int
     paired: dict[str, float]  # "keyops/raw 1024" -> median of chunk-by-chunk ratios (a noise check)
 
     def rate(self, contender: str, size: int) -> Rate:
@@ -202,13 +203,14 @@ def calibrate(chunk: Chunk, seconds: float, start: int = 16, cap: int = 10**7) -
 Contenders = dict[tuple[str, int], tuple[Chunk, int]]  # (contender, size) -> (chunk, pairs per chunk)
 
 
-def interleaved(local: Contenders, remote: Contenders, rounds: int, local_repeats: int = 50, settle: float = 0.5,
-                progress: Callable[[str], None] = lambda _: None) -> dict[tuple[str, int], list[float]]:
+def interleaved(local: Contenders, remote: Contenders, rounds: int, local_repeats: int = 50, remote_repeats: int = 2,
+                settle: float = 0.5, progress: Callable[[str], None] = lambda _: None,
+                ) -> dict[tuple[str, int], list[float]]:
     """Alternate all contenders, round by round; returns every chunk's pairs per second, in order.
 
     A round runs every local contender ``local_repeats`` times in turn (short
     chunks, so that raw and keyops both meet the machine's quiet moments),
-    then every remote (Transit) contender once, then pauses ``settle`` seconds
+    then every remote (Transit) contender ``remote_repeats`` times, then pauses ``settle`` seconds
     so that work the server does after answering (audit log writes, garbage
     collection) is over before the local contenders run again.
     """
@@ -217,8 +219,9 @@ def interleaved(local: Contenders, remote: Contenders, rounds: int, local_repeat
         for _ in range(local_repeats):
             for key, (chunk, n) in local.items():
                 samples[key].append(n / chunk(n))
-        for key, (chunk, n) in remote.items():
-            samples[key].append(n / chunk(n))
+        for _ in range(remote_repeats):
+            for key, (chunk, n) in remote.items():
+                samples[key].append(n / chunk(n))
         progress(f"round {i + 1}/{rounds} done")
         time.sleep(settle)
     return samples
@@ -244,7 +247,7 @@ def count_calls(config: Config, tenant: str, ops: int = CALLS_OPS) -> dict[str, 
 
 
 def run_crypto(config: Config, dev_config: Config | None = None, rounds: int = 7, local_repeats: int = 50,
-               chunk_seconds: float = 0.002, transit_seconds: float = 0.5,
+               remote_repeats: int = 2, chunk_seconds: float = 0.002, transit_seconds: float = 0.25,
                progress: Callable[[str], None] = print) -> CryptoResults:
     """``config``: keyops' stack; ``dev_config``: an audit-less dev-mode server for Transit, or None."""
     tag = uuid.uuid4().hex[:8]
@@ -281,7 +284,7 @@ def run_crypto(config: Config, dev_config: Config | None = None, rounds: int = 7
                     transit_batch_chunk(client, mount, data, batch_items[size]), batch_items[size])
 
         progress(f"measuring: {rounds} interleaved rounds")
-        samples = interleaved(local, remote, rounds, local_repeats, progress=progress)
+        samples = interleaved(local, remote, rounds, local_repeats, remote_repeats, progress=progress)
         every = {**local, **remote}
         rates = [Rate(name, size, max(s), statistics.median(s), len(s), every[(name, size)][1])
                  for (name, size), s in samples.items()]
@@ -305,7 +308,8 @@ def run_crypto(config: Config, dev_config: Config | None = None, rounds: int = 7
         for size in SIZES:
             goals.append(Goal(f"keyops >= 100x Transit one item per request ({where})", size,
                               best("keyops", size) / best(f"transit-1{suffix}", size), GOAL_SINGLE_RATIO))
-    return CryptoResults(tuple(rates), tuple(goals), calls, batch_items, rounds, local_repeats, paired)
+    return CryptoResults(tuple(rates), tuple(goals), calls, batch_items, rounds, local_repeats, remote_repeats,
+                         paired)
 
 
 # --- report -------------------------------------------------------------------------------
@@ -324,7 +328,7 @@ def report(results: CryptoResults) -> str:
                          "transit-batch-dev") if any(r.contender == n for r in results.rates)]
     lines = ["encrypt+decrypt pairs per second, best chunk (median chunk): "
              f"{results.rounds} interleaved rounds of {results.local_repeats} local chunks per contender "
-             "and 1 Transit chunk", ""]
+             f"and {results.remote_repeats} Transit chunks", ""]
     width = max(len(n) for n in names)
     header = f"| {'contender':<{width}} | " + " | ".join(f"{_size(s):>20}" for s in SIZES) + " |"
     lines += [header, "|" + "|".join("-" * len(cell) for cell in header.split("|")[1:-1]) + "|"]

@@ -48,8 +48,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--chunk-seconds", type=float, default=0.002,
                         help="length of one local chunk (default 0.002: shorter than a scheduler time "
                              "slice, so that some chunks run undisturbed on a busy machine)")
-    parser.add_argument("--transit-seconds", type=float, default=0.5,
-                        help="length of one Transit single-item chunk (default 0.5)")
+    parser.add_argument("--remote-repeats", type=int, default=2,
+                        help="chunks of each Transit contender per round (default 2)")
+    parser.add_argument("--transit-seconds", type=float, default=0.25,
+                        help="length of one Transit single-item chunk (default 0.25); a batch chunk is "
+                             "one encrypt and one decrypt request")
     parser.add_argument("--no-dev-server", action="store_true",
                         help="skip Transit on an audit-less dev-mode OpenBao (measured by default)")
     parser.add_argument("--json", metavar="FILE", help="also write the results as JSON to FILE")
@@ -70,6 +73,7 @@ def main(argv: list[str] | None = None) -> int:
             progress("starting an in-memory dev-mode OpenBao without audit device")
             dev_config = servers.enter_context(dev_mode_openbao())
         results = run_crypto(config, dev_config, rounds=args.rounds, local_repeats=args.local_repeats,
+                             remote_repeats=args.remote_repeats,
                              chunk_seconds=args.chunk_seconds, transit_seconds=args.transit_seconds,
                              progress=progress)
     info["seconds"] = round(time.monotonic() - started, 1)
