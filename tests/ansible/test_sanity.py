@@ -99,3 +99,10 @@ def test_ansible_test_sanity(installed_collection: Path) -> None:
     assert result.returncode == 0, "\n".join(errors) or result.stdout[-5000:] + result.stderr[-5000:]
     assert 'Running sanity test "validate-modules"' in result.stdout + result.stderr
     shutil.rmtree(installed_collection / "tests" / "output", ignore_errors=True)
+
+
+@pytest.mark.slow
+def test_module_reference_is_current() -> None:
+    """docs/modules.md is what ansible-doc renders from the plugins now."""
+    result = run([sys.executable, str(REPO_ROOT / "scripts" / "module_docs.py"), "--check"], timeout=600)
+    assert result.returncode == 0, result.stderr
