@@ -33,7 +33,7 @@ seealso:
     description: How Vault/OpenBao ACL policies grant capabilities on paths.
     link: https://openbao.org/docs/concepts/policies/
 author:
-  - keyops contributors
+  - keyops contributors (!UNKNOWN)
 extends_documentation_fragment:
   - keyops.kms.connection
   - keyops.kms.attributes
