@@ -30,6 +30,10 @@ Per source secret, in this order, so that a crash anywhere loses nothing:
    --purge-source``) destroys exactly those older versions once the record
    is in place, and keeps the marker.
 
+The history keeps what the source mount's ``max_versions`` allows (OpenBao's
+default: 10 versions): purge or copy the originals before a source gains
+that many newer versions, or raise ``max_versions`` on the mount first.
+
 If an application changes the source between 1 and 4, the marker write
 loses, and the secret is migrated again from its new value. A source that
 already holds a marker is done, so a second run changes nothing; a killed
@@ -88,6 +92,8 @@ MARKER_FIELD = "keyops_migrated"
 ORIGIN_FIELD = "migrated_from"
 DEFAULT_WORKERS = 4
 DEFAULT_BATCH_SIZE = 100
+#: Skipped items kept in a job's checkpoint (the count is always exact): bounds the document.
+MAX_STORED_SKIPPED = 1000
 #: Top-level paths of the keyops mount that hold keyops' own documents.
 RESERVED_PREFIXES = ("secrets", "tenants", "master")
 
@@ -107,8 +113,9 @@ class Skipped:
 class MigrationResult:
     """What a migration job did (counts over all its runs). No secret value.
 
-    ``total`` = ``migrated`` + ``already_migrated`` + ``len(skipped)`` +
-    ``vanished``. ``from_plaintext`` + ``from_transit`` = ``migrated``.
+    ``total`` = ``migrated`` + ``already_migrated`` + skipped + ``vanished``
+    (``skipped`` lists them; after a resume, at most ``MAX_STORED_SKIPPED``
+    of those skipped by earlier runs). ``from_plaintext`` + ``from_transit`` = ``migrated``.
     ``changed``: this run wrote something. In a dry run, ``migrated`` counts
     what would be migrated. ``purged``: sources whose original versions were
     destroyed (``purge_source``).
@@ -317,8 +324,8 @@ class _Migration:
                 return
             checkpoint = run.checkpoint.advance(last, pending, self.k.clock())
             if skipped:
-                checkpoint = dataclasses.replace(checkpoint, result={"skipped": [dataclasses.asdict(s)
-                                                                                  for s in skipped]})
+                checkpoint = dataclasses.replace(checkpoint, result={
+                    "skipped": [dataclasses.asdict(s) for s in skipped[:MAX_STORED_SKIPPED]]})
             run.update(checkpoint)
             pending.clear()
 
@@ -338,7 +345,9 @@ class _Migration:
             skipped=tuple(skipped), dry_run=self.dry_run, resumed=run.resumed, vanished=counts["vanished"],
             changed=(run.touched or purged > 0) and not self.dry_run, purged=purged)
         if not self.dry_run:
-            run.update(run.checkpoint.finish(result.to_dict(), self.k.clock()))
+            stored = result.to_dict()
+            stored["skipped"] = stored["skipped"][:MAX_STORED_SKIPPED]
+            run.update(run.checkpoint.finish(stored, self.k.clock()))
         return result
 
     # --- one source secret ------------------------------------------------------------------
