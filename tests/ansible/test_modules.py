@@ -115,6 +115,19 @@ def test_tenant_refuses_residence_change_with_library_message(ansible_playbook: 
     assert "Traceback" not in run.output
 
 
+def test_action_group_defaults_retryable_errors_and_missing_library(ansible_playbook: Any) -> None:
+    run = ansible_playbook(apply_play([], then=[
+        {"name": "unreachable through module_defaults", "keyops.kms.key_info": {}, "ignore_errors": True,
+         "module_defaults": {"group/keyops.kms.all": {"url": "http://127.0.0.1:9", "kv_mount": "keyops"}}},
+        {"name": "python without keyops", "keyops.kms.key_info": {}, "ignore_errors": True,
+         "vars": {"ansible_python_interpreter": "/usr/bin/python3"}},
+    ])).assert_ok()
+    unreachable = run.result("unreachable through module_defaults")
+    assert unreachable["error"] == "vault_unreachable" and unreachable["retryable"] is True
+    assert "127.0.0.1:9" in unreachable["msg"]
+    assert "Failed to import the required Python library (keyops)" in run.result("python without keyops")["msg"]
+
+
 def test_secret_check_apply_rerun_get_and_key_info(ansible_playbook: Any, vault_client: Any, config: Config,
                                                     keyops_helper: Keyops, tenant_name: str, stack: Any,
                                                     find_leaks: Any) -> None:
