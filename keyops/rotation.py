@@ -603,12 +603,19 @@ def sync_transit_key(k: Keyops, keyring: Keyring, *, trim: bool = False) -> list
     current_encryption = int(info.get("min_encryption_version") or 0)
     current_available = max(1, int(info.get("min_available_version") or 0))
     settings: dict[str, Any] = {}
+    new_decryption = max(current_decryption, min_decryption)
     if current_decryption < min_decryption:
         settings["min_decryption_version"] = min_decryption
     do_trim = trim and min_available > current_available
+    # Transit trims only below both minimums, and wants a set min_encryption_version (0: unset)
+    # at or above min_decryption_version.
+    wanted_encryption = current_encryption
     if do_trim and current_encryption < min_available:
-        # Transit trims only below both minimums, and wants encryption's at or above decryption's.
-        settings["min_encryption_version"] = max(min_available, min_decryption, current_decryption)
+        wanted_encryption = max(min_available, new_decryption)
+    if wanted_encryption and wanted_encryption < new_decryption:
+        wanted_encryption = new_decryption
+    if wanted_encryption != current_encryption:
+        settings["min_encryption_version"] = wanted_encryption
     changed: list[str] = []
     if settings:
         k.store.transit_configure_key(name, **settings)

@@ -111,9 +111,15 @@ def fresh(config: Config) -> Keyops:
 
 
 def check_secrets(config: Config, tenant: str, expected: Mapping[str, bytes]) -> None:
+    check_tenants(config, {tenant: expected})
+
+
+def check_tenants(config: Config, expected: Mapping[str, Mapping[str, bytes]]) -> None:
+    """Every secret decrypts to its latest value, read by a Keyops with cold caches."""
     with fresh(config) as k:
-        for name, value in expected.items():
-            assert k.get_secret(tenant, name) == value, f"{tenant}/{name} does not decrypt to its latest value"
+        for tenant, values in expected.items():
+            for name, value in values.items():
+                assert k.get_secret(tenant, name) == value, f"{tenant}/{name} does not decrypt to its latest value"
 
 
 def seed_records(k: Keyops, addr: str, token: str, tenant: str, count: int, workers: int = 4,

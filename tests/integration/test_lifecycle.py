@@ -127,6 +127,11 @@ def test_transit_kek_destroy_trims_the_transit_key(k: Keyops, config: Config, va
     assert int(info["min_available_version"]) == 3 and sorted(info["keys"]) == ["3"]
     assert int(info["latest_version"]) == 3
     check_secrets(config, tenant, values)
+    # Rotating after a trim moves every minimum along (min_encryption_version was set for the trim).
+    rotate(k, tenant, "kek")
+    info = vault_client.secrets.transit.read_key(name=name)["data"]
+    assert [int(info[f"min_{m}_version"]) for m in ("decryption", "encryption")] == [4, 4]
+    check_secrets(config, tenant, values)
     with fresh(config) as other:
         other.put_secret(tenant, "after", b"trim")
         assert other.get_secret(tenant, "after") == b"trim"
