@@ -75,13 +75,12 @@ from ansible_collections.keyops.kms.plugins.module_utils._connection import (
     CONNECTION_OPTIONS,
     HSM_OPTIONS,
     KEYOPS_IMPORT_ERROR,
-    build_config,
     error_result,
+    open_keyops,
 )
 
 try:
     from keyops.errors import InvalidInput, KeyopsError
-    from keyops.service import Keyops
 except ImportError:
     pass  # reported through KEYOPS_IMPORT_ERROR
 
@@ -114,7 +113,7 @@ class LookupModule(LookupBase):
                 wanted.append((plain(self.get_option("tenant")), plain(self.get_option("name"))))
             if not wanted:
                 raise InvalidInput("the keyops.kms.secret lookup needs a 'tenant/name' term or tenant= and name=")
-            with Keyops(build_config(params)) as keyops:
+            with open_keyops(params) as keyops:
                 return [keyops.get_secret(tenant, name).decode("utf-8") for tenant, name in wanted]
         except KeyopsError as err:
             failure = error_result(err)

@@ -27,6 +27,7 @@ import traceback
 from ansible.module_utils.basic import AnsibleModule, env_fallback, missing_required_lib
 
 try:
+    from keyops.audit import sink_from_config
     from keyops.config import Config
     from keyops.errors import ConfigError, Conflict, HsmUnavailable, KeyopsError, VaultSealed, VaultUnreachable
     from keyops.service import Keyops
@@ -136,17 +137,19 @@ def build_config(params, env=None):
     return config
 
 
+def open_keyops(params):
+    """A Keyops for these parameters, with the audit trail the configuration asks for.
+
+    Every key operation of a module or the lookup leaves its audit event, as
+    from the CLI (KEYOPS_AUDIT_LOG, KEYOPS_AUDIT_KV_PATH, KEYOPS_AUDIT_SYSLOG).
+    """
+    config = build_config(params)
+    return Keyops(config, audit=sink_from_config(config))
+
+
 def error_result(err):
     """The fields of ``fail_json`` for a library error: the one place they are decided."""
     return {"msg": str(err), "error": err.code, "retryable": isinstance(err, RETRYABLE_ERRORS)}
-
-
-def _audit_sink(config):
-    try:
-        from keyops.audit import sink_from_config  # present once the audit trail lands
-    except ImportError:
-        return None
-    return sink_from_config(config)
 
 
 class KeyopsModule(AnsibleModule):
@@ -172,8 +175,7 @@ class KeyopsModule(AnsibleModule):
     def session(self):
         """A Keyops for the task's connection options, closed afterwards; errors mapped."""
         with self.errors():
-            config = build_config(self.params)
-            keyops = Keyops(config, audit=_audit_sink(config))
+            keyops = open_keyops(self.params)
             try:
                 yield keyops
             finally:

@@ -202,3 +202,8 @@ def test_secret_check_apply_rerun_get_and_key_info(ansible_playbook: Any, vault_
 
     leaks = find_leaks(check.output + run.output, list(plaintexts.values()) + secrets_of(stack))
     assert leaks == []
+    # The modules leave audit events like the CLI does (the stack sets KEYOPS_AUDIT_LOG).
+    from keyops.audit import read_events
+
+    ours = [e for e in read_events(stack.keyops_audit_log) if e.get("tenant") == tenant_name]
+    assert {"secret.write", "secret.delete"} <= {e.get("operation") for e in ours}
