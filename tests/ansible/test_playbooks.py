@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
+import json
 import re
 import secrets
 import uuid
@@ -226,8 +227,14 @@ def backdate_primary_dek(vault_client: Any, tenant: str, days: float) -> None:
     vault_client.secrets.kv.v2.create_or_update_secret(path=path, secret=doc, cas=version, mount_point=KV_MOUNT)
 
 
+def audit_events(stack: Any, tenant: str) -> list[dict[str, Any]]:
+    """The keyops audit events of ``tenant`` in the stack's log (where the dev inventory sends them)."""
+    lines = stack.keyops_audit_log.read_text().splitlines()
+    return [event for event in map(json.loads, lines) if event.get("tenant") == tenant]
+
+
 def test_rotate_rotates_a_past_due_dek_and_reencrypts_its_secrets_in_one_run(
-        playbook: Callable[..., Any], vault_client: Any, keyops: Keyops) -> None:
+        playbook: Callable[..., Any], vault_client: Any, keyops: Keyops, stack: Any) -> None:
     tenants = declare(("kv", "standard", ["db/password", "api/token", "smtp/password"]),
                       ("transit", "standard", ["stripe/key"]))
     playbook("site", extra_vars(tenants))
@@ -250,6 +257,8 @@ def test_rotate_rotates_a_past_due_dek_and_reencrypts_its_secrets_in_one_run(
     assert keyring_doc(vault_client, control) == control_before
     assert f"{due} DEK v1 -> v2" in run.output
     assert f"{control} DEK" not in run.output
+    events = [(e["operation"], e["level"], e["result"]) for e in audit_events(stack, due)]
+    assert ("rotate", "dek", "ok") in events and ("reencrypt.finish", "dek", "ok") in events
 
     again = playbook("rotate", extra_vars(tenants), needles=key_material(keyops, due))
     assert changed(again) == 0, again.changed_tasks()
