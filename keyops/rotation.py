@@ -529,10 +529,15 @@ def _with_new_kv_kek(k: Keyops, keyring: Keyring) -> Keyring:
 def _with_new_transit_kek(k: Keyops, keyring: Keyring) -> Keyring:
     # The Transit version is the one after the key's latest (not the KEK number), so a
     # version imported twice by two racing resumes only shifts later numbers.
-    info = k.store.transit_read_key(transit_key_name(keyring.tenant))
+    name = transit_key_name(keyring.tenant)
+    info = k.store.transit_read_key(name)
+    # Refuse before the keyring names a primary KEK that Transit could never take.
     if info is None:
-        raise KeyStateError(f"the Transit key {transit_key_name(keyring.tenant)!r} of tenant {keyring.tenant!r} "
-                            "is missing; restore it (or the Transit mount) before rotating")
+        raise KeyStateError(f"the Transit key {name!r} of tenant {keyring.tenant!r} is missing; restore it "
+                            "(or the Transit mount) before rotating")
+    if not info.get("imported_key"):
+        raise KeyStateError(f"the Transit key {name!r} was not imported by keyops (no BYOK versions can be "
+                            "added to it); the KEK was not rotated")
     _, _, wrapped, master_version = _new_master_wrapped_kek(k, keyring)
     return keyring.add_version("kek", wrapped, master_version, k.clock(),
                                transit_version=int(info["latest_version"]) + 1)
@@ -824,6 +829,12 @@ def rotate_due(k: Keyops, *, dry_run: bool = False, tenants: list[str] | None = 
     now = k.clock()
     rotations: list[RotationResult | MasterRotationResult] = []
     failures: list[DueFailure] = []
+    keyrings: dict[str, Keyring | KeyopsError] = {}
+    for tenant in names:  # read once: for the master's leftovers and for what is due
+        try:
+            keyrings[tenant] = k.read_keyring(tenant)[0]
+        except KeyopsError as exc:
+            keyrings[tenant] = exc
     master_checked = False
     if include_master:
         try:
@@ -832,7 +843,9 @@ def rotate_due(k: Keyops, *, dry_run: bool = False, tenants: list[str] | None = 
                 master_checked = True
                 registry = found[0]
                 why = master_due(registry, now)
-                if pending_master_version(registry) is not None or _any_stale_kek(k, registry.primary):
+                if pending_master_version(registry) is not None or any(
+                        isinstance(kr, Keyring) and stale_kek_versions(kr, registry.primary)
+                        for kr in keyrings.values()):
                     why = "finish an interrupted master rotation"
                 if why is not None:
                     rotations.append(rotate_master(k, dry_run=dry_run, expect_version=registry.primary,
@@ -842,10 +855,12 @@ def rotate_due(k: Keyops, *, dry_run: bool = False, tenants: list[str] | None = 
     for tenant in names:
         level = "kek"
         try:
-            keyring, _ = k.read_keyring(tenant)
+            keyring = keyrings[tenant]
+            if isinstance(keyring, KeyopsError):
+                raise keyring
             _require_complete(keyring)
             dues = {d.level: d for d in due_rotations(keyring, now)}
-            if "kek" not in dues:
+            if "kek" not in dues and _kek_work(k, keyring):
                 finished = resume(k, tenant, dry_run=dry_run, reason="due: finish an interrupted rotation")
                 if finished is not None:
                     rotations.append(finished)
@@ -857,17 +872,6 @@ def rotate_due(k: Keyops, *, dry_run: bool = False, tenants: list[str] | None = 
         except KeyopsError as exc:
             failures.append(DueFailure(tenant, level, exc.code, str(exc)))
     return DueRotationReport(dry_run, len(names), master_checked, tuple(rotations), tuple(failures))
-
-
-def _any_stale_kek(k: Keyops, master_primary: int) -> bool:
-    for tenant in k.list_tenants():
-        try:
-            keyring, _ = k.read_keyring(tenant)
-        except TenantNotFound:
-            continue
-        if stale_kek_versions(keyring, master_primary):
-            return True
-    return False
 
 
 def _list(versions: list[int]) -> str:

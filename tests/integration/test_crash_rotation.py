@@ -49,7 +49,7 @@ from _rotation_support import (
 from keyops.config import Config
 from keyops.model import Policy
 from keyops.rotation import LOCKS_PATH, rotate, stale_dek_versions, stale_kek_versions
-from keyops.service import MASTER_PATH, Keyops, MasterRegistry, keyring_path, transit_key_name
+from keyops.service import MASTER_PATH, Keyops, MasterRegistry, transit_key_name
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

@@ -8,7 +8,6 @@ from typing import Any
 
 import pytest
 from _rotation_support import (
-    Isolated,
     check_secrets,
     cli_env,
     fresh,
