@@ -138,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
             progress(f"master: creating {count} tenants")
             with Keyops(config) as k:
                 for i in range(count):
-                    k.create_tenant(f"t{i:04d}", Policy(kek_residence="transit" if i % 5 == 0 else "kv"))
+                    k.create_tenant(f"m{count}-t{i:04d}", Policy(kek_residence="transit" if i % 5 == 0 else "kv"))
             results.append(measure(f"master rotation, {count} tenants", config, max(1, min(args.rounds, 3)),
                                    rotate_master))
             progress(f"  {results[-1].name}: best {results[-1].best * 1000:.0f} ms")
