@@ -16,7 +16,6 @@ import sys
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -200,13 +199,10 @@ def test_secret_put_get_list_delete(many: Many, tenant: str) -> None:
 
 def test_secret_errors(run: Run, tenant: str) -> None:
     ghost = new_tenant("ghost")
-    for args in (("secret", "get", ghost, "s"), ("secret", "list", ghost)):
-        proc = run(*args, code=TenantNotFound.exit_code)
-        assert proc.stdout == b"" and f"keyops tenant create {ghost}".encode() in proc.stderr
+    proc = run("secret", "list", ghost, code=TenantNotFound.exit_code)
+    assert proc.stdout == b"" and f"keyops tenant create {ghost}".encode() in proc.stderr
     proc = run("secret", "put", tenant, "../escape", data=b"v", code=InvalidInput.exit_code)
     assert b"invalid secret name" in proc.stderr and proc.stdout == b""
-    proc = run("secret", "get", tenant, "a//b", code=InvalidInput.exit_code)
-    assert b"invalid secret name" in proc.stderr
 
 
 # --- encrypt / decrypt -----------------------------------------------------------------------------------
@@ -284,9 +280,6 @@ def test_configuration_errors(run: Run, env: dict[str, str], tmp_path: Path) -> 
     bare["HOME"] = str(tmp_path)  # no ~/.vault-token either
     proc = run("tenant", "list", code=ConfigError.exit_code, environ=bare)
     assert b"no Vault token" in proc.stderr and b"VAULT_TOKEN" in proc.stderr
-    bad_addr = {**env, "VAULT_ADDR": "127.0.0.1:8200"}
-    proc = run("tenant", "list", code=ConfigError.exit_code, environ=bad_addr)
-    assert b"must start with http" in proc.stderr
 
 
 # --- dev -----------------------------------------------------------------------------------------------------
