@@ -242,6 +242,12 @@ def test_rotate_rotates_a_past_due_dek_and_reencrypts_its_secrets_in_one_run(
     backdate_primary_dek(vault_client, due, days=31)
     control_before = keyring_doc(vault_client, control)
 
+    due_before = keyring_doc(vault_client, due)
+    preview = playbook("rotate", extra_vars(tenants), check=True)
+    assert f"would re-encrypt the secrets of {due}" in preview.output
+    assert "would rotate 1 key" in preview.output
+    assert keyring_doc(vault_client, due) == due_before
+
     run = playbook("rotate", extra_vars(tenants), needles=key_material(keyops, due))
 
     assert changed(run) >= 2  # the rotation and the re-encryption
