@@ -57,6 +57,19 @@ EXAMPLES = r"""
 - name: Fail when a DEK is past its usage threshold
   ansible.builtin.assert:
     that: acme.tenants[0].due | selectattr('reason', 'equalto', 'usage') | list | length == 0
+
+- name: Status with the connection set once for the play
+  hosts: localhost
+  connection: local
+  gather_facts: false
+  module_defaults:
+    group/keyops.kms.all:
+      url: https://vault.example.com:8200
+      auth_method: approle
+      kv_mount: keyops
+  tasks:
+    - name: Status
+      keyops.kms.key_info:
 """
 
 RETURN = r"""

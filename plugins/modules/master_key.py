@@ -79,6 +79,22 @@ EXAMPLES = r"""
     expect_version: 1
   check_mode: true
   diff: true
+
+- name: Ensure the master key, with the HSM options set once for the play
+  hosts: localhost
+  connection: local
+  gather_facts: false
+  module_defaults:
+    group/keyops.kms.all:
+      url: https://vault.example.com:8200
+      auth_method: approle
+      kv_mount: keyops
+      pkcs11_module: /opt/hsm/lib/libvendor-pkcs11.so
+      pkcs11_token: keyops
+      pkcs11_pin_file: /etc/keyops/hsm.pin
+  tasks:
+    - name: Ensure the master key,
+      keyops.kms.master_key:
 """
 
 RETURN = r"""

@@ -119,6 +119,25 @@ EXAMPLES = r"""
     kind: transit
     transit_key: app1
     purge_source: true
+
+- name: Migrate with the connection set once for the play
+  hosts: localhost
+  connection: local
+  gather_facts: false
+  module_defaults:
+    group/keyops.kms.all:
+      url: https://vault.example.com:8200
+      auth_method: approle
+      kv_mount: keyops
+      pkcs11_module: /opt/hsm/lib/libvendor-pkcs11.so
+      pkcs11_token: keyops
+      pkcs11_pin_file: /etc/keyops/hsm.pin
+  tasks:
+    - name: Migrate
+      keyops.kms.migrate:
+        tenant: acme
+        source: legacy/app1
+        source_mount: secret
 """
 
 RETURN = r"""

@@ -85,6 +85,23 @@ EXAMPLES = r"""
   keyops.kms.reencrypt:
     tenant: acme
     job_id: reencrypt-20250107T100000Z-3f2a
+
+- name: Re-encrypt with the connection set once for the play
+  hosts: localhost
+  connection: local
+  gather_facts: false
+  module_defaults:
+    group/keyops.kms.all:
+      url: https://vault.example.com:8200
+      auth_method: approle
+      kv_mount: keyops
+      pkcs11_module: /opt/hsm/lib/libvendor-pkcs11.so
+      pkcs11_token: keyops
+      pkcs11_pin_file: /etc/keyops/hsm.pin
+  tasks:
+    - name: Re-encrypt
+      keyops.kms.reencrypt:
+        tenants: [acme, globex]
 """
 
 RETURN = r"""

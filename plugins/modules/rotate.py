@@ -113,6 +113,23 @@ EXAMPLES = r"""
   keyops.kms.rotate:
     level: master
     expect_version: 1
+
+- name: Scheduled rotation with the connection set once for the play
+  hosts: localhost
+  connection: local
+  gather_facts: false
+  module_defaults:
+    group/keyops.kms.all:
+      url: https://vault.example.com:8200
+      auth_method: approle
+      kv_mount: keyops
+      pkcs11_module: /opt/hsm/lib/libvendor-pkcs11.so
+      pkcs11_token: keyops
+      pkcs11_pin_file: /etc/keyops/hsm.pin
+  tasks:
+    - name: Scheduled rotation
+      keyops.kms.rotate:
+        due_only: true
 """
 
 RETURN = r"""

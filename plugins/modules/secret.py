@@ -108,6 +108,25 @@ EXAMPLES = r"""
     tenant: acme
     name: db/old-password
     state: absent
+
+- name: Store a secret with the connection set once for the play
+  hosts: localhost
+  connection: local
+  gather_facts: false
+  module_defaults:
+    group/keyops.kms.all:
+      url: https://vault.example.com:8200
+      auth_method: approle
+      kv_mount: keyops
+      pkcs11_module: /opt/hsm/lib/libvendor-pkcs11.so
+      pkcs11_token: keyops
+      pkcs11_pin_file: /etc/keyops/hsm.pin
+  tasks:
+    - name: Store a secret
+      keyops.kms.secret:
+        tenant: acme
+        name: api/key
+        value: "{{ vault_api_key }}"
 """
 
 RETURN = r"""

@@ -131,6 +131,21 @@ EXAMPLES = r"""
     name: old-app
     state: absent
     deletion_allowed: true
+
+- name: A Transit key with the connection set once for the play
+  hosts: localhost
+  connection: local
+  gather_facts: false
+  module_defaults:
+    group/keyops.kms.all:
+      url: https://vault.example.com:8200
+      auth_method: approle
+      kv_mount: keyops
+  tasks:
+    - name: A Transit key
+      keyops.kms.transit_key:
+        name: payments
+        auto_rotate_period: 30d
 """
 
 RETURN = r"""
