@@ -106,3 +106,12 @@ def test_module_reference_is_current() -> None:
     """docs/modules.md is what ansible-doc renders from the plugins now."""
     result = run([sys.executable, str(REPO_ROOT / "scripts" / "module_docs.py"), "--check"], timeout=600)
     assert result.returncode == 0, result.stderr
+
+
+def test_installs_from_the_checkout(tmp_path: Path) -> None:
+    """``ansible-galaxy collection install <checkout>`` gives the same collection as the tarball."""
+    result = run([str(VENV_BIN / "ansible-galaxy"), "collection", "install", "-p", str(tmp_path), str(REPO_ROOT)])
+    assert result.returncode == 0, result.stdout + result.stderr
+    root = tmp_path / "ansible_collections" / "keyops" / "kms"
+    assert (root / "plugins" / "modules" / "transit_key.py").is_file()
+    assert (root / "meta" / "runtime.yml").is_file() and not (root / "keyops").exists()
