@@ -87,6 +87,42 @@ def keyops_cli(env: Mapping[str, str], *args: str, timeout: float = 120) -> subp
                           text=True, timeout=timeout)
 
 
+@dataclasses.dataclass(frozen=True)
+class CliRun:
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+def keyops_main(env: Mapping[str, str], *args: str) -> CliRun:
+    """The CLI in this process (``keyops.cli.main.main``), with ``env`` as the environment.
+
+    The same code path as the ``keyops`` program minus the interpreter start,
+    which dominates on a busy machine; tests that need a process boundary
+    (kills, races between processes) use ``keyops_cli``.
+    """
+    import io
+    import os
+    from contextlib import redirect_stderr, redirect_stdout
+
+    from keyops.cli.main import main
+
+    saved = dict(os.environ)
+    out, err = io.StringIO(), io.StringIO()
+    try:
+        os.environ.clear()
+        os.environ.update(env)
+        with redirect_stdout(out), redirect_stderr(err):
+            try:
+                code = main(list(args))
+            except SystemExit as exc:  # argparse
+                code = int(exc.code or 0)
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+    return CliRun(code, out.getvalue(), err.getvalue())
+
+
 def kv_version(client: hvac.Client, path: str, mount: str = KV) -> int:
     """The current version of a KV v2 document (0 when absent), read around keyops."""
     try:

@@ -12,7 +12,7 @@ from _rotation_support import (
     cli_env,
     fresh,
     isolated_mount,
-    keyops_cli,
+    keyops_main,
     kv_version,
     new_tenant,
     raw_doc,
@@ -176,21 +176,21 @@ def test_cli_exit_codes(stack: Any, k: Keyops, vault_client: Any) -> None:
     env = cli_env(stack)
     base = ["--tenant", tenant, "--level", "kek", "--version"]
 
-    primary = keyops_cli(env, "retire", *base, "2")
+    primary = keyops_main(env, "retire", *base, "2")
     assert primary.returncode == 8 and "primary" in primary.stderr, primary
-    unconfirmed = keyops_cli(env, "destroy", *base, "1")
+    unconfirmed = keyops_main(env, "destroy", *base, "1")
     assert unconfirmed.returncode == 2 and "--yes" in unconfirmed.stderr, unconfirmed
-    dry = keyops_cli(env, "destroy", *base, "1", "--dry-run")
+    dry = keyops_main(env, "destroy", *base, "1", "--dry-run")
     assert dry.returncode == 0 and dry.stdout.startswith("would destroy KEK v1"), dry
     assert raw_doc(vault_client, keyring_path(tenant))["kek"]["versions"][0]["state"] == "decrypt_only"
-    retired = keyops_cli(env, "retire", *base, "1", "--json")
+    retired = keyops_main(env, "retire", *base, "1", "--json")
     assert retired.returncode == 0, retired
     assert json.loads(retired.stdout)["result"]["state_after"] == "retired"
-    assert keyops_cli(env, "retire", *base, "1").returncode == 3
-    destroyed = keyops_cli(env, "destroy", *base, "1", "--yes")
+    assert keyops_main(env, "retire", *base, "1").returncode == 3
+    destroyed = keyops_main(env, "destroy", *base, "1", "--yes")
     assert destroyed.returncode == 0 and "destroyed KEK v1" in destroyed.stdout, destroyed
-    in_use = keyops_cli(env, "retire", "--tenant", tenant, "--level", "dek", "--version", "1", "--json")
+    in_use = keyops_main(env, "retire", "--tenant", tenant, "--level", "dek", "--version", "1", "--json")
     assert in_use.returncode == 8 and json.loads(in_use.stderr)["error"] == "key_state", in_use
     rotate(k, tenant, "dek")
-    in_use = keyops_cli(env, "retire", "--tenant", tenant, "--level", "dek", "--version", "1", "--json")
+    in_use = keyops_main(env, "retire", "--tenant", tenant, "--level", "dek", "--version", "1", "--json")
     assert in_use.returncode == 8 and json.loads(in_use.stderr)["error"] == "key_in_use", in_use

@@ -24,6 +24,7 @@ from _rotation_support import (
     escrow_unwraps,
     fresh,
     keyops_cli,
+    keyops_main,
     kv_version,
     new_tenant,
     raw_doc,
@@ -372,19 +373,19 @@ def test_cli_rotate_exit_codes_and_json(stack: Any, k: Keyops, vault_client: Any
     tenant, _ = make_tenant(k, "kv", secrets=1)
     env = cli_env(stack)
 
-    dry = keyops_cli(env, "rotate", "--tenant", tenant, "--level", "dek", "--dry-run")
+    dry = keyops_cli(env, "rotate", "--tenant", tenant, "--level", "dek", "--dry-run")  # the real program once
     assert dry.returncode == 0 and dry.stdout.startswith("would create DEK v2"), dry
-    done = keyops_cli(env, "rotate", "--tenant", tenant, "--level", "dek", "--expect-version", "1", "--json")
+    done = keyops_main(env, "rotate", "--tenant", tenant, "--level", "dek", "--expect-version", "1", "--json")
     assert done.returncode == 0, done
     out = json.loads(done.stdout)
     assert out["changed"] and out["result"]["new_version"] == 2 and out["result"]["level"] == "dek"
-    again = keyops_cli(env, "rotate", "--tenant", tenant, "--level", "dek", "--expect-version", "1")
+    again = keyops_main(env, "rotate", "--tenant", tenant, "--level", "dek", "--expect-version", "1")
     assert again.returncode == 3 and again.stdout.startswith("nothing to do"), again
 
-    missing = keyops_cli(env, "rotate", "--tenant", new_tenant("missing"), "--level", "kek", "--json")
+    missing = keyops_main(env, "rotate", "--tenant", new_tenant("missing"), "--level", "kek", "--json")
     assert missing.returncode == 5 and json.loads(missing.stderr)["error"] == "tenant_not_found"
     for bad in (["--level", "dek"], ["--due", "--level", "dek"], ["--tenant", tenant],
                 ["--level", "master", "--tenant", tenant]):
-        proc = keyops_cli(env, "rotate", *bad)
+        proc = keyops_main(env, "rotate", *bad)
         assert proc.returncode == 2 and "keyops: error:" in proc.stderr, (bad, proc)
     assert kv_version(vault_client, keyring_path(tenant)) > 0

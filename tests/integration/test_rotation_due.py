@@ -18,7 +18,7 @@ from _rotation_support import (
     Isolated,
     check_secrets,
     isolated_mount,
-    keyops_cli,
+    keyops_main,
     kv_version,
     new_tenant,
     raw_doc,
@@ -61,10 +61,10 @@ def test_nothing_due_does_nothing_and_says_so(iso: Isolated, vault_client: Any) 
     before = keyring_versions(vault_client, iso.mount, tenants)
     master_before = kv_version(vault_client, MASTER_PATH, iso.mount)
 
-    proc = keyops_cli(iso.env, "rotate", "--due")
+    proc = keyops_main(iso.env, "rotate", "--due")
     assert proc.returncode == 3, proc
     assert proc.stdout.strip() == "nothing due (2 tenants and the master key checked)"
-    as_json = keyops_cli(iso.env, "rotate", "--due", "--json")
+    as_json = keyops_main(iso.env, "rotate", "--due", "--json")
     assert as_json.returncode == 3, as_json
     out = json.loads(as_json.stdout)
     assert out["nothing_due"] and not out["changed"] and out["rotations"] == [] and out["tenants_checked"] == 2
@@ -78,12 +78,12 @@ def test_a_dek_past_due_rotates_and_nothing_else(iso: Isolated, vault_client: An
     old_tenant, values = make(iso.config, age_days=40)  # DEK period 30 days, KEK 90
     before = keyring_versions(vault_client, iso.mount, [fresh_tenant, old_tenant])
 
-    dry = keyops_cli(iso.env, "rotate", "--due", "--dry-run")
+    dry = keyops_main(iso.env, "rotate", "--due", "--dry-run")
     assert dry.returncode == 0 and f"would create DEK v2 of tenant {old_tenant}" in dry.stdout, dry
     assert "would rotate 1 key" in dry.stdout
     assert keyring_versions(vault_client, iso.mount, [fresh_tenant, old_tenant]) == before
 
-    done = keyops_cli(iso.env, "rotate", "--due", "--json")
+    done = keyops_main(iso.env, "rotate", "--due", "--json")
     assert done.returncode == 0, done
     out = json.loads(done.stdout)
     assert [(r["tenant"], r["level"], r["new_version"]) for r in out["rotations"]] == [(old_tenant, "dek", 2)]
@@ -93,7 +93,7 @@ def test_a_dek_past_due_rotates_and_nothing_else(iso: Isolated, vault_client: An
     assert kv_version(vault_client, keyring_path(fresh_tenant), iso.mount) == before[fresh_tenant]
     check_secrets(iso.config, old_tenant, values)
 
-    again = keyops_cli(iso.env, "rotate", "--due")
+    again = keyops_main(iso.env, "rotate", "--due")
     assert again.returncode == 3 and again.stdout.startswith("nothing due"), again
 
 
@@ -159,7 +159,7 @@ def test_one_failing_tenant_does_not_stop_the_others(iso: Isolated, vault_client
     write_doc(vault_client, keyring_path(broken), doc, iso.mount)
     due, values = make(iso.config, age_days=40)
 
-    proc = keyops_cli(iso.env, "rotate", "--due", "--json")
+    proc = keyops_main(iso.env, "rotate", "--due", "--json")
 
     assert proc.returncode == 1, proc
     out = json.loads(proc.stdout)

@@ -18,7 +18,7 @@ from _rotation_support import (
     escrow_unwraps,
     fresh,
     isolated_mount,
-    keyops_cli,
+    keyops_main,
     kv_version,
     new_tenant,
     raw_doc,
@@ -101,11 +101,11 @@ def test_master_rotation_rewraps_every_kek(iso: Isolated, vault_client: Any) -> 
 def test_master_rotation_expect_version_and_cli(iso: Isolated, vault_client: Any) -> None:
     made = populate(iso.config, ("kv",))
     env = iso.env
-    done = keyops_cli(env, "rotate", "--level", "master", "--expect-version", "1", "--json")
+    done = keyops_main(env, "rotate", "--level", "master", "--expect-version", "1", "--json")
     assert done.returncode == 0, done
     out = json.loads(done.stdout)["result"]
     assert out["new_version"] == 2 and out["level"] == "master" and out["tenant"] is None
-    again = keyops_cli(env, "rotate", "--level", "master", "--expect-version", "1")
+    again = keyops_main(env, "rotate", "--level", "master", "--expect-version", "1")
     assert again.returncode == 3 and "nothing to do" in again.stdout, again
     assert registry(vault_client, iso.mount).primary == 2
     check_secrets(iso.config, next(iter(made)), next(iter(made.values())))
