@@ -564,11 +564,13 @@ def _finish_kek(k: Keyops, keyring: Keyring, revision: int) -> tuple[Keyring, in
     """Finish a KEK rotation whose new primary is in the keyring: import, re-wrap, raise min_decryption."""
     tenant, primary = keyring.tenant, keyring.kek.primary
     transit = keyring.policy.kek_residence == "transit"
+    in_transit = False
     for _ in range(CAS_ATTEMPTS):
         if not stale_dek_versions(keyring):
             break
-        if transit:
+        if transit and not in_transit:
             k._ensure_transit_kek(keyring, primary)  # idempotent: imports, or verifies with a probe
+            in_transit = True
         new = _rewrap_deks(k, keyring)
         try:
             revision = k.write_keyring(new, cas=revision)
@@ -583,7 +585,7 @@ def _finish_kek(k: Keyops, keyring: Keyring, revision: int) -> tuple[Keyring, in
         raise Conflict(f"the keyring of tenant {tenant!r} kept changing while its DEKs were re-wrapped; "
                        "re-run to finish the KEK rotation")
     if transit:
-        if not stale_dek_versions(keyring):
+        if not in_transit:
             k._ensure_transit_kek(keyring, primary)  # the DEKs were re-wrapped by an earlier run
         sync_transit_key(k, keyring)
     return keyring, revision
