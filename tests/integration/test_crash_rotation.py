@@ -34,6 +34,7 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
+import hvac.exceptions
 import pytest
 from _rotation_support import (
     Isolated,
@@ -70,29 +71,29 @@ def start_cli(env: dict[str, str], args: list[str]) -> subprocess.Popen[str]:
                             stderr=subprocess.PIPE, text=True)
 
 
-def wait_for_lease(proc: subprocess.Popen[str], leased: Callable[[], bool]) -> float | None:
+def wait_for_lease(proc: subprocess.Popen[str], leased: Callable[[int], bool]) -> float | None:
     """Poll until the run holds its lease; the time it was seen, or None when the run ended first."""
     while proc.poll() is None:
-        if leased():
+        if leased(proc.pid):
             return time.monotonic()
         time.sleep(0.002)
     return None
 
 
-def timed_run(env: dict[str, str], args: list[str], leased: Callable[[], bool]) -> tuple[int, str, float]:
+def timed_run(env: dict[str, str], args: list[str], leased: Callable[[int], bool]) -> tuple[int, str, float]:
     """Run to the end: (exit code, output, seconds it held its lease: the work, without start-up and exit)."""
     proc = start_cli(env, args)
     seen = wait_for_lease(proc, leased)
     work = 0.0
     if seen is not None:
-        while proc.poll() is None and leased():
+        while proc.poll() is None and leased(proc.pid):
             time.sleep(0.002)
         work = time.monotonic() - seen
     out, err = proc.communicate(timeout=300)
     return proc.returncode, out + err, work
 
 
-def kill_during(env: dict[str, str], args: list[str], leased: Callable[[], bool], delay: float) -> int | None:
+def kill_during(env: dict[str, str], args: list[str], leased: Callable[[int], bool], delay: float) -> int | None:
     """Start the command, SIGKILL it ``delay`` seconds after it took its lease; its exit code if it ended first."""
     proc = start_cli(env, args)
     seen = wait_for_lease(proc, leased)
@@ -107,7 +108,19 @@ def kill_during(env: dict[str, str], args: list[str], leased: Callable[[], bool]
     return proc.returncode
 
 
-def crash_loop(env: dict[str, str], command: Callable[[int], list[str]], leased: Callable[[], bool],
+def lease_of(vault_client: Any, path: str, mount: str) -> Callable[[int], bool]:
+    """``leased(pid)``: the lease at ``path`` is held by process ``pid`` (not by a killed predecessor)."""
+
+    def leased(pid: int) -> bool:
+        try:
+            return int(raw_doc(vault_client, path, mount).get("pid", 0)) == pid
+        except hvac.exceptions.InvalidPath:
+            return False
+
+    return leased
+
+
+def crash_loop(env: dict[str, str], command: Callable[[int], list[str]], leased: Callable[[int], bool],
                primary: Callable[[], int], state: Callable[[int], str], check: Callable[[int, bool], None],
                touch: Callable[[int], None], kills: int, rng: random.Random) -> collections.Counter[str]:
     """Measure an unkilled run, then ``kills`` times: kill, check, re-run, check. Returns where kills landed.
@@ -198,7 +211,7 @@ def test_kek_rotation_killed_at_random_points(iso: Isolated, vault_client: Any, 
 
     lease = f"{LOCKS_PATH}/tenants/{tenant}"
     landed = crash_loop(iso.env, lambda v: ["rotate", "--tenant", tenant, "--level", "kek", "--expect-version",
-                                            str(v)], lambda: kv_version(vault_client, lease, mount) > 0,
+                                            str(v)], lease_of(vault_client, lease, mount),
                         primary, state, check, touch, KEK_KILLS[residence], rng)
     print(f"KEK {residence}: kills landed {dict(landed)}")
     assert_tenant_done(cfg, vault_client, tenant, primary(), mount)
@@ -256,7 +269,7 @@ def test_master_rotation_killed_at_random_points(iso: Isolated, vault_client: An
                 writer.put_secret(tenant, "s", values[tenant]["s"])
 
         landed = crash_loop(iso.env, lambda v: ["rotate", "--level", "master", "--expect-version", str(v)],
-                            lambda: kv_version(vault_client, f"{LOCKS_PATH}/master", mount) > 0,
+                            lease_of(vault_client, f"{LOCKS_PATH}/master", mount),
                             primary, state, check, touch, MASTER_KILLS, rng)
     print(f"master: kills landed {dict(landed)}")
     assert sum(landed.values()) == MASTER_KILLS
