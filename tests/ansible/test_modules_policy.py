@@ -74,17 +74,15 @@ def test_policy_check_apply_rerun_update_remove(ansible_playbook: Any, vault_cli
     assert "audit" not in diff["before"][viewer_policy] and 'path "sys/audit"' in diff["after"][viewer_policy]
     assert check.result("check: app removal")["removed"] == [app_policy]
     assert server_policy(vault_client, app_policy) == expected
-    run2 = ansible_playbook(apply_play(change)).assert_ok()
+    run2 = ansible_playbook(apply_play(change, then=[{"name": "viewer removal", "keyops.kms.policy": {
+        "roles_file": second, "tenants": [], "state": "absent"}}])).assert_ok()
     assert run2.result("apply: viewer update")["updated"] == [viewer_policy]
     assert run2.result("rerun: viewer update")["changed"] is False
     assert run2.result("rerun: app removal")["changed"] is False
-    assert 'path "sys/audit"' in server_policy(vault_client, viewer_policy)
-    assert server_policy(vault_client, app_policy) is None
-
-    gone = ansible_playbook(play([{"name": "viewer removal", "keyops.kms.policy": {
-        "roles_file": second, "tenants": [], "state": "absent"}}])).assert_ok()
-    assert gone.result("viewer removal")["removed"] == [viewer_policy]
+    assert 'path "sys/audit"' in run2.result("apply: viewer update")["diff"]["after"][viewer_policy]
+    assert run2.result("viewer removal")["removed"] == [viewer_policy]
     assert server_policy(vault_client, viewer_policy) is None
+    assert server_policy(vault_client, app_policy) is None
     env = stack.env()
     secrets = [env["VAULT_TOKEN"], Path(env["KEYOPS_PKCS11_PIN_FILE"]).read_text().strip()]
     assert find_leaks(check.output + run.output + run2.output, secrets) == []
