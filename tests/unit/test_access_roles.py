@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from keyops import access
-from keyops.access import Mounts, Principal, parse_roles, policy_name, principal_from_policies, render_policy
+from keyops.access import Mounts, parse_roles, policy_name, principal_from_policies, render_policy
 from keyops.errors import ConfigError, InvalidInput, NotPermitted
 
 ROLES = access.load_roles(env={})
