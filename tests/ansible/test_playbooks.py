@@ -309,7 +309,14 @@ def test_reencrypt_moves_secrets_to_the_primary_dek_after_a_manual_rotation(
         assert keyops.get_secret(name, seed["name"]).decode() == seed["value"]
     other = read_kv(vault_client, f"secrets/{tenants[1]['name']}/c")
     assert other is not None and other["dek_version"] == 1
-    assert f"{name}: 2 of 2 secrets re-encrypted to DEK v2" in run.output
+    done = re.search(rf"{name}: 2 of 2 secrets re-encrypted to DEK v2 \(job (\S+)\)", run.output)
+    assert done is not None, run.output[-3000:]
+
+    # The finished job, named: reported as it finished, nothing changes.
+    again = playbook("reencrypt", extra_vars(tenants, keyops_reencrypt_tenants=[name],
+                                             keyops_reencrypt_job_id=done.group(1)))
+    assert changed(again) == 0, again.changed_tasks()
+    assert f"{name}: 2 of 2 secrets re-encrypted to DEK v2 (job {done.group(1)})" in again.output
 
 
 def test_reencrypt_refuses_a_job_id_with_several_tenants(playbook: Callable[..., Any]) -> None:
