@@ -340,6 +340,7 @@ def test_migrate_brings_plaintext_kv_secrets_under_keyops_then_changes_nothing(
 
     run = playbook("migrate", extra_vars(tenants, **params), needles=list(legacy.values()))
     assert changed(run) >= 1
+    assert f"{name}: 2 secrets migrated (2 plaintext, 0 from Transit), 0 already done" in run.output
     for path, value in legacy.items():
         secret = path.split("/", 1)[1]
         record = read_kv(vault_client, f"secrets/{name}/{secret}")
