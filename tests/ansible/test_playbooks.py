@@ -165,6 +165,8 @@ def test_site_provisions_every_declared_tenant_and_seed_then_changes_nothing(
             assert seed["value"] not in str(record)
             assert keyops.get_secret(tenant["name"], seed["name"]).decode() == seed["value"]
 
+    # -vvv shows every module's arguments and results: a value not hidden would be in this output
+    assert '"module_args"' in first.output and '"token_file"' in first.output
     needles = key_material(keyops, tenants[0]["name"])
     assert not [n for n in needles if n in first.output]
     second = playbook("site", extra_vars(tenants), needles=needles)
