@@ -37,9 +37,9 @@ from keyops.service import Keyops
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
-SECRETS = 200
+SECRETS = 160
 ROUNDS = 4
-KILLS_PER_ROUND = 6  # 24 kill points
+KILLS_PER_ROUND = 5  # 20 kill points
 
 
 def test_reencryption_killed_at_random_points_loses_nothing(config: Config, stack: Any, vault_client: Any) -> None:
