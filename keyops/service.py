@@ -671,14 +671,27 @@ class Keyops:
         if not kv.usable_for_decrypt:
             raise KeyStateError(f"DEK version {version} of tenant {tenant!r} is {kv.state}; "
                                 "it no longer decrypts")
-        cache_key = (tenant, "dek", version, kv.wrapped)
-        key = self._keys.get(cache_key)
+        key = self._keys.get((tenant, "dek", version, kv.wrapped))
         if key is None:  # a cache miss only: never one event per encryption
-            with self.audited("dek.unwrap", tenant=tenant, level="dek", versions=[version]):
-                wrapper = self._kek_wrapper(keyring, kv.parent_version)
-                raw = wrapper.unwrap(b64d(kv.wrapped), crypto.key_context(tenant, "dek", version))
-            key = crypto.AeadKey(raw)
-            self._keys.put(cache_key, key)
+            try:
+                key = self._unwrap_dek(keyring, version)
+            except KeyopsError:
+                # The cached keyring may be older than a KEK rotation of another
+                # process, which re-wrapped every DEK (and may have raised Transit's
+                # min_decryption_version): re-read once before failing.
+                fresh = self.read_keyring(tenant)[0]
+                if fresh.dek.get(version).wrapped == kv.wrapped:
+                    raise
+                return self.dek(tenant, version)
+        return key
+
+    def _unwrap_dek(self, keyring: Keyring, version: int) -> crypto.AeadKey:
+        kv = keyring.dek.get(version)
+        with self.audited("dek.unwrap", tenant=keyring.tenant, level="dek", versions=[version]):
+            wrapper = self._kek_wrapper(keyring, kv.parent_version)
+            raw = wrapper.unwrap(b64d(kv.wrapped), crypto.key_context(keyring.tenant, "dek", version))
+        key = crypto.AeadKey(raw)
+        self._keys.put((keyring.tenant, "dek", version, kv.wrapped), key)
         return key
 
     def _take_use(self, tenant: str) -> int:

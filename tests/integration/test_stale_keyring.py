@@ -1,0 +1,34 @@
+"""A process whose cached keyring predates another process's KEK rotation still decrypts.
+
+A KEK rotation re-wraps every DEK, and for residence ``transit`` raises the
+Transit key's ``min_decryption_version``, so a wrapped DEK in a keyring cached
+before the rotation can no longer be unwrapped. ``Keyops.dek`` must notice and
+re-read the keyring instead of failing for up to ``keyring_ttl`` seconds.
+"""
+
+from __future__ import annotations
+
+import pytest
+from _rotation_support import new_tenant
+
+from keyops.config import Config
+from keyops.model import Policy
+from keyops.rotation import rotate
+from keyops.service import Keyops, transit_key_name
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.mark.parametrize("residence", ["kv", "transit"])
+def test_decrypt_with_keyring_cached_before_kek_rotation(config: Config, vault_client, residence: str) -> None:
+    tenant = new_tenant(f"stale-{residence}")
+    with Keyops(config) as operator, Keyops(config, keyring_ttl=3600) as app:
+        operator.create_tenant(tenant, Policy(kek_residence=residence))
+        ciphertext = operator.encrypt(tenant, b"written before the rotation", "ctx")
+        app.get_tenant(tenant)  # the app caches the keyring, but no DEK yet
+        result = rotate(operator, tenant, "kek")
+        assert result.changed and result.new_version == 2
+        if residence == "transit":
+            info = vault_client.secrets.transit.read_key(name=transit_key_name(tenant), mount_point="transit")
+            assert info["data"]["min_decryption_version"] == 2  # the old wrapping no longer unwraps
+        assert app.decrypt(tenant, ciphertext, "ctx") == b"written before the rotation"
