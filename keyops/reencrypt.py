@@ -28,6 +28,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from keyops import crypto
@@ -114,6 +115,33 @@ class _Moved:
     from_version: int | None
     dek_version: int | None  # the record's DEK version afterwards
     conflicts: int
+
+
+#: Tenants re-encrypted at once by ``reencrypt_tenants``; each runs its own pool
+#: of ``workers``, and the hvac session's connection pool holds 16.
+DEFAULT_TENANT_WORKERS = 4
+
+
+def reencrypt_tenants(k: Keyops, tenants: list[str], *, tenant_workers: int = DEFAULT_TENANT_WORKERS,
+                      workers: int = DEFAULT_WORKERS, batch_size: int = DEFAULT_BATCH_SIZE,
+                      dry_run: bool = False) -> list[tuple[str, ReencryptResult | KeyopsError]]:
+    """Re-encrypt several tenants, up to ``tenant_workers`` at once, in the order given.
+
+    Tenants are independent jobs, so one failing is reported in its place
+    and the others still run. A scheduled rotation over many tenants then
+    costs their Vault round trips in parallel, not in sequence.
+    """
+    if isinstance(tenant_workers, bool) or not isinstance(tenant_workers, int) or not 1 <= tenant_workers <= 64:
+        raise InvalidInput(f"tenant_workers must be between 1 and 64, got {tenant_workers!r}")
+
+    def one(tenant: str) -> tuple[str, ReencryptResult | KeyopsError]:
+        try:
+            return tenant, reencrypt(k, tenant, workers=workers, batch_size=batch_size, dry_run=dry_run)
+        except KeyopsError as exc:
+            return tenant, exc
+
+    with ThreadPoolExecutor(max_workers=tenant_workers) as pool:
+        return list(pool.map(one, tenants))
 
 
 def reencrypt(k: Keyops, tenant: str, *, workers: int = DEFAULT_WORKERS, batch_size: int = DEFAULT_BATCH_SIZE,

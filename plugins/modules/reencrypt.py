@@ -54,7 +54,13 @@ options:
     type: list
     elements: str
   workers:
-    description: Records moved in parallel.
+    description: Records moved in parallel, per tenant.
+    type: int
+    default: 4
+  tenant_workers:
+    description:
+      - Tenants of O(tenants) re-encrypted at once, each with its own O(workers). A failing tenant is
+        reported in RV(failures) and the others still run.
     type: int
     default: 4
   batch_size:
@@ -173,7 +179,7 @@ from ansible_collections.keyops.kms.plugins.module_utils._connection import Keyo
 
 try:
     from keyops.errors import KeyopsError
-    from keyops.reencrypt import reencrypt
+    from keyops.reencrypt import reencrypt, reencrypt_tenants
 except ImportError:
     pass  # KeyopsModule reports the missing library
 
@@ -189,12 +195,21 @@ def result_view(result, check_mode):
     return view
 
 
+def _one(k, p, check_mode):
+    try:
+        return reencrypt(k, p["tenant"], workers=p["workers"], batch_size=p["batch_size"], job_id=p["job_id"],
+                         dry_run=check_mode)
+    except KeyopsError as err:
+        return err
+
+
 def main():
     module = KeyopsModule(
         argument_spec=dict(
             tenant=dict(type="str"),
             tenants=dict(type="list", elements="str"),
             workers=dict(type="int", default=4),
+            tenant_workers=dict(type="int", default=4),
             batch_size=dict(type="int", default=100),
             job_id=dict(type="str"),
         ),
@@ -206,14 +221,16 @@ def main():
     tenants = [p["tenant"]] if p["tenant"] else p["tenants"]
     results, failures = [], []
     with module.session() as k:
-        for tenant in tenants:
-            try:
-                result = reencrypt(k, tenant, workers=p["workers"], batch_size=p["batch_size"], job_id=p["job_id"],
-                                   dry_run=module.check_mode)
-            except KeyopsError as err:
-                failures.append({"tenant": tenant, "error": err.code, "message": str(err)})
-            else:
-                results.append(result_view(result, module.check_mode))
+        if p["job_id"] is not None:  # one tenant (job_id excludes tenants)
+            outcomes = [(p["tenant"], _one(k, p, module.check_mode))]
+        else:
+            outcomes = reencrypt_tenants(k, tenants, tenant_workers=p["tenant_workers"], workers=p["workers"],
+                                         batch_size=p["batch_size"], dry_run=module.check_mode)
+    for tenant, outcome in outcomes:
+        if isinstance(outcome, KeyopsError):
+            failures.append({"tenant": tenant, "error": outcome.code, "message": str(outcome)})
+        else:
+            results.append(result_view(outcome, module.check_mode))
     before, after = {}, {}
     for r in results:
         if r["changed"]:

@@ -1,0 +1,40 @@
+"""Operations over many tenants run them side by side and keep each tenant's outcome apart."""
+
+from __future__ import annotations
+
+import pytest
+from _rotation_support import new_tenant
+
+from keyops.config import Config
+from keyops.errors import InvalidInput, TenantNotFound
+from keyops.model import Policy
+from keyops.reencrypt import reencrypt_tenants
+from keyops.rotation import rotate
+from keyops.service import Keyops, secret_path
+
+pytestmark = pytest.mark.integration
+
+
+def test_reencrypt_tenants_moves_each_and_reports_failures_in_place(config: Config, vault_client) -> None:
+    with Keyops(config) as k:
+        tenants = [new_tenant("many") for _ in range(5)]
+        for i, tenant in enumerate(tenants):
+            k.create_tenant(tenant, Policy(kek_residence="transit" if i % 2 else "kv"))
+            for j in range(3):
+                k.put_secret(tenant, f"s{j}", f"{tenant}-{j}".encode())
+            rotate(k, tenant, "dek")
+        missing = new_tenant("missing")
+        outcomes = reencrypt_tenants(k, tenants[:2] + [missing] + tenants[2:], tenant_workers=3)
+        assert [t for t, _ in outcomes] == tenants[:2] + [missing] + tenants[2:]
+        by_tenant = dict(outcomes)
+        assert isinstance(by_tenant[missing], TenantNotFound)
+        for tenant in tenants:
+            result = by_tenant[tenant]
+            assert result.rewritten == 3 and result.dek_version == 2
+            for j in range(3):
+                stored = vault_client.secrets.kv.v2.read_secret_version(
+                    path=secret_path(tenant, f"s{j}"), mount_point=config.kv_mount, raise_on_deleted_version=True)
+                assert stored["data"]["data"]["dek_version"] == 2
+                assert k.get_secret(tenant, f"s{j}") == f"{tenant}-{j}".encode()
+        with pytest.raises(InvalidInput, match="tenant_workers"):
+            reencrypt_tenants(k, tenants, tenant_workers=0)
