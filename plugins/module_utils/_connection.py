@@ -109,6 +109,13 @@ def keyops_argument_spec(module_options, hsm=True):
     return spec
 
 
+def _from_env(params, option, env):
+    """Whether an option's value is (the same as) its environment fallback's."""
+    value = params.get(option)
+    names = CONNECTION_OPTIONS[option]["fallback"][1]
+    return bool(value) and any(env.get(name) == value for name in names)
+
+
 def build_config(params, env=None):
     """A keyops Config from module (or lookup) parameters over the environment.
 
@@ -126,6 +133,11 @@ def build_config(params, env=None):
     if params.get("validate_certs") is not None:
         overrides["vault_skip_verify"] = not params["validate_certs"]
     config = Config.load(env=env, **overrides)
+    token_from_env = not params.get("token") or _from_env(params, "token", env)
+    if token_from_env and params.get("token_file") and not _from_env(params, "token_file", env):
+        # A token file set on the task or in module_defaults beats a token that
+        # only came from the controller's environment.
+        config = config.replace(vault_token=None)
     method = params.get("auth_method") or "auto"
     if method == "token":
         config = config.replace(approle_role_id=None, approle_secret_id=None)

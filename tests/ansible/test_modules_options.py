@@ -111,6 +111,20 @@ def test_build_config_task_options_win_over_the_environment() -> None:
     assert connection.build_config(params(), env=env).vault_skip_verify is False
 
 
+def test_build_config_token_file_on_the_task_beats_an_ambient_token(tmp_path) -> None:
+    token_file = tmp_path / "token"
+    token_file.write_text("file-token")
+    token_file.chmod(0o600)
+    env = {"VAULT_TOKEN": "env-token", "KEYOPS_VAULT_TOKEN_FILE": "/env/token"}
+    for token in (None, "env-token"):  # Ansible's env fallback fills the option, or Config.load reads it
+        config = connection.build_config(params(token=token, token_file=str(token_file)), env=env)
+        assert config.vault_token is None and config.resolve_vault_token() == "file-token"
+    explicit = connection.build_config(params(token="task-token", token_file=str(token_file)), env=env)
+    assert explicit.resolve_vault_token() == "task-token"
+    both_env = connection.build_config(params(token="env-token", token_file="/env/token"), env=env)
+    assert both_env.resolve_vault_token() == "env-token"  # Vault's own order: VAULT_TOKEN first
+
+
 def test_build_config_auth_methods() -> None:
     env = {"VAULT_TOKEN": "t", "VAULT_ROLE_ID": "r", "VAULT_SECRET_ID": "s"}
     approle = connection.build_config(params(auth_method="approle"), env=env)
