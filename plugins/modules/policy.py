@@ -25,7 +25,8 @@ notes:
     C(keyops) installed.'
   - Needs a token of the C(security-admin) role (or root); other tokens are refused before any change.
   - A roles file with an unknown role, operation, capability or key fails the task and applies nothing.
-  - Needs no HSM access.
+  - Does not use the HSM; it accepts the HSM options so that C(module_defaults) can set them once
+    for the whole action group C(keyops.kms.all).
 seealso:
   - module: keyops.kms.tenant
   - module: keyops.kms.key_info
@@ -36,6 +37,7 @@ author:
   - keyops contributors (!UNKNOWN)
 extends_documentation_fragment:
   - keyops.kms.connection
+  - keyops.kms.hsm
   - keyops.kms.attributes
 attributes:
   check_mode:
@@ -145,7 +147,6 @@ def main():
             roles_file=dict(type="path"),
             state=dict(type="str", default="present", choices=["present", "absent"]),
         ),
-        hsm=False,
         supports_check_mode=True,
     )
     p = module.params

@@ -23,7 +23,9 @@ requirements:
 notes:
   - 'Runs where the Vault token is reachable, usually the controller (C(connection: local) or
     C(delegate_to: localhost)) with C(ansible_python_interpreter) pointing at the Python that has
-    C(keyops) installed. Needs no HSM.'
+    C(keyops) installed.'
+  - Does not use the HSM; it accepts the HSM options so that C(module_defaults) can set them once
+    for the whole action group C(keyops.kms.all).
   - Returns the key's settings and version numbers only, never a raw Vault response (Transit
     answers can carry key material or plaintext).
   - The keys of keyops tenants of residence C(transit) are named C(keyops-<tenant>); this module
@@ -37,6 +39,7 @@ author:
   - keyops contributors (!UNKNOWN)
 extends_documentation_fragment:
   - keyops.kms.connection
+  - keyops.kms.hsm
   - keyops.kms.attributes
 attributes:
   check_mode:
@@ -209,7 +212,6 @@ def main():
             rotate=dict(type="bool", default=False),
             expect_version=dict(type="int"),
         ),
-        hsm=False,
         supports_check_mode=True,
     )
     p = module.params

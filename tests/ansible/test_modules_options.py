@@ -87,6 +87,13 @@ def test_action_group_lists_every_module() -> None:
         assert module_doc(path, "RETURN") is not None and module_doc(path, "EXAMPLES")
 
 
+def test_every_module_of_the_group_takes_the_hsm_options() -> None:
+    """module_defaults on group/keyops.kms.all hands every shared option to every module of the group."""
+    for path in (PLUGINS / "modules").glob("*.py"):
+        assert "keyops.kms.hsm" in module_doc(path)["extends_documentation_fragment"], path.name
+        assert "hsm=False" not in path.read_text(), path.name
+
+
 def test_argument_spec_refuses_shadowing() -> None:
     spec = connection.keyops_argument_spec({"name": {"type": "str"}}, hsm=False)
     assert "url" in spec and "pkcs11_pin" not in spec and "name" in spec
