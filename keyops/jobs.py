@@ -35,7 +35,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Generic, TypeVar
 
-from keyops.errors import Conflict, InvalidInput, JobFailed, KeyopsError, NotFound
+from keyops.errors import Conflict, InvalidInput, JobFailed, KeyopsError, NotFound, PermissionDenied
 from keyops.model import format_time, utcnow
 from keyops.service import Keyops, jobs_path
 from keyops.vault import VaultStore, vault_errors
@@ -177,6 +177,29 @@ def read_job(k: Keyops, tenant: str, job_id: str) -> tuple[Checkpoint, int] | No
 
 def list_jobs(k: Keyops, tenant: str) -> list[str]:
     return sorted(key for key in k.store.list(jobs_path(tenant)) if not key.endswith("/"))
+
+
+#: Finished job documents kept per tenant (the newest ones), so that the jobs
+#: folder, and the search for an unfinished job, stay bounded over years.
+KEEP_FINISHED_JOBS = 10
+
+
+def prune_finished(k: Keyops, tenant: str, keep: int = KEEP_FINISHED_JOBS) -> int:
+    """Delete finished job documents older than the newest ``keep``; running ones stay. Returns the count.
+
+    Housekeeping after a job finished: a token that may not delete job
+    documents leaves them in place, which costs reads later, never data.
+    """
+    deleted = 0
+    for job_id in list_jobs(k, tenant)[:-keep or None]:
+        try:
+            found = read_job(k, tenant, job_id)
+            if found is not None and found[0].state == DONE:
+                k.store.delete_all_versions(job_path(tenant, job_id))
+                deleted += 1
+        except (InvalidInput, PermissionDenied):
+            continue  # a foreign document, or a role without delete rights: leave it
+    return deleted
 
 
 def find_unfinished(k: Keyops, tenant: str, kind: str,

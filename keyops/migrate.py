@@ -72,6 +72,7 @@ from keyops.jobs import (
     find_unfinished,
     iter_names,
     new_job_id,
+    prune_finished,
     read_job,
     run_batches,
     validate_job_id,
@@ -348,6 +349,7 @@ class _Migration:
             stored = result.to_dict()
             stored["skipped"] = stored["skipped"][:MAX_STORED_SKIPPED]
             run.update(run.checkpoint.finish(stored, self.k.clock()))
+            prune_finished(self.k, self.o.tenant)
         return result
 
     # --- one source secret ------------------------------------------------------------------

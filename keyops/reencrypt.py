@@ -40,6 +40,7 @@ from keyops.jobs import (
     find_unfinished,
     iter_names,
     new_job_id,
+    prune_finished,
     read_job,
     run_batches,
     validate_job_id,
@@ -118,8 +119,8 @@ class _Moved:
 
 
 #: Tenants re-encrypted at once by ``reencrypt_tenants``; each runs its own pool
-#: of ``workers``, and the hvac session's connection pool holds 16.
-DEFAULT_TENANT_WORKERS = 4
+#: of ``workers``; 8 x 4 workers fit the hvac session's pool of 32 connections.
+DEFAULT_TENANT_WORKERS = 8
 
 
 def reencrypt_tenants(k: Keyops, tenants: list[str], *, tenant_workers: int = DEFAULT_TENANT_WORKERS,
@@ -253,6 +254,7 @@ class _Job:
             resumed=run.resumed, vanished=counts["vanished"], rewritten_late=late,
             unreferenced=_unreferenced(self.k, self.tenant, references), changed=run.touched)
         run.update(run.checkpoint.finish(result.to_dict(), self.k.clock()))
+        prune_finished(self.k, self.tenant)
         return result
 
     def _pass(self) -> None:

@@ -90,8 +90,8 @@ LOCKS_PATH = "locks"
 #: How long a rotation's lease lasts unless renewed; a crashed holder on another host blocks this long.
 LEASE_SECONDS = 120.0
 #: Tenants handled at once by ``rotate_due``: each costs a few Vault round
-#: trips, and the hvac session's connection pool holds 16.
-DUE_TENANT_WORKERS = 4
+#: trips, and the hvac session's pool keeps 32 connections.
+DUE_TENANT_WORKERS = 8
 
 
 # --- results (no key material in any of them) -----------------------------------------------

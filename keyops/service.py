@@ -311,7 +311,7 @@ AuditSink = Callable[..., None]
 class Keyops:
     def __init__(self, config: Config | None = None, *, store: VaultStore | None = None, hsm: Hsm | None = None,
                  cache_size: int = 1024, keyring_ttl: float = 30.0, clock: Callable[[], dt.datetime] = utcnow,
-                 audit: AuditSink | None = None, pool_size: int = 16) -> None:
+                 audit: AuditSink | None = None, pool_size: int = 32) -> None:
         self.config = config or Config.load()
         self.calls = store.calls if store else CallCounter()
         self.store = store or VaultStore(self.config, counter=self.calls, pool_size=pool_size)

@@ -100,7 +100,7 @@ def _first_error(exc: hvac.exceptions.VaultError) -> str:
     return text.splitlines()[0][:300] if text else "unknown error"
 
 
-def make_client(config: Config, pool_size: int = 16) -> hvac.Client:
+def make_client(config: Config, pool_size: int = 32) -> hvac.Client:
     """An hvac client with a session sized for our worker pools.
 
     ``trust_env=False``: requests otherwise re-reads proxy and netrc settings
@@ -133,7 +133,7 @@ class VaultStore:
     """KV v2 documents and Transit operations under the configured mounts."""
 
     def __init__(self, config: Config, client: hvac.Client | None = None,
-                 counter: CallCounter | None = None, pool_size: int = 16) -> None:
+                 counter: CallCounter | None = None, pool_size: int = 32) -> None:
         self.config = config
         self.client = client or make_client(config, pool_size=pool_size)
         self.kv_mount = config.kv_mount

@@ -62,7 +62,7 @@ options:
       - Tenants of O(tenants) re-encrypted at once, each with its own O(workers). A failing tenant is
         reported in RV(failures) and the others still run.
     type: int
-    default: 4
+    default: 8
   batch_size:
     description: Records listed and checkpointed per batch.
     type: int
@@ -209,7 +209,7 @@ def main():
             tenant=dict(type="str"),
             tenants=dict(type="list", elements="str"),
             workers=dict(type="int", default=4),
-            tenant_workers=dict(type="int", default=4),
+            tenant_workers=dict(type="int", default=8),
             batch_size=dict(type="int", default=100),
             job_id=dict(type="str"),
         ),

@@ -38,3 +38,25 @@ def test_reencrypt_tenants_moves_each_and_reports_failures_in_place(config: Conf
                 assert k.get_secret(tenant, f"s{j}") == f"{tenant}-{j}".encode()
         with pytest.raises(InvalidInput, match="tenant_workers"):
             reencrypt_tenants(k, tenants, tenant_workers=0)
+
+
+def test_finished_jobs_are_pruned_and_running_ones_kept(config: Config) -> None:
+    from keyops.jobs import KEEP_FINISHED_JOBS, Checkpoint, job_path, list_jobs, read_job
+    from keyops.reencrypt import reencrypt
+
+    with Keyops(config) as k:
+        tenant = new_tenant("jobs")
+        k.create_tenant(tenant)
+        k.put_secret(tenant, "s", b"v")
+        # A migration that is still running, older than every re-encryption below: never pruned.
+        running = Checkpoint.start("migrate-20000101T000000Z-aaaaaa", "migrate", tenant, {}, k.clock())
+        k.store.write(job_path(tenant, running.job_id), running.to_dict(), cas=0)
+        for _ in range(KEEP_FINISHED_JOBS + 3):
+            rotate(k, tenant, "dek")
+            assert reencrypt(k, tenant).rewritten == 1
+        jobs = list_jobs(k, tenant)
+        assert running.job_id in jobs
+        finished = [j for j in jobs if j != running.job_id]
+        assert len(finished) == KEEP_FINISHED_JOBS
+        assert all(read_job(k, tenant, j)[0].state == "done" for j in finished)
+        assert k.get_secret(tenant, "s") == b"v"
