@@ -2,8 +2,13 @@
 
 Master keys are AES-256 token objects, sensitive and never extractable; they
 are found by label (``<prefix>-v<N>``) and used only through the token's
-CKM_AES_GCM, so their material never leaves the HSM. PKCS#11 sessions are
-not safe to share between threads, hence the lock.
+CKM_AES_GCM, so their material never leaves the HSM.
+
+python-pkcs11 initialises the library (C_Initialize) without locking
+callbacks, which tells the module that the application never calls it from
+two threads at once; SoftHSM2 then fails with CKR_GENERAL_ERROR when it is.
+So every PKCS#11 call of the process goes through one lock. HSM calls are
+rare (unwrapped keys are cached), so it costs nothing on the hot path.
 """
 
 from __future__ import annotations
@@ -34,10 +39,8 @@ _NOT_AUTHENTIC = (p11e.EncryptedDataInvalid, p11e.EncryptedDataLenRange, p11e.Ge
 
 # (module, token label) -> digest of the PIN this process logged in with.
 _LOGGED_IN: dict[tuple[str, str], bytes] = {}
-# Loading the module (C_Initialize) and logging in are process-wide: two Hsm
-# objects doing them at once break python-pkcs11's initialisation, or see the
-# other's login before its PIN digest is recorded. One at a time.
-_LOGIN_LOCK = threading.Lock()
+# Every PKCS#11 call of the process, by any Hsm object (see the module docstring).
+_PKCS11_LOCK = threading.RLock()
 
 
 def _pin_digest(pin: str) -> bytes:
@@ -61,7 +64,7 @@ class Hsm:
         self.token_label = token_label
         self._pin = pin
         self.calls = counter or CallCounter()
-        self._lock = threading.RLock()
+        self._lock = _PKCS11_LOCK
         self._session: pkcs11.Session | None = None
         self._keys: dict[str, pkcs11.SecretKey] = {}
 
@@ -76,8 +79,7 @@ class Hsm:
     def _open(self) -> Iterator[pkcs11.Session]:
         with self._lock:
             if self._session is None:
-                with _LOGIN_LOCK:
-                    self._session = self._login()
+                self._session = self._login()
             yield self._session
 
     def _login(self) -> pkcs11.Session:
@@ -143,6 +145,9 @@ class Hsm:
             except p11e.MultipleObjectsReturned as exc:
                 raise HsmError(f"the HSM token {self.token_label!r} holds several keys labelled {label!r}; "
                                "remove the duplicates") from exc
+            except p11e.PKCS11Error as exc:
+                raise HsmError(f"looking up key {label!r} on HSM token {self.token_label!r} failed: "
+                               f"{type(exc).__name__}") from exc
             self._keys[label] = key
         return key
 

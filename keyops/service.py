@@ -327,6 +327,7 @@ class Keyops:
         self._keyrings: dict[str, tuple[Keyring, int, float]] = {}
         self._reservations: dict[str, _Reservation] = {}
         self._fast: dict[str, _FastTenant] = {}
+        self._master_seen: tuple[MasterRegistry, float] | None = None
         self._tenant_locks: collections.defaultdict[str, threading.Lock] = collections.defaultdict(threading.Lock)
         self._lock = threading.Lock()
 
@@ -410,7 +411,9 @@ class Keyops:
         found = self.store.read(MASTER_PATH)
         if found is None:
             return None
-        return MasterRegistry.from_dict(found[0]), found[1]
+        registry = MasterRegistry.from_dict(found[0])
+        self._master_seen = (registry, time.monotonic())
+        return registry, found[1]
 
     def master_label(self, version: int) -> str:
         return f"{self.config.master_key_label}-v{version}"
@@ -442,6 +445,18 @@ class Keyops:
         return registry, True
 
     def master_wrapper(self, version: int | None = None) -> tuple[int, Pkcs11Wrapper]:
+        """The master key ``version`` (default: the primary, always read fresh) as a wrapper.
+
+        A named version's label never changes, so unwrapping may use the
+        registry read in the last ``keyring_ttl`` seconds: a process unwrapping
+        the KEKs of many tenants reads it once, not once per tenant.
+        """
+        seen = self._master_seen
+        if version is not None and seen is not None and time.monotonic() - seen[1] < self.keyring_ttl:
+            for mv in seen[0].versions:
+                if mv.version == version and mv.state in ("active", "decrypt_only"):
+                    self.authorize("master.read")
+                    return version, Pkcs11Wrapper(self.hsm, mv.label)
         found = self.read_master()
         if found is None:
             raise NotFound("no master key is registered; run 'keyops dev up' or the master_key module first")
