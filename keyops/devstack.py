@@ -47,7 +47,6 @@ import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -59,6 +58,7 @@ import requests
 
 from keyops.config import Config, find_softhsm_module
 from keyops.errors import DevStackError
+from keyops.files import write_file_atomic
 
 __all__ = [
     "DEFAULT_PORT",
@@ -335,7 +335,7 @@ class DevStack:
                 cluster_port = free_port()
         state = self._read_state()
         state.update({"port": port, "cluster_port": cluster_port, "node_id": NODE_ID})
-        _write_file(self.stack_file, json.dumps(state, indent=2) + "\n", mode=0o600)
+        write_file_atomic(self.stack_file, json.dumps(state, indent=2) + "\n", mode=0o600)
         return port, cluster_port
 
     # --- helpers -------------------------------------------------------------------------
@@ -441,7 +441,7 @@ cluster_addr  = {q(f"https://{HOST}:{cluster_port}")}
 ui            = false
 log_level     = "info"
 """
-        _write_file(self.bao_config, text, mode=0o600)
+        write_file_atomic(self.bao_config, text, mode=0o600)
 
     def _server_env(self) -> dict[str, str]:
         return {k: v for k, v in os.environ.items()
@@ -463,7 +463,7 @@ log_level     = "info"
             except OSError as exc:
                 raise DevStackError(f"cannot start {binary}: {exc.strerror}") from exc
         self._proc = proc
-        _write_file(self.pid_file, f"{proc.pid}\n", mode=0o600)
+        write_file_atomic(self.pid_file, f"{proc.pid}\n", mode=0o600)
         return proc.pid
 
     def _exited(self, pid: int) -> bool:
@@ -503,8 +503,8 @@ log_level     = "info"
             result = self._client().sys.initialize(secret_shares=1, secret_threshold=1)
         except (hvac.exceptions.VaultError, requests.RequestException) as exc:
             raise DevStackError(f"initialising OpenBao failed: {type(exc).__name__}") from exc
-        _write_file(self.unseal_key_file, result["keys_base64"][0] + "\n", mode=0o600)
-        _write_file(self.root_token_file, result["root_token"] + "\n", mode=0o600)
+        write_file_atomic(self.unseal_key_file, result["keys_base64"][0] + "\n", mode=0o600)
+        write_file_atomic(self.root_token_file, result["root_token"] + "\n", mode=0o600)
         return True
 
     def _submit_unseal_key(self) -> None:
@@ -561,7 +561,7 @@ log_level     = "info"
         text = (f"# Written by keyops dev up.\ndirectories.tokendir = {self.token_dir}/\n"
                 "objectstore.backend = file\nlog.level = ERROR\nslots.removable = false\n"
                 "slots.mechanisms = ALL\nlibrary.reset_on_fork = false\n")
-        _write_file(self.softhsm_conf, text, mode=0o600)
+        write_file_atomic(self.softhsm_conf, text, mode=0o600)
 
     def _hsm_helper(self, action: str) -> dict[str, Any]:
         request = {"module": self._softhsm_module(), "token_label": TOKEN_LABEL, "key_label": MASTER_KEY_LABEL,
@@ -750,23 +750,6 @@ log_level     = "info"
 # --- small utilities ---------------------------------------------------------------------
 
 
-def _write_file(path: Path, text: str, mode: int) -> None:
-    """Write atomically with ``mode`` from the start (no window with wider rights)."""
-    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        os.fchmod(fd, mode)
-        with os.fdopen(fd, "w") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-
-
 def _read_secret(path: Path, what: str) -> str:
     try:
         value = path.read_text().strip()
@@ -871,7 +854,7 @@ def _read_or_create_pin(path: Path) -> str:
     if path.exists():
         return _read_secret(path, "HSM PIN")
     value = secrets.token_hex(16)
-    _write_file(path, value + "\n", mode=0o600)
+    write_file_atomic(path, value + "\n", mode=0o600)
     return value
 
 

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import argparse
-import os
 from pathlib import Path
 
 from keyops import access
 from keyops.cli._common import add_json_flag, open_keyops, print_json
 from keyops.config import Config
 from keyops.errors import InvalidInput
+from keyops.files import write_file_atomic
 from keyops.service import Keyops
 
 HSM_WORDS = {"never": "no", "kv-residence": "for residence kv", "always": "yes"}
@@ -168,13 +168,13 @@ def cmd_mint(args: argparse.Namespace) -> int:
         if args.kind == "approle":
             creds = access.ensure_approle(k, roles, args.role, args.tenant, token_ttl=args.ttl)
             assert creds.secret_id is not None
-            _write_secret(output, creds.secret_id)
+            write_file_atomic(output, creds.secret_id + "\n")
             answer = {"kind": "approle", "approle": creds.role_name, "role_id": creds.role_id,
                       "policies": list(creds.policies), "secret_id_accessor": creds.secret_id_accessor,
                       "secret_id_file": str(output), "approle_changed": creds.changed}
         else:
             token = access.mint_token(k, roles, args.role, args.tenant, ttl=args.ttl, orphan=args.orphan)
-            _write_secret(output, token.token)
+            write_file_atomic(output, token.token + "\n")
             answer = {"kind": "token", "accessor": token.accessor, "policies": list(token.policies),
                       "ttl": token.ttl, "token_file": str(output)}
     if args.json:
@@ -186,20 +186,6 @@ def cmd_mint(args: argparse.Namespace) -> int:
         print(f"token with policies {', '.join(answer['policies'])} written to {output} "
               f"(accessor {answer['accessor']}, ttl {answer['ttl']} s)")
     return 0
-
-
-def _write_secret(path: Path, value: str) -> None:
-    """Owner-only from the start: no window in which others could read it."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    try:
-        with os.fdopen(fd, "w") as fh:
-            fh.write(value + "\n")
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 def cmd_whoami(args: argparse.Namespace) -> int:
