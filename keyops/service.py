@@ -806,8 +806,8 @@ class Keyops:
     # stale. Any error or unusual input also goes the slow way, so errors are
     # those of the full parser.
 
-    def encrypt_bytes(self, tenant: str, plaintext: bytes, context: bytes | str = b"") -> bytes:
-        """Encrypt for ``tenant``; the binary form (see ``keyops.crypto``)."""
+    def _encrypting_key(self, tenant: str, context: bytes | str) -> crypto.BoundKey:
+        """The primary DEK of ``tenant`` with one use drawn from this process's reservation."""
         try:
             st = self._fast[tenant]
         except (KeyError, TypeError):
@@ -816,27 +816,19 @@ class Keyops:
             r = st.reservation
             if (r is not None and self._keyrings.get(tenant) is st.src and _monotonic() < st.enc_expires
                     and _LOCK_FREE_USES and next(r.counter) < r.end):
-                return st.primary.seal(plaintext, context)  # type: ignore[union-attr]
+                return st.primary  # type: ignore[return-value]
         tenant = validate_tenant(tenant)
         crypto._check_context(context)  # bad input must not spend a reservation
         version = self._take_use(tenant)
-        return self._bound_key(tenant, version, encrypting=True).seal(plaintext, context)
+        return self._bound_key(tenant, version, encrypting=True)
+
+    def encrypt_bytes(self, tenant: str, plaintext: bytes, context: bytes | str = b"") -> bytes:
+        """Encrypt for ``tenant``; the binary form (see ``keyops.crypto``)."""
+        return self._encrypting_key(tenant, context).seal(plaintext, context)
 
     def encrypt(self, tenant: str, plaintext: bytes, context: bytes | str = b"") -> str:
         """Encrypt for ``tenant``; the text form ``keyops:v1:...``."""
-        try:
-            st = self._fast[tenant]
-        except (KeyError, TypeError):
-            pass
-        else:
-            r = st.reservation
-            if (r is not None and self._keyrings.get(tenant) is st.src and _monotonic() < st.enc_expires
-                    and _LOCK_FREE_USES and next(r.counter) < r.end):
-                return st.primary.seal_text(plaintext, context)  # type: ignore[union-attr]
-        tenant = validate_tenant(tenant)
-        crypto._check_context(context)  # bad input must not spend a reservation
-        version = self._take_use(tenant)
-        return self._bound_key(tenant, version, encrypting=True).seal_text(plaintext, context)
+        return self._encrypting_key(tenant, context).seal_text(plaintext, context)
 
     def encrypt_ciphertext(self, tenant: str, plaintext: bytes, context: bytes | str = b"") -> crypto.Ciphertext:
         return crypto.Ciphertext.from_bytes(self.encrypt_bytes(tenant, plaintext, context))
