@@ -58,6 +58,16 @@ class KeyAttributes:
     never_extractable: bool
 
 
+def _usable_master_key(obj: pkcs11.Object) -> bool:
+    """An AES-256 token key that encrypts and decrypts and never leaves the token."""
+    try:
+        return (obj[Attribute.KEY_TYPE] == KeyType.AES and int(obj[Attribute.VALUE_LEN]) == 32
+                and bool(obj[Attribute.TOKEN]) and bool(obj[Attribute.ENCRYPT]) and bool(obj[Attribute.DECRYPT])
+                and bool(obj[Attribute.SENSITIVE]) and not bool(obj[Attribute.EXTRACTABLE]))
+    except p11e.PKCS11Error:  # an attribute that cannot be read: a half-written object
+        return False
+
+
 class Hsm:
     def __init__(self, module: str, token_label: str, pin: str, counter: CallCounter | None = None) -> None:
         self.module = module
@@ -159,14 +169,40 @@ class Hsm:
             return False
         return True
 
-    def ensure_key(self, label: str) -> bool:
-        """Create the AES-256 master key ``label`` unless it exists. True when created."""
+    def ensure_key(self, label: str, replace_unusable: bool = False) -> bool:
+        """Create the AES-256 master key ``label`` unless a usable one exists. True when created.
+
+        A process killed inside C_GenerateKey can leave a token object with the
+        label but without all its attributes (SoftHSM2 writes them one by one),
+        which then refuses to encrypt. With ``replace_unusable`` (only for a
+        version that has never wrapped anything: not yet registered, or still
+        ``pending``) such objects are destroyed and the key made anew;
+        without it they are an error naming the label.
+        """
         with self._open() as session:
-            try:
-                self._key(session, label)
+            found = list(session.get_objects({Attribute.CLASS: ObjectClass.SECRET_KEY, Attribute.LABEL: label}))
+            usable = [obj for obj in found if _usable_master_key(obj)]
+            if len(usable) == 1 and (len(found) == 1 or not replace_unusable):
+                self._keys[label] = usable[0]
                 return False
-            except HsmKeyNotFound:
-                pass
+            if found and not replace_unusable:
+                raise HsmError(f"the HSM token {self.token_label!r} holds {len(found)} objects labelled {label!r} "
+                               f"of which {len(usable)} usable; a key creation was interrupted, inspect the token")
+            if len(usable) > 1:
+                raise HsmError(f"the HSM token {self.token_label!r} holds several usable keys labelled {label!r}; "
+                               "remove the duplicates")
+            for obj in found:
+                if obj not in usable:
+                    self.calls.add("hsm.destroy_key")
+                    try:
+                        obj.destroy()
+                    except p11e.PKCS11Error as exc:
+                        raise HsmError(f"could not remove a half-made key labelled {label!r} from token "
+                                       f"{self.token_label!r}: {type(exc).__name__}") from exc
+            self._keys.pop(label, None)
+            if usable:
+                self._keys[label] = usable[0]
+                return False
             self.calls.add("hsm.generate_key")
             try:
                 key = session.generate_key(

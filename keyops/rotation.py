@@ -741,7 +741,9 @@ def _previous_master(registry: MasterRegistry) -> int:
 def _activate_master(k: Keyops, registry: MasterRegistry, revision: int,
                      version: int) -> tuple[MasterRegistry, int]:
     """Create the claimed HSM key (idempotent by label) and make it primary."""
-    k.hsm.ensure_key(registry.get(version).label)
+    # Still pending: nothing is wrapped by it yet, so a key left half-made by a
+    # killed creation may be replaced.
+    k.hsm.ensure_key(registry.get(version).label, replace_unusable=True)
     for _ in range(CAS_ATTEMPTS):
         promoted = promote_master_version(registry, version)
         if promoted == registry:
