@@ -114,24 +114,27 @@ class Hsm:
             # PKCS#11 login is per process: another Hsm of this process logged in
             # already. Its session state is shared; the PIN must still match.
             if _LOGGED_IN.get(key) != _pin_digest(self._pin):
-                raise HsmLoginFailed(f"login to HSM token {self.token_label!r} failed: wrong PIN; check "
-                                     "KEYOPS_PKCS11_PIN or KEYOPS_PKCS11_PIN_FILE") from None
+                raise self._wrong_pin() from None
             try:
                 return token.open(rw=True)
             except p11e.PKCS11Error as exc:
-                raise HsmUnavailable(f"cannot open a session on HSM token {self.token_label!r}: "
-                                     f"{type(exc).__name__}") from exc
+                raise self._no_session(exc) from exc
         except (p11e.PinIncorrect, p11e.PinLenRange, p11e.PinInvalid) as exc:
-            raise HsmLoginFailed(f"login to HSM token {self.token_label!r} failed: wrong PIN; check "
-                                 "KEYOPS_PKCS11_PIN or KEYOPS_PKCS11_PIN_FILE") from exc
+            raise self._wrong_pin() from exc
         except p11e.PinLocked as exc:
             raise HsmLoginFailed(f"the user PIN of HSM token {self.token_label!r} is locked; "
                                  "the security officer must reset it") from exc
         except p11e.PKCS11Error as exc:
-            raise HsmUnavailable(f"cannot open a session on HSM token {self.token_label!r}: "
-                                 f"{type(exc).__name__}") from exc
+            raise self._no_session(exc) from exc
         _LOGGED_IN[key] = _pin_digest(self._pin)
         return session
+
+    def _wrong_pin(self) -> HsmLoginFailed:
+        return HsmLoginFailed(f"login to HSM token {self.token_label!r} failed: wrong PIN; check "
+                              "KEYOPS_PKCS11_PIN or KEYOPS_PKCS11_PIN_FILE")
+
+    def _no_session(self, exc: p11e.PKCS11Error) -> HsmUnavailable:
+        return HsmUnavailable(f"cannot open a session on HSM token {self.token_label!r}: {type(exc).__name__}")
 
     def close(self) -> None:
         with self._lock:

@@ -36,6 +36,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Generic, TypeVar
 
 from keyops.errors import Conflict, InvalidInput, JobFailed, KeyopsError, NotFound, PermissionDenied
+from keyops.names import validate_count
 from keyops.model import format_time, utcnow
 from keyops.service import Keyops, jobs_path
 from keyops.vault import VaultStore, vault_errors
@@ -66,10 +67,7 @@ def new_job_id(kind: str, now: Any = None) -> str:
 
 
 def validate_pool(workers: object, batch_size: object) -> tuple[int, int]:
-    for name, value, top in (("workers", workers, MAX_WORKERS), ("batch_size", batch_size, MAX_BATCH_SIZE)):
-        if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= top:
-            raise InvalidInput(f"{name} must be a whole number between 1 and {top}, got {value!r}")
-    return int(workers), int(batch_size)  # type: ignore[call-overload]
+    return validate_count(workers, "workers", MAX_WORKERS), validate_count(batch_size, "batch_size", MAX_BATCH_SIZE)
 
 
 # --- the checkpoint ------------------------------------------------------------------------

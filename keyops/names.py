@@ -52,3 +52,10 @@ def validate_version(version: object, what: str = "version") -> int:
     if isinstance(version, bool) or not isinstance(version, int) or not 1 <= version <= 2**31 - 1:
         raise InvalidInput(f"{what} must be a positive integer, got {_describe(version)}")
     return version
+
+
+def validate_count(value: object, what: str, top: int) -> int:
+    """A whole number between 1 and ``top`` (worker pools, batch sizes)."""
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= top:
+        raise InvalidInput(f"{what} must be a whole number between 1 and {top}, got {_describe(value)}")
+    return value

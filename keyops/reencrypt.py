@@ -34,6 +34,7 @@ from typing import Any
 from keyops import crypto
 from keyops.errors import Conflict, InvalidInput, KeyopsError, KeyStateError
 from keyops.jobs import (
+    MAX_WORKERS,
     Checkpoint,
     JobRun,
     count_names,
@@ -47,7 +48,7 @@ from keyops.jobs import (
     validate_pool,
 )
 from keyops.model import Keyring
-from keyops.names import validate_tenant
+from keyops.names import validate_count, validate_tenant
 from keyops.progress import PhaseClock, ProgressCallback
 from keyops.references import dek_reference_names
 from keyops.service import CAS_RETRIES, Keyops, secret_context, secret_path
@@ -132,8 +133,7 @@ def reencrypt_tenants(k: Keyops, tenants: list[str], *, tenant_workers: int = DE
     and the others still run. A scheduled rotation over many tenants then
     costs their Vault round trips in parallel, not in sequence.
     """
-    if isinstance(tenant_workers, bool) or not isinstance(tenant_workers, int) or not 1 <= tenant_workers <= 64:
-        raise InvalidInput(f"tenant_workers must be between 1 and 64, got {tenant_workers!r}")
+    validate_count(tenant_workers, "tenant_workers", MAX_WORKERS)
 
     def one(tenant: str) -> tuple[str, ReencryptResult | KeyopsError]:
         try:

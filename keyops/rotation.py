@@ -70,7 +70,8 @@ from typing import Any, Literal
 from keyops import crypto
 from keyops.errors import Conflict, InvalidInput, KeyopsError, KeyStateError, NotFound, TenantNotFound
 from keyops.model import TENANT_LEVELS, Keyring, age_days, due_rotations, format_time
-from keyops.names import validate_tenant, validate_version
+from keyops.jobs import MAX_WORKERS
+from keyops.names import validate_count, validate_tenant, validate_version
 from keyops.service import (
     MASTER_PATH,
     Keyops,
@@ -836,8 +837,7 @@ def rotate_due(k: Keyops, *, dry_run: bool = False, tenants: list[str] | None = 
     ``tenant_workers`` of them are handled at once: a scheduled run over many
     tenants costs their Vault round trips in parallel, not in sequence.
     """
-    if isinstance(tenant_workers, bool) or not isinstance(tenant_workers, int) or not 1 <= tenant_workers <= 64:
-        raise InvalidInput(f"tenant_workers must be between 1 and 64, got {tenant_workers!r}")
+    validate_count(tenant_workers, "tenant_workers", MAX_WORKERS)
     names = [validate_tenant(t) for t in tenants] if tenants is not None else k.list_tenants()
     now = k.clock()
     rotations: list[RotationResult | MasterRotationResult] = []
