@@ -19,6 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
+from softhsm_guard import token_object_kept
 
 from jobs_support import (
     cli_command,
@@ -101,11 +102,12 @@ def test_migration_killed_at_random_points_loses_nothing(config: Config, stack: 
         progress: list[int] = []
         for _ in range(KILLS_PER_ROUND):
             delay = rng.uniform(0, duration)
-            proc = subprocess.Popen(command(prefix, tenant), env=cli_env(stack), stdout=subprocess.DEVNULL,
-                                    stderr=subprocess.DEVNULL)
-            time.sleep(delay)
-            proc.kill()  # SIGKILL
-            kills.append((round(delay, 3), proc.wait()))
+            with token_object_kept(cli_env(stack)):
+                proc = subprocess.Popen(command(prefix, tenant), env=cli_env(stack), stdout=subprocess.DEVNULL,
+                                        stderr=subprocess.DEVNULL)
+                time.sleep(delay)
+                proc.kill()  # SIGKILL
+                kills.append((round(delay, 3), proc.wait()))
             context = f"seed {seed}, round {round_}, kills so far {kills}"
             progress.append(_check_latest_values(config, vault_client, tenant, prefix, docs, plain, context))
 

@@ -18,6 +18,7 @@ import time
 from typing import Any
 
 import pytest
+from softhsm_guard import token_object_kept
 
 from jobs_support import (
     cli_command,
@@ -66,11 +67,12 @@ def test_reencryption_killed_at_random_points_loses_nothing(config: Config, stac
             before = {name: version for name, (_, version) in raw_records(vault_client, tenant, names).items()}
             for _ in range(KILLS_PER_ROUND):
                 delay = rng.uniform(0, duration)
-                proc = subprocess.Popen(command, env=cli_env(stack), stdout=subprocess.DEVNULL,
-                                        stderr=subprocess.DEVNULL)
-                time.sleep(delay)
-                proc.kill()  # SIGKILL: no cleanup, no finally
-                kills.append((round(delay, 3), proc.wait()))
+                with token_object_kept(cli_env(stack)):
+                    proc = subprocess.Popen(command, env=cli_env(stack), stdout=subprocess.DEVNULL,
+                                            stderr=subprocess.DEVNULL)
+                    time.sleep(delay)
+                    proc.kill()  # SIGKILL: no cleanup, no finally
+                    kills.append((round(delay, 3), proc.wait()))
                 context = f"seed {seed}, round {round_}, kills so far {kills}"
                 assert decrypt_all(config, tenant, names) == values, context
 

@@ -36,6 +36,7 @@ from typing import Any
 
 import hvac.exceptions
 import pytest
+from softhsm_guard import token_object_kept
 from _rotation_support import (
     Isolated,
     check_secrets,
@@ -95,17 +96,18 @@ def timed_run(env: dict[str, str], args: list[str], leased: Callable[[int], bool
 
 def kill_during(env: dict[str, str], args: list[str], leased: Callable[[int], bool], delay: float) -> int | None:
     """Start the command, SIGKILL it ``delay`` seconds after it took its lease; its exit code if it ended first."""
-    proc = start_cli(env, args)
-    seen = wait_for_lease(proc, leased)
-    if seen is not None:
-        try:
-            proc.wait(timeout=max(0.0, seen + delay - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            os.kill(proc.pid, signal.SIGKILL)
-            proc.communicate()
-            return None
-    proc.communicate()
-    return proc.returncode
+    with token_object_kept(env):
+        proc = start_cli(env, args)
+        seen = wait_for_lease(proc, leased)
+        if seen is not None:
+            try:
+                proc.wait(timeout=max(0.0, seen + delay - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                os.kill(proc.pid, signal.SIGKILL)
+                proc.communicate()
+                return None
+        proc.communicate()
+        return proc.returncode
 
 
 def lease_of(vault_client: Any, path: str, mount: str) -> Callable[[int], bool]:
