@@ -18,6 +18,7 @@ import dataclasses
 import hashlib
 import os
 import threading
+import time
 from collections.abc import Iterator
 
 import pkcs11
@@ -30,6 +31,7 @@ from keyops.errors import DecryptionError, HsmError, HsmKeyNotFound, HsmLoginFai
 from keyops.vault import CallCounter
 
 NONCE_SIZE = 12
+TOKEN_RETRY_DELAYS = (0.05, 0.1, 0.2)
 TAG_BITS = 128
 
 # Failures of CKM_AES_GCM decryption that mean "not authentic" rather than "HSM broken".
@@ -100,7 +102,7 @@ class Hsm:
             raise HsmUnavailable(f"cannot load the PKCS#11 module {self.module!r}; check KEYOPS_PKCS11_MODULE "
                                  "(and SOFTHSM2_CONF for SoftHSM2)") from exc
         try:
-            token = lib.get_token(token_label=self.token_label)
+            token = self._find_token(lib)
         except p11e.NoSuchToken as exc:
             hint = " (is SOFTHSM2_CONF set to the stack's softhsm2.conf?)" if "softhsm" in self.module else ""
             raise HsmUnavailable(f"no HSM token labelled {self.token_label!r} in {self.module!r}{hint}; "
@@ -128,6 +130,16 @@ class Hsm:
             raise self._no_session(exc) from exc
         _LOGGED_IN[key] = _pin_digest(self._pin)
         return session
+
+    def _find_token(self, lib: pkcs11.lib) -> pkcs11.Token:
+        # SoftHSM2 rewrites its token file in place at every login, so a login in
+        # another process can make the token briefly unreadable; look again.
+        for delay in TOKEN_RETRY_DELAYS:
+            try:
+                return lib.get_token(token_label=self.token_label)
+            except (p11e.NoSuchToken, p11e.GeneralError):
+                time.sleep(delay)
+        return lib.get_token(token_label=self.token_label)
 
     def _wrong_pin(self) -> HsmLoginFailed:
         return HsmLoginFailed(f"login to HSM token {self.token_label!r} failed: wrong PIN; check "
