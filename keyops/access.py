@@ -46,9 +46,13 @@ if TYPE_CHECKING:  # pragma: no cover
     from keyops.vault import VaultStore
 
 __all__ = [
+    "DOCUMENT_HISTORY",
     "OPERATIONS",
     "POLICY_PREFIX",
+    "SECRETS_HISTORY",
     "AppRoleCredentials",
+    "HistoryChange",
+    "HistoryResult",
     "MintedToken",
     "Operation",
     "PolicyApplyResult",
@@ -59,6 +63,7 @@ __all__ = [
     "apply_policies",
     "denial",
     "ensure_approle",
+    "ensure_history",
     "load_roles",
     "lookup_principal",
     "mint_token",
@@ -117,6 +122,10 @@ def _r(path: str, *caps: str) -> Rule:
 
 
 _KEYRING = "{kv}/data/tenants/{tenant}/keyring"
+_USAGE = "{kv}/data/tenants/{tenant}/usage"
+_KEYRING_META = "{kv}/metadata/tenants/{tenant}/keyring"
+_USAGE_META = "{kv}/metadata/tenants/{tenant}/usage"
+_MASTER = "master"
 _SECRETS_DATA = "{kv}/data/secrets/{tenant}/*"
 _SECRETS_META = "{kv}/metadata/secrets/{tenant}/*"
 _TRANSIT_KEY = "{transit}/keys/{transit_key}"
@@ -125,10 +134,11 @@ OPERATIONS: Mapping[str, Operation] = {op.name: op for op in (
     # --- reading and using one tenant's keys
     Operation("keyring.read", "read the tenant's keyring (versions, states, wrapped keys; no key material)",
               (_r(_KEYRING, "read"),)),
-    Operation("keyring.reserve", "record DEK usage in the tenant's keyring (a check-and-set write per block "
-              "of encryptions)", (_r(_KEYRING, "update"),), ("keyring.read",)),
+    Operation("usage.reserve", "reserve blocks of DEK uses in the tenant's usage document (a check-and-set "
+              "write per block of encryptions; the keyring itself stays read-only)",
+              (_r(_USAGE, "read", "create", "update"),), ("keyring.read",)),
     Operation("keyring.write", "change the tenant's existing keyring (add, re-wrap and change key versions)",
-              (_r(_KEYRING, "read", "update"),), ("keyring.read", "keyring.reserve")),
+              (_r(_KEYRING, "read", "update"),), ("keyring.read", "usage.reserve")),
     Operation("kek.unwrap", "unwrap the tenant's KEK with the HSM master key (residence kv, or rotation)",
               (), ("master.read", "keyring.read"), hsm="kv-residence"),
     Operation("dek.unwrap", "unwrap the tenant's DEKs (through its Transit key for residence transit)",
@@ -144,16 +154,20 @@ OPERATIONS: Mapping[str, Operation] = {op.name: op for op in (
     Operation("secrets.read", "read and list the tenant's encrypted secrets",
               (_r(_SECRETS_DATA, "read"), _r(_SECRETS_META, "read", "list"))),
     Operation("secrets.write", "write the tenant's encrypted secrets (check-and-set)",
-              (_r(_SECRETS_DATA, "create", "update"),), ("secrets.read", "keyring.reserve")),
+              (_r(_SECRETS_DATA, "create", "update"),), ("secrets.read", "usage.reserve")),
     Operation("secrets.delete", "delete the tenant's secrets and their history",
               (_r(_SECRETS_META, "delete"),), ("secrets.read",)),
+    Operation("history.write", "keep the KV history of the tenant's keyring and usage document (raise their "
+              "max_versions, require check-and-set); lowering it would drop old versions, so only administrators "
+              "hold this right", (_r(_KEYRING_META, "create", "read", "update"),
+                                  _r(_USAGE_META, "create", "read", "update"))),
     Operation("jobs.write", "checkpoints of the tenant's re-encryption and migration jobs",
               (_r("{kv}/data/tenants/{tenant}/jobs/*", "create", "read", "update"),
                _r("{kv}/metadata/tenants/{tenant}/jobs/*", "read", "list", "delete"))),
     # --- key lifecycle
     Operation("tenant.create", "create the tenant's keyring with its first KEK and DEK",
               (_r(_KEYRING, "create"), _r(_TRANSIT_KEY + "/import", "update")),
-              ("keyring.write", "kek.unwrap", "transit.import", "master.read"), hsm="always"),
+              ("keyring.write", "kek.unwrap", "transit.import", "master.read", "history.write"), hsm="always"),
     Operation("tenant.update", "change the tenant's rotation periods and usage cap", (), ("keyring.write",)),
     Operation("tenant.delete", "remove an empty tenant's keyring and job checkpoints",
               (_r("{kv}/metadata/tenants/{tenant}/*", "read", "list", "delete"),),
@@ -164,10 +178,10 @@ OPERATIONS: Mapping[str, Operation] = {op.name: op for op in (
               ("keyring.write", "kek.unwrap", "dek.unwrap", "transit.import", "transit.config", "master.read",
                "jobs.write"), hsm="always"),
     Operation("reencrypt", "re-encrypt the tenant's secrets under its primary DEK",
-              (), ("secrets.write", "keyring.reserve", "dek.unwrap", "dek.wrap", "kek.unwrap", "jobs.write"),
+              (), ("secrets.write", "usage.reserve", "dek.unwrap", "dek.wrap", "kek.unwrap", "jobs.write"),
               hsm="kv-residence"),
     Operation("migrate", "migrate existing secrets into the tenant (add source paths to the role)",
-              (), ("secrets.write", "keyring.reserve", "dek.unwrap", "dek.wrap", "kek.unwrap", "jobs.write"),
+              (), ("secrets.write", "usage.reserve", "dek.unwrap", "dek.wrap", "kek.unwrap", "jobs.write"),
               hsm="kv-residence"),
     Operation("retire", "retire old key versions (no longer usable, kept for audit)",
               (), ("keyring.write", "transit.config", "master.write")),
@@ -185,6 +199,10 @@ OPERATIONS: Mapping[str, Operation] = {op.name: op for op in (
               (_r("{kv}/data/locks/master", "create", "read", "update"), _r("{kv}/metadata/locks/master", "delete")),
               ("master.write", "keyring.write", "kek.unwrap", "tenants.list"), tenant_scoped=False,
               hsm="always"),
+    Operation("history.config", "keep the KV history of the master registry and the mount's default history "
+              "for secret records (raise max_versions; never lower it)",
+              (_r("{kv}/metadata/" + _MASTER, "create", "read", "update"), _r("{kv}/config", "read", "update")),
+              tenant_scoped=False),
     Operation("status.read", "read every tenant's status (ages, states, usage, what is due)",
               (), ("tenants.list", "keyring.read", "master.read"), tenant_scoped=False),
     Operation("audit.read", "read the audit trail kept in KV and the server's audit devices",
@@ -555,6 +573,99 @@ def remove_policies(k: Keyops, names: Iterable[str], dry_run: bool = False) -> P
     return PolicyApplyResult(tuple(changes), dry_run)
 
 
+# --- history -------------------------------------------------------------------------------
+
+#: How many versions KV keeps of keyops' own documents (KV metadata ``max_versions``, with
+#: ``cas_required``). KV destroys the oldest version beyond it, so it bounds how far back an
+#: administrator can restore (docs/access.md, "Restoring a keyring"). A keyring is written a few
+#: times per rotation, so a thousand versions keep years of it; the metadata costs tens of KB.
+DOCUMENT_HISTORY = 1000
+#: The mount's default (``{kv}/config``) for paths without their own: secret records, job
+#: checkpoints, leases. Vault's own default is 10.
+SECRETS_HISTORY = 100
+_VAULT_DEFAULT_HISTORY = 10
+
+
+@dataclasses.dataclass(frozen=True)
+class HistoryChange:
+    """One KV path (or the mount's config) whose history keyops keeps."""
+
+    path: str
+    action: str  # "update" or "unchanged"
+    #: ``max_versions`` before and after; 0 before means "the mount's default".
+    before: int
+    after: int
+    cas_required_before: bool | None = None  # None: the mount's config (no such setting touched)
+
+
+@dataclasses.dataclass(frozen=True)
+class HistoryResult:
+    changes: tuple[HistoryChange, ...]
+    dry_run: bool
+
+    @property
+    def changed(self) -> bool:
+        return any(c.action != "unchanged" for c in self.changes)
+
+
+def ensure_history(k: Keyops, tenants: Iterable[str] = (), *, master: bool = True, mount: bool = True,
+                   new_tenant: bool = False, dry_run: bool = False) -> HistoryResult:
+    """Make KV keep enough history of keyrings, usage documents, the registry and secrets; idempotent.
+
+    Raises ``max_versions`` to ``DOCUMENT_HISTORY`` (never lowers it) and
+    sets ``cas_required`` on each tenant's keyring and usage document and on
+    the master registry, and raises the mount's default to
+    ``SECRETS_HISTORY``. A tenant whose keyring path does not exist is
+    skipped (nothing is created for it) unless ``new_tenant``: tenant
+    creation calls this before the keyring's first version.
+    """
+    names = sorted({validate_tenant(t) for t in tenants})
+    for tenant in names:
+        k.authorize("history.write", tenant)
+    if master or mount:
+        k.authorize("history.config")
+    store = k.store
+    changes: list[HistoryChange] = []
+    for tenant in names:
+        keyring, usage = f"tenants/{tenant}/keyring", f"tenants/{tenant}/usage"
+        found = store.read_metadata(keyring)
+        if found is None and not new_tenant:
+            continue  # no such tenant: create nothing for it
+        changes.append(_keep_history(k, keyring, found, dry_run, tenant=tenant))
+        changes.append(_keep_history(k, usage, store.read_metadata(usage), dry_run, tenant=tenant))
+    if master:
+        found = store.read_metadata("master")
+        if found is not None:
+            changes.append(_keep_history(k, "master", found, dry_run))
+    if mount:
+        current = int(store.read_engine_config().get("max_versions") or 0)
+        where = f"{store.kv_mount}/config"
+        if (current or _VAULT_DEFAULT_HISTORY) >= SECRETS_HISTORY:
+            changes.append(HistoryChange(where, "unchanged", current, current))
+        else:
+            changes.append(HistoryChange(where, "update", current, SECRETS_HISTORY))
+            if not dry_run:
+                with k.audited("history.mount", level="policy", path=where, max_versions=SECRETS_HISTORY):
+                    store.configure_engine(max_versions=SECRETS_HISTORY)
+    return HistoryResult(tuple(changes), dry_run)
+
+
+def _keep_history(k: Keyops, path: str, meta: Mapping[str, Any] | None, dry_run: bool,
+                  tenant: str | None = None) -> HistoryChange:
+    meta = meta or {}
+    current = int(meta.get("max_versions") or 0)
+    cas = bool(meta.get("cas_required"))
+    where = f"{k.store.kv_mount}/{path}"
+    if current >= DOCUMENT_HISTORY and cas:
+        return HistoryChange(where, "unchanged", current, current, cas)
+    wanted = max(current, DOCUMENT_HISTORY)
+    if not dry_run:
+        operation = "history.tenant" if tenant else "history.master"
+        with k.audited(operation, tenant=tenant, level="policy", path=where, max_versions=wanted):
+            k.store.write_metadata(path, max_versions=wanted, cas_required=True)
+    return HistoryChange(where, "update", current, wanted, cas)
+
+
 # --- credentials ---------------------------------------------------------------------------
 
 
@@ -795,6 +906,7 @@ _EVENT_OPERATIONS: Mapping[str, str] = {
     "secret.delete": "secrets.delete",
     "rotate": "rotate", "rotation": "rotate", "reencrypt": "reencrypt", "migrate": "migrate",
     "retire": "retire", "destroy": "destroy", "policy": "policy.write",
+    "history.tenant": "history.write", "history.master": "history.config", "history.mount": "history.config",
 }
 
 

@@ -56,6 +56,7 @@ import hvac
 import hvac.exceptions
 import requests
 
+from keyops.access import SECRETS_HISTORY
 from keyops.config import Config, find_softhsm_module
 from keyops.errors import DevStackError
 from keyops.files import write_file_atomic
@@ -525,6 +526,11 @@ log_level     = "info"
         elif kv.get("type") != "kv" or str((kv.get("options") or {}).get("version")) != "2":
             raise DevStackError(f"the mount {KV_MOUNT}/ exists but is not KV version 2; disable it "
                                 f"('bao secrets disable {KV_MOUNT}') and run 'keyops dev up' again")
+        # Keep more than Vault's 10 versions of every secret record (raised, never lowered);
+        # keyrings, usage documents and the registry get their own history when they are made.
+        config = client.adapter.get(f"/v1/{KV_MOUNT}/config")
+        if int(((config or {}).get("data") or {}).get("max_versions") or 0) < SECRETS_HISTORY:
+            client.adapter.post(f"/v1/{KV_MOUNT}/config", json={"max_versions": SECRETS_HISTORY})
         transit = mounts.get(f"{TRANSIT_MOUNT}/")
         if transit is None:
             client.sys.enable_secrets_engine(backend_type="transit", path=TRANSIT_MOUNT,

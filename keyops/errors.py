@@ -106,6 +106,16 @@ class KeyInUse(KeyStateError):
     code = "key_in_use"
 
 
+class KeyringCorrupt(KeyStateError):
+    """A stored keyring cannot be used: malformed, or naming another tenant than its path.
+
+    keyops refuses it and writes nothing; an administrator restores a good
+    version from KV's history (docs/access.md, "Restoring a keyring").
+    """
+
+    code = "keyring_corrupt"
+
+
 class ConfirmationRequired(InvalidInput):
     """An irreversible operation was asked for without explicit confirmation."""
 

@@ -121,7 +121,7 @@ def _change_tenant_key(k: Keyops, action: Action, tenant: str | None, level: str
     for _ in range(CAS_ATTEMPTS):
         new = keyring.set_state(level, version, target, k.clock())
         try:
-            k.write_keyring(new, cas=revision)
+            k.write_keyring(tenant, new, cas=revision)
             break
         except Conflict:
             keyring, revision = k.read_keyring(tenant)

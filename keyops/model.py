@@ -269,14 +269,31 @@ class Keyring:
     def from_dict(cls, data: Mapping[str, Any]) -> Keyring:
         if not isinstance(data, Mapping):
             raise InvalidInput(f"keyring document is malformed: an object is expected, not {type(data).__name__}")
-        if data.get("schema") != SCHEMA:
-            raise InvalidInput(f"keyring schema {data.get('schema')!r} is not supported (expected {SCHEMA})")
+        schema = data.get("schema")
+        if type(schema) is not int or schema != SCHEMA:
+            raise InvalidInput(_schema_problem(schema))
         try:
             return cls(tenant=validate_tenant(data["tenant"]), policy=Policy.from_dict(data["policy"]),
                        created_at=data["created_at"], kek=KeyChain.from_dict(data["kek"]),
                        dek=KeyChain.from_dict(data["dek"]))
         except (KeyError, TypeError) as exc:
             raise InvalidInput(f"keyring document is malformed: {exc}") from exc
+
+
+def _schema_problem(schema: Any) -> str:
+    """What is wrong with a keyring's ``schema`` field, in words (a string "1" is not the number 1)."""
+    expected = f"expected the number {SCHEMA}"
+    if schema is None:
+        return f"keyring has no schema; {expected} (this is not a keyops keyring)"
+    if isinstance(schema, bool):
+        return f"keyring has schema {schema!r} (a boolean); {expected}"
+    if isinstance(schema, int):
+        newer = " (written by a newer keyops?)" if schema > SCHEMA else ""
+        return f"keyring has schema {schema}, which this keyops does not read{newer}; {expected}"
+    kinds = {str: "a string", float: "a number with a fraction", list: "a list", dict: "an object"}
+    kind = kinds.get(type(schema), f"a {type(schema).__name__}")
+    shown = repr(schema[:40]) if isinstance(schema, str) else repr(schema)[:40]
+    return f"keyring has schema {shown} ({kind}); {expected}"
 
 
 # --- due-ness -----------------------------------------------------------------------

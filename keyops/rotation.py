@@ -474,7 +474,7 @@ def _rotate_tenant(k: Keyops, tenant: str, level: str, expect: int | None, reaso
         else:
             new = _with_new_transit_kek(k, keyring)
         try:
-            revision = k.write_keyring(new, cas=revision)
+            revision = k.write_keyring(tenant, new, cas=revision)
             break
         except Conflict:
             keyring, revision = k.read_keyring(tenant)
@@ -578,7 +578,7 @@ def _finish_kek(k: Keyops, keyring: Keyring, revision: int) -> tuple[Keyring, in
             in_transit = True
         new = _rewrap_deks(k, keyring)
         try:
-            revision = k.write_keyring(new, cas=revision)
+            revision = k.write_keyring(tenant, new, cas=revision)
             keyring = new
             break
         except Conflict:
@@ -794,7 +794,7 @@ def _rewrap_all_keks(k: Keyops, registry: MasterRegistry, lease: _Lease) -> tupl
                 break
             new = _rewrap_keks(keyring, stale, wrappers, primary)
             try:
-                k.write_keyring(new, cas=revision)
+                k.write_keyring(tenant, new, cas=revision)
             except Conflict:
                 keyring, revision = k.read_keyring(tenant)
                 continue

@@ -18,7 +18,7 @@ import itertools
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 from cryptography.hazmat.primitives import hashes, serialization
@@ -28,10 +28,12 @@ from cryptography.hazmat.primitives.keywrap import aes_key_wrap_with_padding
 from keyops import access, crypto
 from keyops.config import Config
 from keyops.errors import (
+    AuthenticationFailed,
     Conflict,
     DecryptionError,
     InvalidInput,
     KeyopsError,
+    KeyringCorrupt,
     KeyStateError,
     MalformedCiphertext,
     NotFound,
@@ -39,6 +41,8 @@ from keyops.errors import (
     TenantExists,
     TenantNotFound,
     UsageCapReached,
+    VaultSealed,
+    VaultUnreachable,
 )
 from keyops.hsm import Hsm
 from keyops.model import (
@@ -58,6 +62,9 @@ from keyops.vault import CallCounter, VaultStore
 from keyops.wrappers import AeadWrapper, KeyWrapper, Pkcs11Wrapper, TransitWrapper
 
 MASTER_PATH = "master"
+#: What to do about a keyring keyops refuses (KeyringCorrupt).
+RESTORE_ADVICE = ("an administrator restores a good version from KV's history: see 'Restoring a keyring' "
+                  "in docs/access.md")
 RECORD_SCHEMA = 1
 CAS_RETRIES = 8
 #: First block of DEK uses a process reserves; it doubles up to the maximum,
@@ -470,18 +477,46 @@ class Keyops:
     # --- keyrings -------------------------------------------------------------------------
 
     def read_keyring(self, tenant: str) -> tuple[Keyring, int]:
+        """The tenant's keyring and its KV version.
+
+        Refused with ``KeyringCorrupt`` (and nothing cached) when the document
+        is malformed or names another tenant than the path it was read from:
+        keyops never acts on, or writes back, a keyring found at the wrong path.
+        """
         tenant = validate_tenant(tenant)
         self.authorize("keyring.read", tenant)
-        found = self.store.read(keyring_path(tenant))
+        path = keyring_path(tenant)
+        found = self.store.read(path)
         if found is None:
             raise TenantNotFound(tenant)
-        keyring = Keyring.from_dict(found[0])
+        where = f"version {found[1]} of {self.store.kv_mount}/{path}"
+        try:
+            keyring = Keyring.from_dict(found[0])
+        except InvalidInput as exc:
+            text = str(exc)
+            detail = text.removeprefix("keyring ") if text.startswith("keyring ") else f"is not usable: {text}"
+            raise KeyringCorrupt(f"keyring of tenant {tenant!r} {detail} ({where}); {RESTORE_ADVICE}") from exc
+        if keyring.tenant != tenant:
+            raise KeyringCorrupt(f"keyring of tenant {tenant!r} names tenant {keyring.tenant!r} ({where}): "
+                                 f"refused, a keyring is only used at its own tenant's path; {RESTORE_ADVICE}")
         self._keyrings[tenant] = (keyring, found[1], time.monotonic())
         return keyring, found[1]
 
-    def write_keyring(self, keyring: Keyring, cas: int) -> int:
-        version = self.store.write(keyring_path(keyring.tenant), keyring.to_dict(), cas=cas)
-        self._keyrings[keyring.tenant] = (keyring, version, time.monotonic())
+    def write_keyring(self, tenant: str, keyring: Keyring, cas: int) -> int:
+        """Write ``keyring`` to ``tenant``'s path (the one it was read from) with check-and-set on ``cas``.
+
+        ``cas=0`` creates the keyring; its KV history settings are made first
+        (``access.ensure_history``), so that even its first versions are kept.
+        """
+        tenant = validate_tenant(tenant)
+        if keyring.tenant != tenant:
+            raise InvalidInput(f"refusing to write a keyring of tenant {keyring.tenant!r} to the path of tenant "
+                               f"{tenant!r}: a keyring is only written back where it was read")
+        if cas == 0:
+            access.ensure_history(self, [tenant], new_tenant=True, master=self.principal.allows("history.config"),
+                                  mount=False)
+        version = self.store.write(keyring_path(tenant), keyring.to_dict(), cas=cas)
+        self._keyrings[tenant] = (keyring, version, time.monotonic())
         return version
 
     def update_keyring(self, tenant: str, change: Callable[[Keyring], Keyring]) -> tuple[Keyring, int]:
@@ -492,7 +527,7 @@ class Keyops:
             if new == keyring:
                 return keyring, version
             try:
-                return new, self.write_keyring(new, cas=version)
+                return new, self.write_keyring(tenant, new, cas=version)
             except Conflict:
                 continue
         raise Conflict(f"keyring of tenant {tenant!r} kept changing under {CAS_RETRIES} attempts; retry later")
@@ -554,7 +589,7 @@ class Keyops:
         if dry_run:
             return TenantResult(tenant, True, new)
         with self.audited("tenant.update_policy", tenant=tenant, level="policy"):
-            self.write_keyring(new, cas=version)
+            self.write_keyring(tenant, new, cas=version)
         return TenantResult(tenant, True, new)
 
     def delete_tenant(self, tenant: str, dry_run: bool = False) -> bool:
@@ -595,7 +630,7 @@ class Keyops:
         keyring = keyring.add_version("kek", b64e(wrapped), master_version, now,
                                       transit_version=1 if policy.kek_residence == "transit" else None)
         try:
-            version = self.write_keyring(keyring, cas=0)
+            version = self.write_keyring(tenant, keyring, cas=0)
         except Conflict as exc:
             raise Conflict(f"tenant {tenant!r} is being created by another process; re-run to see its state") from exc
         return keyring, version
@@ -610,7 +645,7 @@ class Keyops:
         wrapped = wrapper.wrap(dek, crypto.key_context(tenant, "dek", 1))
         new = keyring.add_version("dek", b64e(wrapped), kek_version, self.clock())
         try:
-            self.write_keyring(new, cas=version)
+            self.write_keyring(tenant, new, cas=version)
         except Conflict as exc:
             raise Conflict(f"tenant {tenant!r} is being created by another process; re-run to see its state") from exc
         return new
@@ -970,9 +1005,54 @@ class Keyops:
             seconds_until_due=0 if due else max(0, min(kek.seconds_until_due, dek.seconds_until_due)),
             is_due=bool(due))
 
-    def status(self, tenant: str | None = None) -> list[TenantStatus]:
-        tenants = [validate_tenant(tenant)] if tenant else self.list_tenants()
-        return [self.tenant_status(t) for t in tenants]
+    def status(self, tenant: str | None = None) -> StatusReport:
+        """The status of ``tenant``, or of every tenant: each tenant's failure on its own.
+
+        With a tenant named, its error is raised. Across every tenant, one
+        tenant that cannot be read (a corrupted keyring, a half-made tenant,
+        a refused path) becomes a ``TenantProblem`` of the report and the
+        others are still reported; a tenant listed without a keyring (removed
+        meanwhile) is left out. Failures of Vault itself (unreachable, sealed,
+        bad credentials) concern every tenant and are raised.
+        """
+        if tenant:
+            return StatusReport((self.tenant_status(validate_tenant(tenant)),))
+        statuses: list[TenantStatus] = []
+        problems: list[TenantProblem] = []
+        for name in self.list_tenants():
+            try:
+                statuses.append(self.tenant_status(name))
+            except TenantNotFound:
+                continue
+            except (VaultUnreachable, VaultSealed, AuthenticationFailed):
+                raise
+            except KeyopsError as exc:
+                problems.append(TenantProblem(name, exc.code, exc.exit_code, str(exc)))
+        return StatusReport(tuple(statuses), tuple(problems))
+
+
+@dataclasses.dataclass(frozen=True)
+class TenantProblem:
+    """Why one tenant's status could not be read (the message names the tenant and what to do)."""
+
+    tenant: str
+    error: str  # the KeyopsError code
+    exit_code: int
+    message: str
+
+
+@dataclasses.dataclass(frozen=True)
+class StatusReport(Sequence[TenantStatus]):
+    """The tenants' statuses (a sequence of ``TenantStatus``) and the tenants that could not be read."""
+
+    tenants: tuple[TenantStatus, ...]
+    problems: tuple[TenantProblem, ...] = ()
+
+    def __getitem__(self, index: Any) -> Any:
+        return self.tenants[index]
+
+    def __len__(self) -> int:
+        return len(self.tenants)
 
 
 def _byok_ciphertext(wrapping_key_pem: str, key: bytes) -> str:

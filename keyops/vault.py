@@ -183,6 +183,44 @@ class VaultStore:
         with self._errors(f"deleting {mount}/{path}"):
             self.client.secrets.kv.v2.delete_metadata_and_all_versions(path=path, mount_point=mount)
 
+    def read_metadata(self, path: str, mount: str | None = None) -> dict[str, Any] | None:
+        """A path's KV metadata (``max_versions``, ``cas_required``, ``current_version``, ...), or None."""
+        mount = mount or self.kv_mount
+        self.calls.add("kv.read_metadata")
+        try:
+            with self._errors(f"reading the metadata of {mount}/{path}"):
+                resp = self.client.secrets.kv.v2.read_secret_metadata(path=path, mount_point=mount)
+        except NotFound:
+            return None
+        return dict(resp["data"])
+
+    def write_metadata(self, path: str, *, max_versions: int, cas_required: bool, mount: str | None = None) -> None:
+        """Set how many versions KV keeps of ``path`` and whether writes must be check-and-set.
+
+        Only these two fields are sent: the path's other settings (e.g.
+        ``custom_metadata``) stay as they are. The path need not exist yet.
+        """
+        mount = mount or self.kv_mount
+        self.calls.add("kv.write_metadata")
+        with self._errors(f"writing the metadata of {mount}/{path}"):
+            self.client.adapter.post(f"/v1/{mount}/metadata/{path}",
+                                     json={"max_versions": max_versions, "cas_required": cas_required})
+
+    def read_engine_config(self, mount: str | None = None) -> dict[str, Any]:
+        """The KV mount's own settings (``max_versions`` 0 means Vault's default, 10)."""
+        mount = mount or self.kv_mount
+        self.calls.add("kv.read_config")
+        with self._errors(f"reading the configuration of KV mount {mount!r}"):
+            resp = self.client.adapter.get(f"/v1/{mount}/config")
+        return dict((resp or {}).get("data") or {})
+
+    def configure_engine(self, *, max_versions: int, mount: str | None = None) -> None:
+        """Set the mount's default history (paths without their own ``max_versions``); nothing else changes."""
+        mount = mount or self.kv_mount
+        self.calls.add("kv.write_config")
+        with self._errors(f"configuring KV mount {mount!r}"):
+            self.client.adapter.post(f"/v1/{mount}/config", json={"max_versions": max_versions})
+
     # --- Transit ---------------------------------------------------------------------
 
     def transit_encrypt(self, key: str, plaintext: bytes, context: bytes, key_version: int | None = None) -> str:

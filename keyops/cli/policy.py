@@ -144,16 +144,28 @@ def cmd_apply(args: argparse.Namespace) -> int:
     with open_keyops() as k:
         policies = _policies(args, k, k.config)
         result = access.apply_policies(k, policies, dry_run=args.dry_run)
+        # Policies limit who may write; KV's history is what lets an administrator undo a bad write.
+        history = access.HistoryResult((), args.dry_run)
+        if k.principal.allows("history.config"):
+            tenants = args.tenants if args.tenants is not None else k.list_tenants()
+            history = access.ensure_history(k, tenants, dry_run=args.dry_run)
     if args.json:
-        print_json({"changed": result.changed, "dry_run": result.dry_run,
-                    "changes": [{"policy": c.name, "action": c.action} for c in result.changes]})
+        print_json({"changed": result.changed or history.changed, "dry_run": result.dry_run,
+                    "changes": [{"policy": c.name, "action": c.action} for c in result.changes],
+                    "history": [{"path": c.path, "action": c.action, "max_versions_before": c.before,
+                                 "max_versions": c.after} for c in history.changes]})
         return 0
     verb = {"create": "would create" if args.dry_run else "created",
             "update": "would update" if args.dry_run else "updated", "unchanged": "unchanged"}
     for change in result.changes:
         print(f"{verb[change.action]:<13} {change.name}")
-    if not result.changed:
-        print("nothing to do: every policy is up to date")
+    for kept in history.changes:
+        if kept.action != "unchanged":
+            before = kept.before or "the mount's default"
+            print(f"{'would keep' if args.dry_run else 'kept':<13} {kept.after} versions of {kept.path} "
+                  f"(was {before}{'' if kept.cas_required_before is None else '; check-and-set required'})")
+    if not result.changed and not history.changed:
+        print("nothing to do: every policy and KV history setting is up to date")
     return 0
 
 

@@ -53,7 +53,7 @@ def add_dek_version(k: Keyops, tenant: str) -> int:
     new = keyring.dek.latest_version + 1
     wrapped = k._kek_wrapper(keyring, keyring.kek.primary).wrap(crypto.generate_key(),
                                                                  crypto.key_context(tenant, "dek", new))
-    k.write_keyring(keyring.add_version("dek", b64e(wrapped), keyring.kek.primary, k.clock()), cas=version)
+    k.write_keyring(tenant, keyring.add_version("dek", b64e(wrapped), keyring.kek.primary, k.clock()), cas=version)
     return new
 
 
@@ -110,7 +110,8 @@ def test_keyring_change_elsewhere_is_seen_after_the_ttl(config: Config) -> None:
         assert k.decrypt(tenant, old, CONTEXT) == b"old"  # both paths warm
         new_version = add_dek_version(other, tenant)
         keyring, version = other.read_keyring(tenant)
-        other.write_keyring(keyring.set_state("dek", dek_version_of(old), "retired", other.clock()), cas=version)
+        other.write_keyring(tenant, keyring.set_state("dek", dek_version_of(old), "retired", other.clock()),
+                            cas=version)
         time.sleep(ttl + 0.2)
         with pytest.raises(KeyStateError):
             k.decrypt(tenant, old, CONTEXT)
@@ -129,7 +130,7 @@ def test_keyring_change_in_this_process_is_seen_at_once(k: Keyops) -> None:
     assert dek_version_of(k.encrypt(tenant, b"b", CONTEXT)) == new_version
     assert k.decrypt(tenant, first, CONTEXT) == b"a"  # the old version is decrypt_only
     keyring, version = k.read_keyring(tenant)
-    k.write_keyring(keyring.set_state("dek", dek_version_of(first), "retired", k.clock()), cas=version)
+    k.write_keyring(tenant, keyring.set_state("dek", dek_version_of(first), "retired", k.clock()), cas=version)
     with pytest.raises(KeyStateError):
         k.decrypt(tenant, first, CONTEXT)
 

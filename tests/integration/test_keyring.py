@@ -277,7 +277,7 @@ def test_two_writers_with_the_same_cas_cannot_both_win(config: Config, vault_cli
             mine = base.reserve_uses(1 + i)[0]  # two different changes of the same version
             barrier.wait()
             try:
-                outcomes[i] = ("won", writers[i].write_keyring(mine, cas=version), mine)
+                outcomes[i] = ("won", writers[i].write_keyring(tenant, mine, cas=version), mine)
             except Conflict as exc:
                 outcomes[i] = ("lost", exc, mine)
 

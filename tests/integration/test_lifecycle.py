@@ -101,7 +101,7 @@ def test_kek_retire_and_destroy_kv(k: Keyops, config: Config, vault_client: Any)
 def test_kek_still_wrapping_deks_is_refused(k: Keyops, config: Config) -> None:
     tenant, values = make(k, "transit")
     keyring, version = k.read_keyring(tenant)
-    k.write_keyring(_with_new_transit_kek(k, keyring), cas=version)  # KEK v2 persisted, DEKs still under v1
+    k.write_keyring(tenant, _with_new_transit_kek(k, keyring), cas=version)  # KEK v2 persisted, DEKs still under v1
     with pytest.raises(KeyInUse, match="1 DEK version is still wrapped by it"):
         retire(k, tenant, "kek", 1)
     rotate(k, tenant, "kek")  # finishes the interrupted rotation

@@ -334,7 +334,7 @@ def leak_run(stack: DevStack, config: Config, vault_client: Any, tmp_path_factor
             lambda: k.get_tenant(f"ghost-{uuid.uuid4().hex[:8]}"),
             lambda: k.create_tenant(kv_tenant, Policy(dek_period_days=3)),
             lambda: k.put_secret(kv_tenant, "../x", p[5]),
-            lambda: k.write_keyring(keyring, cas=version - 1 if version > 1 else version + 5),
+            lambda: k.write_keyring(kv_tenant, keyring, cas=version - 1 if version > 1 else version + 5),
             lambda: k.encrypt(capped, p[5]),
             lambda: AeadWrapper(kek).unwrap(dek_blob, crypto.key_context(kv_tenant, "dek", 2)),
             lambda: k._kek_wrapper(tr_keyring, 1).unwrap(dek_blob, crypto.key_context(tr_tenant, "dek", 1)),

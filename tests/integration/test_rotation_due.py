@@ -136,7 +136,7 @@ def test_due_finishes_an_interrupted_transit_kek_rotation(iso: Isolated, vault_c
     with Keyops(iso.config) as k:
         # What a crash right after step 1 leaves: the new KEK in the keyring, not yet in Transit.
         keyring, version = k.read_keyring(tenant)
-        k.write_keyring(_with_new_transit_kek(k, keyring), cas=version)
+        k.write_keyring(tenant, _with_new_transit_kek(k, keyring), cas=version)
         check_secrets(iso.config, tenant, values)
         plan = rotate_due(k, dry_run=True)
         assert [r.resumed for r in plan.rotations] == [True] and "import KEK v2" in plan.rotations[0].detail

@@ -37,19 +37,86 @@ def test_packaged_roles_are_the_four_of_the_issue() -> None:
 
 def test_app_reads_its_keyring_unwraps_through_transit_and_uses_its_secrets_only() -> None:
     caps = caps_of(render_policy(ROLES.get("app"), "acme", MOUNTS))
-    assert caps["keyops/data/tenants/acme/keyring"] == {"read", "update"}  # update: usage reservations
+    assert caps["keyops/data/tenants/acme/keyring"] == {"read"}  # never written by an app
+    assert caps["keyops/data/tenants/acme/usage"] == {"create", "read", "update"}  # DEK use reservations
     assert caps["transit/decrypt/keyops-acme"] == {"update"}
     assert caps["transit/encrypt/keyops-acme"] == {"update"}
     assert caps["keyops/data/secrets/acme/*"] == {"create", "read", "update"}
-    assert caps["keyops/metadata/secrets/acme/*"] == {"read", "list", "delete"}
+    assert caps["keyops/metadata/secrets/acme/*"] == {"read", "list"}  # no delete: history stays
     assert caps["keyops/data/audit/*"] == {"create"}  # add events, never overwrite
     assert caps["keyops/data/master"] == {"read"}
-    assert set(caps) == {"keyops/data/tenants/acme/keyring", "transit/decrypt/keyops-acme",
-                         "transit/encrypt/keyops-acme", "keyops/data/secrets/acme/*",
+    assert set(caps) == {"keyops/data/tenants/acme/keyring", "keyops/data/tenants/acme/usage",
+                         "transit/decrypt/keyops-acme", "transit/encrypt/keyops-acme", "keyops/data/secrets/acme/*",
                          "keyops/metadata/secrets/acme/*", "keyops/data/audit/*", "keyops/data/master"}
     granted = ROLES.get("app").granted
     assert not granted & {"rotate", "reencrypt", "retire", "destroy", "policy.write", "tenant.create",
-                          "tenants.list", "master.write", "transit.import"}
+                          "tenants.list", "master.write", "transit.import", "keyring.write", "secrets.delete",
+                          "history.write", "history.config"}
+
+
+def _matches(pattern: str, path: str) -> bool:
+    """Vault's ACL globbing: ``+`` is one whole segment, a trailing ``*`` any suffix."""
+    glob = pattern.endswith("*")
+    body = pattern[:-1] if glob else pattern
+    regex = "/".join("[^/]+" if seg == "+" else re.escape(seg) for seg in body.split("/"))
+    return re.fullmatch(regex + (".*" if glob else ""), path) is not None
+
+
+#: What can make data unrecoverable in KV v2, as (path, capability) pairs a role could hold.
+_HISTORY_PATHS = ["keyops/metadata/tenants/acme/keyring", "keyops/metadata/tenants/acme/usage",
+                  "keyops/metadata/master", "keyops/metadata/secrets/acme/db/pw", "keyops/config"]
+_VERSION_PATHS = [f"keyops/{verb}/{doc}" for verb in ("delete", "undelete", "destroy")
+                  for doc in ("tenants/acme/keyring", "tenants/acme/usage", "master", "secrets/acme/db/pw")]
+_DATA_PATHS = ["keyops/data/tenants/acme/keyring", "keyops/data/tenants/acme/usage", "keyops/data/master",
+               "keyops/data/secrets/acme/db/pw"]
+
+
+def _grants(role: access.Role, path: str) -> set[str]:
+    """The capabilities a role's policy gives on a concrete path (Vault: the most specific pattern wins;
+    here: the union over every matching pattern, which can only over-report)."""
+    tenant = "acme" if role.scope == "tenant" else None
+    found: set[str] = set()
+    for pattern, caps in access.policy_rules(role, tenant, MOUNTS).items():
+        if _matches(pattern, path):
+            found |= set(caps)
+    return found
+
+
+@pytest.mark.parametrize("role_name", ["app", "rotation", "auditor"])
+def test_no_role_short_of_security_admin_can_drop_history(role_name: str) -> None:
+    """No metadata write or delete, no version delete/undelete/destroy, no DELETE of data, no mount config."""
+    role = ROLES.get(role_name)
+    for path in _HISTORY_PATHS:
+        assert not _grants(role, path) & {"create", "update", "patch", "delete", "sudo"}, (role_name, path)
+    for path in _VERSION_PATHS:
+        assert not _grants(role, path) & {"create", "update", "patch", "delete", "sudo"}, (role_name, path)
+    for path in _DATA_PATHS:
+        assert not _grants(role, path) & {"delete", "patch"}, (role_name, path)
+    # The deletions the rotation role keeps touch only its own leases and job checkpoints:
+    caps = access.policy_rules(role, "acme" if role.scope == "tenant" else None, MOUNTS)
+    deleting = {p for p, cs in caps.items() if "delete" in cs}
+    assert deleting <= {"keyops/metadata/locks/master", "keyops/metadata/locks/tenants/+",
+                        "keyops/metadata/tenants/+/jobs/*"}, deleting
+    assert not {p for p in caps if p.startswith(("keyops/delete/", "keyops/undelete/", "keyops/destroy/"))}
+
+
+def test_only_security_admin_keeps_history_settings() -> None:
+    admin = ROLES.get("security-admin")
+    assert {"history.write", "history.config"} <= admin.granted
+    assert _grants(admin, "keyops/metadata/tenants/acme/keyring") >= {"read", "update"}
+    assert _grants(admin, "keyops/config") >= {"read", "update"}
+    assert "history.write" in access.OPERATIONS["tenant.create"].implies  # tenant creation sets the history
+    holders = {r.name for r in ROLES if r.granted & {"history.write", "history.config"}}
+    assert holders == {"security-admin"}
+
+
+def test_vault_globbing_of_the_test_helper() -> None:
+    assert _matches("keyops/data/tenants/+/keyring", "keyops/data/tenants/x/keyring")
+    assert not _matches("keyops/data/tenants/+/keyring", "keyops/data/tenants/x/y/keyring")
+    assert _matches("keyops/metadata/tenants/+/jobs/*", "keyops/metadata/tenants/x/jobs/j1")
+    assert not _matches("keyops/metadata/tenants/+/jobs/*", "keyops/metadata/tenants/x/keyring")
+    assert _matches("keyops/metadata/secrets/acme/*", "keyops/metadata/secrets/acme/db/pw")
+    assert _matches("keyops/*", "keyops/destroy/master")
 
 
 def test_rotation_may_rotate_and_reencrypt_every_tenant_but_not_destroy_or_change_policies() -> None:
@@ -58,6 +125,7 @@ def test_rotation_may_rotate_and_reencrypt_every_tenant_but_not_destroy_or_chang
     assert not role.granted & {"destroy", "policy.write", "tenant.create", "tenant.delete", "secrets.delete"}
     caps = caps_of(render_policy(role, None, MOUNTS))
     assert caps["keyops/data/tenants/+/keyring"] == {"read", "update"}  # no create: no new tenants
+    assert caps["keyops/data/tenants/+/usage"] == {"create", "read", "update"}  # revokes reservations
     assert caps["keyops/data/secrets/+/*"] == {"create", "read", "update"}
     assert "transit/keys/+/import_version" in caps and "transit/keys/+/import" not in caps
     everything = {c for cs in caps.values() for c in cs}
@@ -210,7 +278,9 @@ def test_app_principal_is_bound_to_its_tenant() -> None:
     assert p.allows("secrets.read", "acme") and p.allows("dek.unwrap", "acme")
     for op in ("secrets.read", "keyring.read", "dek.unwrap", "secrets.write"):
         assert not p.allows(op, "other")
-    for op in ("rotate", "reencrypt", "destroy", "tenant.create", "policy.write", "tenants.list"):
+    assert p.allows("usage.reserve", "acme") and not p.allows("usage.reserve", "other")
+    for op in ("rotate", "reencrypt", "destroy", "tenant.create", "policy.write", "tenants.list", "keyring.write",
+               "secrets.delete", "history.write", "history.config"):
         assert not p.allows(op, "acme")
 
 
@@ -226,7 +296,7 @@ def test_global_roles_cover_every_tenant() -> None:
     assert not p.allows("destroy", "anyone") and not p.allows("policy.write")
     auditor = principal_from_policies(["keyops-auditor"], ROLES, "token:acc")
     assert auditor.allows("keyring.read", "x") and auditor.allows("tenants.list")
-    assert not any(auditor.allows(op, "x") for op in ("keyring.reserve", "secrets.write", "secrets.read",
+    assert not any(auditor.allows(op, "x") for op in ("usage.reserve", "secrets.write", "secrets.read",
                                                       "rotate", "dek.unwrap", "audit.write"))
 
 
@@ -252,6 +322,8 @@ def test_denial_names_the_role_the_operation_and_the_tenant() -> None:
     ("reencrypt.start", "dek", "reencrypt"), ("reencrypt.finish", "dek", "reencrypt"), ("retire", "kek", "retire"),
     ("destroy", "dek", "destroy"), ("policy.create", None, "policy.write"), ("migrate.purge", None, "migrate"),
     ("dek.unwrap", "dek", "dek.unwrap"), ("something.new", None, None),
+    ("history.tenant", "policy", "history.write"), ("history.master", "policy", "history.config"),
+    ("history.mount", "policy", "history.config"),
 ])
 def test_audited_operations_map_to_rights(event: str, level: str | None, right: str | None) -> None:
     assert access.operation_for_event(event, level) == right
