@@ -526,17 +526,31 @@ log_level     = "info"
         elif kv.get("type") != "kv" or str((kv.get("options") or {}).get("version")) != "2":
             raise DevStackError(f"the mount {KV_MOUNT}/ exists but is not KV version 2; disable it "
                                 f"('bao secrets disable {KV_MOUNT}') and run 'keyops dev up' again")
-        # Keep more than Vault's 10 versions of every secret record (raised, never lowered);
-        # keyrings, usage documents and the registry get their own history when they are made.
-        config = client.adapter.get(f"/v1/{KV_MOUNT}/config")
-        if int(((config or {}).get("data") or {}).get("max_versions") or 0) < SECRETS_HISTORY:
-            client.adapter.post(f"/v1/{KV_MOUNT}/config", json={"max_versions": SECRETS_HISTORY})
+        self._ensure_kv_history(client)
         transit = mounts.get(f"{TRANSIT_MOUNT}/")
         if transit is None:
             client.sys.enable_secrets_engine(backend_type="transit", path=TRANSIT_MOUNT,
                                              description="keyops transit-resident KEKs")
         elif transit.get("type") != "transit":
             raise DevStackError(f"the mount {TRANSIT_MOUNT}/ exists but is not a Transit engine")
+
+    def _ensure_kv_history(self, client: hvac.Client, timeout: float = 30.0) -> None:
+        """Keep more than Vault's 10 versions of every secret record (raised, never lowered).
+
+        Keyrings, usage documents and the registry get their own history when
+        they are made. A new KV v2 mount answers "upgrading" for a moment.
+        """
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                config = client.adapter.get(f"/v1/{KV_MOUNT}/config")
+                break
+            except hvac.exceptions.InvalidRequest as exc:
+                if "upgrading" not in str(exc).lower() or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
+        if int(((config or {}).get("data") or {}).get("max_versions") or 0) < SECRETS_HISTORY:
+            client.adapter.post(f"/v1/{KV_MOUNT}/config", json={"max_versions": SECRETS_HISTORY})
 
     def _ensure_audit(self, client: hvac.Client, timeout: float = 10.0) -> None:
         """Check the declarative file audit device of bao.hcl is in place (bao adds it on becoming active)."""

@@ -770,7 +770,7 @@ class Keyops:
 
     def _reserve(self, tenant: str, previous: _Reservation | None) -> _Reservation:
         """Reserve a new block of uses of the primary DEK with one check-and-set write."""
-        self.authorize("keyring.reserve", tenant)
+        self.authorize("usage.reserve", tenant)
         # Unwrap the primary DEK first: a process that cannot use it (wrong PIN,
         # HSM or Transit refusing) must fail without spending a reservation.
         self.dek(tenant, self._cached_keyring(tenant).dek.primary)

@@ -137,8 +137,19 @@ def raw_doc(client: hvac.Client, path: str, mount: str = KV) -> dict[str, Any]:
     return resp["data"]["data"]
 
 
+def current_version(client: hvac.Client, path: str, mount: str = KV) -> int:
+    """The document's latest KV version (0: none yet): the check-and-set that keyrings and the registry require."""
+    try:
+        meta = client.secrets.kv.v2.read_secret_metadata(path=path, mount_point=mount)
+    except hvac.exceptions.InvalidPath:
+        return 0
+    return int(meta["data"]["current_version"])
+
+
 def write_doc(client: hvac.Client, path: str, data: Mapping[str, Any], mount: str = KV) -> None:
-    client.secrets.kv.v2.create_or_update_secret(path=path, secret=dict(data), mount_point=mount)
+    """Overwrite a document as an administrator would: check-and-set on its current version."""
+    client.secrets.kv.v2.create_or_update_secret(path=path, secret=dict(data), cas=current_version(client, path, mount),
+                                                 mount_point=mount)
 
 
 def fresh(config: Config) -> Keyops:

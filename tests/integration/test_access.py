@@ -13,20 +13,25 @@ import base64
 import dataclasses
 import json
 import os
+import re
 import shutil
+import subprocess
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import hvac
+import hvac.exceptions
 import pytest
+import requests
 
 from keyops import access, crypto, lifecycle, reencrypt, rotation
 from keyops.audit import AuditLog, AuditTrail, read_events, verify_log
 from keyops.cli.main import main
 from keyops.config import Config
-from keyops.devstack import DevStack
-from keyops.errors import ConfigError, InvalidInput, NotPermitted, PermissionDenied
+from keyops.devstack import DevStack, bao_binary
+from keyops.errors import ConfigError, InvalidInput, KeyringCorrupt, NotPermitted, PermissionDenied
 from keyops.model import Policy
 from keyops.service import Keyops, keyring_path, secret_path, transit_key_name
 from keyops.wrappers import AeadWrapper
@@ -154,14 +159,16 @@ def test_app_uses_its_own_transit_tenant_without_the_hsm_pin(w: World) -> None:
     text = app.encrypt(w.a, b"app data", "ctx")
     assert app.decrypt(w.a, text, "ctx") == b"app data"
     assert app.put_secret(w.a, "app/new", b"made by the app").changed
-    assert app.delete_secret(w.a, "app/new")
+    # Deleting a secret with its whole history is the security-admin's: an app cannot lose its data.
+    refused_by_keyops(w, app, lambda: app.delete_secret(w.a, "app/new"), "secrets.delete", w.a)
     assert app._hsm is None, "an app of a transit tenant never opens the HSM"
     assert app.calls.snapshot().get("transit.decrypt", 0) >= 1  # DEKs unwrapped by Transit
     events = new_events(w, mark)
     actor = f"token:{w.tokens['app-a'].accessor}"
     assert [(e["operation"], e["result"]) for e in events] == [
-        ("dek.unwrap", "ok"), ("secret.write", "ok"), ("secret.delete", "ok")]
+        ("dek.unwrap", "ok"), ("secret.write", "ok"), ("access.denied", "error:not_permitted")]
     assert all(e["actor"] == actor and e["tenant"] == w.a for e in events)
+    assert w.root.delete_secret(w.a, "app/new")
 
 
 def test_app_of_a_kv_tenant_needs_the_pin(w: World) -> None:
@@ -183,7 +190,7 @@ def test_app_is_refused_everything_of_another_tenant_and_any_rotation(w: World, 
         (lambda: app.list_secrets(b), "secrets.read", b),
         (lambda: app.delete_secret(b, "db/password"), "secrets.delete", b),
         (lambda: app.read_keyring(b), "keyring.read", b),
-        (lambda: app.encrypt(b, b"x"), "keyring.reserve", b),
+        (lambda: app.encrypt(b, b"x"), "usage.reserve", b),
         (lambda: app.decrypt(b, ct_b), "keyring.read", b),
         (lambda: app.tenant_status(b), "keyring.read", b),
         (lambda: rotation.rotate(app, b, "dek"), "rotate", b),
@@ -277,6 +284,177 @@ def _as_keyops(call: Callable[[], Any]) -> Any:
         return call()
 
 
+# --- history: no token short of security-admin can make a tenant unrecoverable -------------------------
+
+
+def token_client(stack: DevStack, token: str) -> hvac.Client:
+    """A plain hvac client with ``token``: what any program holding the token could send."""
+    session = requests.Session()
+    session.trust_env = False
+    return hvac.Client(url=stack.addr, token=token, session=session, timeout=30)
+
+
+def bao(stack: DevStack, token: str, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """The real ``bao`` CLI with ``token`` (no proxy, no token helper)."""
+    base = {"PATH": os.environ.get("PATH", ""), "HOME": str(stack.state_dir), "BAO_ADDR": stack.addr,
+            "BAO_TOKEN": token, **(env or {})}
+    return subprocess.run([bao_binary(), *args], env=base, capture_output=True, text=True, timeout=60, check=False)
+
+
+def forbidden(call: Callable[[], Any], what: str) -> None:
+    with pytest.raises(hvac.exceptions.Forbidden):
+        call()
+        pytest.fail(f"{what} was allowed")
+
+
+def history_attacks(kv: Any, path: str, versions: list[int]) -> dict[str, Callable[[], Any]]:
+    """Every KV v2 request that removes versions or shortens the history of ``path``."""
+    return {
+        f"DELETE {path}": lambda: kv.delete_latest_version_of_secret(path=path, mount_point=KV),
+        f"delete versions of {path}": lambda: kv.delete_secret_versions(path=path, versions=versions, mount_point=KV),
+        f"undelete versions of {path}": lambda: kv.undelete_secret_versions(path=path, versions=versions,
+                                                                            mount_point=KV),
+        f"destroy versions of {path}": lambda: kv.destroy_secret_versions(path=path, versions=versions,
+                                                                          mount_point=KV),
+        f"delete metadata of {path}": lambda: kv.delete_metadata_and_all_versions(path=path, mount_point=KV),
+        f"max_versions=1 on {path}": lambda: kv.update_metadata(path=path, max_versions=1, cas_required=False,
+                                                                mount_point=KV),
+    }
+
+
+def read_version(vault_client: Any, path: str, version: int) -> dict[str, Any]:
+    resp = vault_client.secrets.kv.v2.read_secret_version(path=path, version=version, mount_point=KV,
+                                                          raise_on_deleted_version=True)
+    return dict(resp["data"]["data"])
+
+
+def test_an_app_token_cannot_write_delete_or_destroy_its_keyring(w: World, stack: DevStack,
+                                                                  vault_client: Any) -> None:
+    tenant, token = w.a, w.tokens["app-a"].token
+    path = keyring_path(tenant)
+    before = kv_version(vault_client, path)
+    # The issue's reproduction: `bao kv put keyops/tenants/<t>/keyring garbage=1` with the app's token.
+    for attempt in (["kv", "put", f"-mount={KV}", f"-cas={before}", path, "garbage=1"],
+                    ["kv", "put", f"-mount={KV}", path, "garbage=1"]):
+        proc = bao(stack, token, *attempt)
+        assert proc.returncode != 0 and "permission denied" in proc.stderr, proc.stderr
+    kv = token_client(stack, token).secrets.kv.v2
+    forbidden(lambda: kv.create_or_update_secret(path=path, secret={"garbage": "1"}, cas=before, mount_point=KV),
+              "an app's keyring write")
+    for doc in (path, f"tenants/{tenant}/usage", "master", secret_path(tenant, "db/password")):
+        for what, attack in history_attacks(kv, doc, [1]).items():
+            forbidden(attack, what)
+    forbidden(lambda: kv.configure(max_versions=1, mount_point=KV), "max_versions=1 on the mount")
+    # keyops' own path for the same write is refused by the server too; the app still reads its keyring.
+    app = server_only(w.role("app-a", pin=False))
+    refused_by_server(lambda: app.store.write(path, {"garbage": "1"}, cas=before))
+    assert app.read_keyring(tenant)[1] == before == kv_version(vault_client, path)
+    assert read_version(vault_client, path, 1)["tenant"] == tenant
+
+
+def test_a_rotation_token_cannot_push_a_keyring_or_the_registry_out_of_history(
+        w: World, stack: DevStack, vault_client: Any) -> None:
+    tenant = new_tenant("acc-hist")
+    w.root.create_tenant(tenant, Policy(kek_residence="kv"))
+    w.root.put_secret(tenant, "db/password", b"kept through it all")
+    rot = token_client(stack, w.tokens["rotation"].token).secrets.kv.v2
+    path, record = keyring_path(tenant), secret_path(tenant, "db/password")
+    good_doc, good = read_version(vault_client, path, kv_version(vault_client, path)), kv_version(vault_client, path)
+    registry, registry_version = read_version(vault_client, "master", kv_version(vault_client, "master")), \
+        kv_version(vault_client, "master")
+    record_doc, record_version = read_version(vault_client, record, kv_version(vault_client, record)), \
+        kv_version(vault_client, record)
+    try:
+        # The rotation role writes keyrings, the registry and secret records (it must, to rotate and
+        # re-encrypt). Eleven writes pushed the last good version out of KV's default 10-version history.
+        for i in range(11):
+            rot.create_or_update_secret(path=path, secret={"garbage": str(i)}, cas=good + i, mount_point=KV)
+            rot.create_or_update_secret(path="master", secret=registry, cas=registry_version + i, mount_point=KV)
+            rot.create_or_update_secret(path=record, secret=record_doc, cas=record_version + i, mount_point=KV)
+        assert read_version(vault_client, path, good) == good_doc
+        assert read_version(vault_client, path, 1)["tenant"] == tenant
+        assert read_version(vault_client, "master", registry_version) == registry
+        assert read_version(vault_client, record, record_version) == record_doc
+        # ... and it can neither remove versions nor shorten the history that keeps them.
+        for doc, versions in ((path, [good]), (f"tenants/{tenant}/usage", [1]), ("master", [registry_version]),
+                              (record, [record_version])):
+            for what, attack in history_attacks(rot, doc, versions).items():
+                forbidden(attack, what)
+        forbidden(lambda: rot.configure(max_versions=1, mount_point=KV), "max_versions=1 on the mount")
+        meta = vault_client.secrets.kv.v2.read_secret_metadata(path=path, mount_point=KV)["data"]
+        assert meta["max_versions"] >= access.DOCUMENT_HISTORY and meta["cas_required"] is True
+        with pytest.raises(KeyringCorrupt, match=f"keyring of tenant '{tenant}' has no schema"):
+            w.root.read_keyring(tenant)
+    finally:
+        current = kv_version(vault_client, path)
+        if read_version(vault_client, path, current) != good_doc:
+            vault_client.secrets.kv.v2.create_or_update_secret(path=path, secret=good_doc, cas=current,
+                                                               mount_point=KV)
+    assert w.root.get_secret(tenant, "db/password") == b"kept through it all"
+
+
+def restore_runbook() -> str:
+    text = (Path(__file__).resolve().parents[2] / "docs" / "access.md").read_text()
+    match = re.search(r"<!-- restore-keyring -->\n```sh\n(.*?)```", text, re.S)
+    assert match, "docs/access.md lost its keyring restore runbook"
+    return match.group(1)
+
+
+def test_an_admin_restores_an_overwritten_keyring_by_the_runbook(w: World, stack: DevStack,
+                                                                vault_client: Any, config: Config) -> None:
+    tenant = new_tenant("acc-restore")
+    w.root.create_tenant(tenant, Policy(kek_residence="kv"))
+    w.root.put_secret(tenant, "db/password", b"restored")
+    path = keyring_path(tenant)
+    good = kv_version(vault_client, path)
+    doc = read_version(vault_client, path, good)
+    rot = token_client(stack, w.tokens["rotation"].token).secrets.kv.v2
+    # A bad write by a token that may write keyrings: a string "1" for the schema, then another tenant's name.
+    rot.create_or_update_secret(path=path, secret={**doc, "schema": "1"}, cas=good, mount_point=KV)
+    rot.create_or_update_secret(path=path, secret={**doc, "tenant": w.b}, cas=good + 1, mount_point=KV)
+    with Keyops(config) as fresh, pytest.raises(KeyringCorrupt) as info:
+        fresh.get_secret(tenant, "db/password")
+    assert f"names tenant '{w.b}'" in str(info.value) and "Restoring a keyring" in str(info.value)
+    proc = subprocess.run(["sh", "-c", restore_runbook()], capture_output=True, text=True, timeout=120, check=False,
+                          env={"PATH": f"{Path(bao_binary()).parent}:{os.environ.get('PATH', '')}",
+                               "HOME": str(stack.state_dir), "BAO_ADDR": stack.addr,
+                               "BAO_TOKEN": stack.env()["VAULT_TOKEN"], "TENANT": tenant})
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert kv_version(vault_client, path) == good + 3  # restored as a new version: history keeps the bad ones
+    assert read_version(vault_client, path, good + 3) == doc
+    with Keyops(config) as fresh:
+        assert fresh.get_secret(tenant, "db/password") == b"restored"
+
+
+def test_policy_apply_gives_an_existing_stack_its_history(w: World, stack: DevStack, vault_client: Any,
+                                                          monkeypatch: pytest.MonkeyPatch,
+                                                          capsys: pytest.CaptureFixture[str]) -> None:
+    tenant = new_tenant("acc-old")
+    w.root.create_tenant(tenant, Policy(kek_residence="kv"))
+    kv = vault_client.secrets.kv.v2
+    for doc in (keyring_path(tenant), f"tenants/{tenant}/usage"):  # as a stack made before keyops kept history
+        kv.update_metadata(path=doc, max_versions=0, cas_required=False, mount_point=KV)
+    for key, value in stack.env().items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.setenv("KEYOPS_AUDIT_LOG", str(w.log))
+    args = ["policy", "apply", "--role", "app", "--tenant", tenant]
+    kept = rf"\s+{access.DOCUMENT_HISTORY} versions of {KV}/{keyring_path(tenant)} \(was the mount's default; "
+    assert main([*args, "--dry-run"]) == 0
+    assert re.search("would keep" + kept, capsys.readouterr().out)
+    assert kv.read_secret_metadata(path=keyring_path(tenant), mount_point=KV)["data"]["max_versions"] == 0
+    assert main(args) == 0
+    assert re.search("kept" + kept, capsys.readouterr().out)
+    for doc in (keyring_path(tenant), f"tenants/{tenant}/usage", "master"):
+        meta = kv.read_secret_metadata(path=doc, mount_point=KV)["data"]
+        assert meta["max_versions"] >= access.DOCUMENT_HISTORY and meta["cas_required"] is True, doc
+    assert int(kv.read_configuration(mount_point=KV)["data"]["max_versions"]) >= access.SECRETS_HISTORY
+    assert main([*args, "--json"]) == 0  # idempotent: nothing left to change
+    again = json.loads(capsys.readouterr().out)
+    assert again["changed"] is False and {c["action"] for c in again["history"]} == {"unchanged"}
+    assert any(e["operation"] == "history.tenant" and e["tenant"] == tenant and e["result"] == "ok"
+               for e in w.events())
+
+
 # --- auditor -----------------------------------------------------------------------------------------
 
 
@@ -291,7 +469,7 @@ def test_auditor_reads_status_and_changes_nothing(w: World, vault_client: Any) -
     for attempt, operation, tenant in [
         (lambda: aud.put_secret(a, "x", b"y"), "secrets.write", a),
         (lambda: aud.get_secret(a, "db/password"), "secrets.read", a),
-        (lambda: aud.encrypt(a, b"x"), "keyring.reserve", a),
+        (lambda: aud.encrypt(a, b"x"), "usage.reserve", a),
         (lambda: rotation.rotate(aud, a, "dek"), "rotate", a),
         (lambda: reencrypt.reencrypt(aud, a), "reencrypt", a),
         (lambda: lifecycle.retire(aud, a, "dek", 1), "retire", a),

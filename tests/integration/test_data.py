@@ -13,6 +13,7 @@ import uuid
 from collections.abc import Iterator
 from typing import Any
 
+import hvac.exceptions
 import pytest
 
 from keyops import crypto
@@ -56,7 +57,13 @@ def read_doc(vault_client: Any, path: str) -> dict[str, Any]:
 
 
 def write_doc(vault_client: Any, path: str, doc: dict[str, Any]) -> None:
-    vault_client.secrets.kv.v2.create_or_update_secret(path=path, secret=doc, mount_point=KV)
+    """Overwrite as an administrator would: check-and-set on the current version (keyrings require it)."""
+    try:
+        current = int(vault_client.secrets.kv.v2.read_secret_metadata(path=path, mount_point=KV)["data"][
+            "current_version"])
+    except hvac.exceptions.InvalidPath:
+        current = 0
+    vault_client.secrets.kv.v2.create_or_update_secret(path=path, secret=doc, cas=current, mount_point=KV)
 
 
 def add_dek_version(k: Keyops, tenant: str) -> int:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import dataclasses
+import json
 import os
 import subprocess
 import sys
@@ -21,12 +22,17 @@ import hvac.exceptions
 import pkcs11
 import pkcs11.exceptions as p11e
 import pytest
+from _rotation_support import isolated_mount
+from _rotation_support import raw_doc as support_raw_doc
 from pkcs11 import Attribute, KeyType, MechanismFlag, ObjectClass
 
-from keyops import crypto
+from keyops import crypto, lifecycle
+from keyops.cli.main import main
 from keyops.config import Config
-from keyops.errors import Conflict, SecretNotFound, TenantExists
+from keyops.errors import Conflict, InvalidInput, KeyringCorrupt, SecretNotFound, TenantExists
 from keyops.model import Policy
+from keyops.reencrypt import reencrypt
+from keyops.rotation import rotate
 from keyops.service import Keyops, keyring_path, secret_path, transit_key_name
 
 pytestmark = pytest.mark.integration
@@ -507,3 +513,97 @@ def test_status_reports_versions_and_usage(k: Keyops, tenants: dict[str, str]) -
         assert st.kek.period_days == 90 and st.dek.period_days == 30
     listed = {s.tenant for s in k.status()}
     assert set(tenants.values()) <= listed
+
+
+# --- a keyring is only used, and written, at its own tenant's path --------------------------------
+
+
+def _write_as_admin(vault_client: Any, path: str, doc: dict[str, Any], mount: str = KV) -> int:
+    """Overwrite a keyring as a token with write rights could: check-and-set on its current version."""
+    meta = vault_client.secrets.kv.v2.read_secret_metadata(path=path, mount_point=mount)["data"]
+    resp = vault_client.secrets.kv.v2.create_or_update_secret(path=path, secret=doc, cas=meta["current_version"],
+                                                              mount_point=mount)
+    return int(resp["data"]["version"])
+
+
+def test_a_keyring_naming_another_tenant_is_refused_and_nothing_is_written(
+        k: Keyops, config: Config, vault_client: Any) -> None:
+    x1, x2 = new_tenant("mm-x1"), new_tenant("mm-x2")
+    for tenant in (x1, x2):
+        k.create_tenant(tenant)
+    k.put_secret(x2, "s", b"x2's secret")
+    rotate(k, x2, "dek")
+    reencrypt(k, x2)  # x2's DEK v1 protects nothing now: a privileged retire of it would be accepted
+    x2_doc, _ = raw_doc(vault_client, keyring_path(x2))
+    # x2's keyring stored at x1's path (what an app of x1 could write when apps wrote keyrings), at the
+    # same KV version as x2's own keyring, so a write back "to the tenant it names" would pass check-and-set.
+    for _ in range(8):
+        v1, v2 = raw_doc(vault_client, keyring_path(x1))[1], raw_doc(vault_client, keyring_path(x2))[1]
+        if v1 == v2 and raw_doc(vault_client, keyring_path(x1))[0] == x2_doc:
+            break
+        if v1 <= v2:
+            _write_as_admin(vault_client, keyring_path(x1), x2_doc)
+        else:
+            _write_as_admin(vault_client, keyring_path(x2), x2_doc)
+    before = {t: raw_doc(vault_client, keyring_path(t)) for t in (x1, x2)}
+    assert before[x1] == before[x2]
+    with Keyops(config) as fresh:
+        with pytest.raises(KeyringCorrupt) as info:
+            fresh.read_keyring(x1)
+        text = str(info.value)
+        assert f"keyring of tenant '{x1}' names tenant '{x2}'" in text
+        assert f"version {before[x1][1]} of {KV}/{keyring_path(x1)}" in text and "Restoring a keyring" in text
+        assert info.value.exit_code == 8 and info.value.code == "keyring_corrupt"
+        for attempt in (lambda: lifecycle.retire(fresh, x1, "dek", 1), lambda: rotate(fresh, x1, "dek"),
+                        lambda: fresh.encrypt(x1, b"x"), lambda: fresh.get_tenant(x1)):
+            with pytest.raises(KeyringCorrupt):
+                attempt()
+        keyring_x2, version_x2 = fresh.read_keyring(x2)
+        with pytest.raises(InvalidInput, match=f"refusing to write a keyring of tenant '{x2}' to the path of "
+                                               f"tenant '{x1}'"):
+            fresh.write_keyring(x1, keyring_x2, cas=before[x1][1])
+        assert fresh.status(x2)[0].tenant == x2
+    assert {t: raw_doc(vault_client, keyring_path(t)) for t in (x1, x2)} == before
+    assert k.get_secret(x2, "s") == b"x2's secret"
+
+
+# --- one tenant's broken keyring does not hide the others -------------------------------------------
+
+
+def test_status_reports_a_corrupted_keyring_on_its_own(stack: Any, config: Config, vault_client: Any,
+                                                        monkeypatch: pytest.MonkeyPatch,
+                                                        capsys: pytest.CaptureFixture[str]) -> None:
+    with isolated_mount(stack, config, vault_client) as iso, Keyops(iso.config) as k:
+        good1, good2, bad = new_tenant("st-ok1"), new_tenant("st-ok2"), new_tenant("st-dd")
+        for tenant in (good1, good2, bad):
+            k.create_tenant(tenant)
+        doc = support_raw_doc(vault_client, keyring_path(bad), iso.mount)
+        # `bao kv put ... schema=1` stores the string "1": the garbage write of the issue.
+        version = _write_as_admin(vault_client, keyring_path(bad), {**doc, "schema": "1"}, iso.mount)
+        problem = (f"keyring of tenant '{bad}' has schema '1' (a string); expected the number 1 "
+                   f"(version {version} of {iso.mount}/{keyring_path(bad)})")
+        for key, value in iso.env.items():
+            monkeypatch.setenv(key, value)
+        monkeypatch.delenv("KEYOPS_AUDIT_LOG", raising=False)
+
+        assert main(["status"]) == 1
+        out, err = capsys.readouterr()
+        assert good1 in out and good2 in out and bad not in out
+        assert f"keyops: error: tenant {bad}: {problem}" in err and "Restoring a keyring" in err
+        assert "1 of 3 tenants could not be read; the others are shown" in err and "Traceback" not in err
+
+        assert main(["status", "--json"]) == 1
+        report = json.loads(capsys.readouterr().out)
+        assert report["schema"] == 1 and sorted(t["tenant"] for t in report["tenants"]) == sorted([good1, good2])
+        (listed,) = report["problems"]
+        assert listed["tenant"] == bad and listed["error"] == "keyring_corrupt" and listed["exit_code"] == 8
+        assert listed["message"].startswith(problem)
+
+        assert main(["status", "--tenant", bad]) == KeyringCorrupt.exit_code
+        assert problem in capsys.readouterr().err
+        assert main(["status", "--tenant", good1]) == 0
+        assert good1 in capsys.readouterr().out
+
+        library = k.status()
+        assert sorted(s.tenant for s in library) == sorted([good1, good2]) and len(library) == 2
+        assert [(p.tenant, p.error) for p in library.problems] == [(bad, "keyring_corrupt")]

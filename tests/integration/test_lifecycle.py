@@ -16,6 +16,7 @@ from _rotation_support import (
     kv_version,
     new_tenant,
     raw_doc,
+    write_doc,
 )
 
 from keyops.config import Config
@@ -149,12 +150,10 @@ def test_master_retire_and_destroy(stack: Any, config: Config, vault_client: Any
         laggard = raw_doc(vault_client, keyring_path(tenant), iso.mount)
         laggard["kek"]["versions"][0]["parent_version"] = 1  # as if the tenant pass had not reached it
         keyring_doc = raw_doc(vault_client, keyring_path(tenant), iso.mount)
-        vault_client.secrets.kv.v2.create_or_update_secret(path=keyring_path(tenant), secret=laggard,
-                                                           mount_point=iso.mount)
+        write_doc(vault_client, keyring_path(tenant), laggard, iso.mount)
         with pytest.raises(KeyInUse, match="1 KEK version is still wrapped"):
             destroy(k, None, "master", 1, confirm=True)
-        vault_client.secrets.kv.v2.create_or_update_secret(path=keyring_path(tenant), secret=keyring_doc,
-                                                           mount_point=iso.mount)
+        write_doc(vault_client, keyring_path(tenant), keyring_doc, iso.mount)
 
         label = k.master_label(1)
         assert destroy(k, None, "master", 1, confirm=True, dry_run=True).changed
