@@ -609,15 +609,15 @@ class HistoryResult:
 
 
 def ensure_history(k: Keyops, tenants: Iterable[str] = (), *, master: bool = True, mount: bool = True,
-                   new_tenant: bool = False, dry_run: bool = False) -> HistoryResult:
+                   dry_run: bool = False) -> HistoryResult:
     """Make KV keep enough history of keyrings, usage documents, the registry and secrets; idempotent.
 
     Raises ``max_versions`` to ``DOCUMENT_HISTORY`` (never lowers it) and
     sets ``cas_required`` on each tenant's keyring and usage document and on
     the master registry, and raises the mount's default to
-    ``SECRETS_HISTORY``. A tenant whose keyring path does not exist is
-    skipped (nothing is created for it) unless ``new_tenant``: tenant
-    creation calls this before the keyring's first version.
+    ``SECRETS_HISTORY``. Only documents that exist are touched: KV metadata
+    without any version would show up in listings as a document that cannot
+    be read. Tenant creation calls it right after the keyring's first write.
     """
     names = sorted({validate_tenant(t) for t in tenants})
     for tenant in names:
@@ -627,12 +627,10 @@ def ensure_history(k: Keyops, tenants: Iterable[str] = (), *, master: bool = Tru
     store = k.store
     changes: list[HistoryChange] = []
     for tenant in names:
-        keyring, usage = f"tenants/{tenant}/keyring", f"tenants/{tenant}/usage"
-        found = store.read_metadata(keyring)
-        if found is None and not new_tenant:
-            continue  # no such tenant: create nothing for it
-        changes.append(_keep_history(k, keyring, found, dry_run, tenant=tenant))
-        changes.append(_keep_history(k, usage, store.read_metadata(usage), dry_run, tenant=tenant))
+        for path in (f"tenants/{tenant}/keyring", f"tenants/{tenant}/usage"):
+            found = store.read_metadata(path)
+            if found is not None:
+                changes.append(_keep_history(k, path, found, dry_run, tenant=tenant))
     if master:
         found = store.read_metadata("master")
         if found is not None:
@@ -650,9 +648,8 @@ def ensure_history(k: Keyops, tenants: Iterable[str] = (), *, master: bool = Tru
     return HistoryResult(tuple(changes), dry_run)
 
 
-def _keep_history(k: Keyops, path: str, meta: Mapping[str, Any] | None, dry_run: bool,
+def _keep_history(k: Keyops, path: str, meta: Mapping[str, Any], dry_run: bool,
                   tenant: str | None = None) -> HistoryChange:
-    meta = meta or {}
     current = int(meta.get("max_versions") or 0)
     cas = bool(meta.get("cas_required"))
     where = f"{k.store.kv_mount}/{path}"

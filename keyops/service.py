@@ -505,18 +505,18 @@ class Keyops:
     def write_keyring(self, tenant: str, keyring: Keyring, cas: int) -> int:
         """Write ``keyring`` to ``tenant``'s path (the one it was read from) with check-and-set on ``cas``.
 
-        ``cas=0`` creates the keyring; its KV history settings are made first
-        (``access.ensure_history``), so that even its first versions are kept.
+        ``cas=0`` creates the keyring; its KV history (and the master
+        registry's, when the caller may set it) is then set at once
+        (``access.ensure_history``), before anything else writes it.
         """
         tenant = validate_tenant(tenant)
         if keyring.tenant != tenant:
             raise InvalidInput(f"refusing to write a keyring of tenant {keyring.tenant!r} to the path of tenant "
                                f"{tenant!r}: a keyring is only written back where it was read")
-        if cas == 0:
-            access.ensure_history(self, [tenant], new_tenant=True, master=self.principal.allows("history.config"),
-                                  mount=False)
         version = self.store.write(keyring_path(tenant), keyring.to_dict(), cas=cas)
         self._keyrings[tenant] = (keyring, version, time.monotonic())
+        if cas == 0:
+            access.ensure_history(self, [tenant], master=self.principal.allows("history.config"), mount=False)
         return version
 
     def update_keyring(self, tenant: str, change: Callable[[Keyring], Keyring]) -> tuple[Keyring, int]:
