@@ -132,8 +132,8 @@ _TRANSIT_KEY = "{transit}/keys/{transit_key}"
 
 OPERATIONS: Mapping[str, Operation] = {op.name: op for op in (
     # --- reading and using one tenant's keys
-    Operation("keyring.read", "read the tenant's keyring (versions, states, wrapped keys; no key material)",
-              (_r(_KEYRING, "read"),)),
+    Operation("keyring.read", "read the tenant's keyring and usage document (versions, states, wrapped keys, "
+              "uses; no key material)", (_r(_KEYRING, "read"), _r(_USAGE, "read"))),
     Operation("usage.reserve", "reserve blocks of DEK uses in the tenant's usage document (a check-and-set "
               "write per block of encryptions; the keyring itself stays read-only)",
               (_r(_USAGE, "read", "create", "update"),), ("keyring.read",)),

@@ -2,8 +2,16 @@
 
 A version is retired or destroyed only when nothing refers to it:
 
-* a DEK version: no secret record (its ciphertexts name the version; every
-  record of the tenant is read to count them);
+* a DEK version: no process can still encrypt under it, and no secret
+  record refers to it. First the version is fenced in the tenant's usage
+  document (``keyops.usage``: no reservation of it is granted any more),
+  then the leases of reservations already granted are waited out (a
+  long-lived writer stops encrypting under it, and its last write lands),
+  and only then are the records read and counted (their ciphertexts name
+  the version). Ciphertexts handed to callers outside the store cannot be
+  counted: while any were made (``external`` uses), the version is refused
+  unless the operator acknowledges them (``acknowledge_external``), once
+  applications have rewrapped theirs (``Keyops.rewrap``, ``keyops rewrap``);
 * a KEK version: no DEK version of the tenant (in the keyring);
 * a master key version: no KEK version of any tenant.
 
@@ -22,6 +30,10 @@ a re-run after a crash finishes what is left (``changed`` then reports it).
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
+import logging
+import time
+from collections.abc import Callable
 from typing import Literal
 
 from keyops.errors import (
@@ -33,11 +45,19 @@ from keyops.errors import (
     KeyStateError,
     NotFound,
 )
-from keyops.model import LEVELS, STATES, Keyring
+from keyops.model import LEVELS, STATES, Keyring, format_time
 from keyops.names import validate_tenant, validate_version
 from keyops.references import count_dek_references, count_kek_references, count_master_references
 from keyops.rotation import CAS_ATTEMPTS, PENDING, sync_transit_key
 from keyops.service import MASTER_PATH, Keyops, MasterRegistry
+from keyops.usage import seconds_until
+
+#: Clocks of the hosts that write and the host that retires may differ this much.
+LEASE_SKEW_SECONDS = 2.0
+#: A lease longer than this (a garbled usage document, or a writer with an absurd deadline)
+#: is not waited out: retire refuses, naming when to try again.
+MAX_LEASE_WAIT_SECONDS = 600.0
+_log = logging.getLogger("keyops.lifecycle")
 
 Action = Literal["retire", "destroy"]
 _TARGET: dict[str, str] = {"retire": "retired", "destroy": "destroyed"}
@@ -59,23 +79,41 @@ class LifecycleResult:
     detail: str = ""
 
 
-def retire(k: Keyops, tenant: str | None, level: str, version: int, *, dry_run: bool = False) -> LifecycleResult:
-    """Make ``version`` unusable (kept for audit) once nothing refers to it."""
-    return _change(k, "retire", tenant, level, version, dry_run=dry_run)
+WaitCallback = Callable[[float, str], None]
+
+
+@dataclasses.dataclass(frozen=True)
+class _Options:
+    dry_run: bool
+    acknowledge_external: bool
+    on_wait: WaitCallback | None
+
+
+def retire(k: Keyops, tenant: str | None, level: str, version: int, *, dry_run: bool = False,
+           acknowledge_external: bool = False, on_wait: WaitCallback | None = None) -> LifecycleResult:
+    """Make ``version`` unusable (kept for audit) once nothing refers to it.
+
+    ``acknowledge_external``: a DEK version that encrypted for callers
+    outside keyops' store is retired anyway (their ciphertexts stop
+    decrypting). ``on_wait(seconds, why)`` is told before waiting out leases.
+    """
+    return _change(k, "retire", tenant, level, version, _Options(dry_run, acknowledge_external, on_wait))
 
 
 def destroy(k: Keyops, tenant: str | None, level: str, version: int, *, confirm: bool,
-            dry_run: bool = False) -> LifecycleResult:
+            dry_run: bool = False, acknowledge_external: bool = False,
+            on_wait: WaitCallback | None = None) -> LifecycleResult:
     """Destroy ``version``'s material for good; needs ``confirm=True`` (a dry run does not)."""
     if not confirm and not dry_run:
         where = "the master key" if level == "master" else f"tenant {tenant!r}"
         raise ConfirmationRequired(f"destroying {level} version {version} of {where} cannot be undone; "
                                    "confirm with --yes (confirm=True), or look first with --dry-run")
-    return _change(k, "destroy", tenant, level, version, dry_run=dry_run)
+    return _change(k, "destroy", tenant, level, version, _Options(dry_run, acknowledge_external, on_wait))
 
 
-def _change(k: Keyops, action: Action, tenant: str | None, level: str, version: int, *,
-            dry_run: bool) -> LifecycleResult:
+def _change(k: Keyops, action: Action, tenant: str | None, level: str, version: int,
+            options: _Options) -> LifecycleResult:
+    dry_run = options.dry_run
     if level not in LEVELS:
         raise InvalidInput(f"level must be one of {', '.join(LEVELS)}, not {level!r}")
     version = validate_version(version)
@@ -89,9 +127,9 @@ def _change(k: Keyops, action: Action, tenant: str | None, level: str, version: 
         tenant = validate_tenant(tenant)
         run = _change_tenant_key
     if dry_run:
-        return run(k, action, tenant, level, version, dry_run=True)
+        return run(k, action, tenant, level, version, options)
     with k.audited(action, tenant=tenant, level=level, versions=[version]) as event:
-        result = run(k, action, tenant, level, version, dry_run=False)
+        result = run(k, action, tenant, level, version, options)
         event.update(changed=result.changed, state=result.state_after)
     return result
 
@@ -99,9 +137,10 @@ def _change(k: Keyops, action: Action, tenant: str | None, level: str, version: 
 # --- DEK and KEK versions -------------------------------------------------------------------
 
 
-def _change_tenant_key(k: Keyops, action: Action, tenant: str | None, level: str, version: int, *,
-                       dry_run: bool) -> LifecycleResult:
+def _change_tenant_key(k: Keyops, action: Action, tenant: str | None, level: str, version: int,
+                       options: _Options) -> LifecycleResult:
     assert tenant is not None
+    dry_run = options.dry_run
     target = _TARGET[action]
     keyring, revision = k.read_keyring(tenant)
     before = _state(keyring, level, version)
@@ -111,13 +150,18 @@ def _change_tenant_key(k: Keyops, action: Action, tenant: str | None, level: str
         return LifecycleResult(action, tenant, level, version, bool(follow), before, before, 0, dry_run,
                                detail=_done_detail(action, level, version, tenant, before, follow))
     _check_not_primary(keyring, level, version)
+    waited = ""
+    if level == "dek":
+        waited = _stop_encryptions(k, keyring, version, action, options)
+        keyring, revision = k.read_keyring(tenant)  # counted after the fence and the leases, on a fresh keyring
+        _check_not_primary(keyring, level, version)
     references = _tenant_references(k, keyring, level, version)
     if references:
         raise KeyInUse(_in_use_message(action, level, version, tenant, references))
     if dry_run:
         return LifecycleResult(action, tenant, level, version, True, before, target, 0, True,
                                detail=f"would {action} {level.upper()} v{version} of tenant {tenant} "
-                                      f"({before} -> {target})")
+                                      f"({before} -> {target}){waited}")
     for _ in range(CAS_ATTEMPTS):
         new = keyring.set_state(level, version, target, k.clock())
         try:
@@ -135,10 +179,66 @@ def _change_tenant_key(k: Keyops, action: Action, tenant: str | None, level: str
     else:
         raise Conflict(f"the keyring of tenant {tenant!r} kept changing; nothing was {target}; retry later")
     follow = _follow_transit(k, new, level, action)
-    detail = f"{_TARGET[action]} {level.upper()} v{version} of tenant {tenant} ({before} -> {target})"
+    if level == "dek" and action == "destroy":
+        k.update_usage(tenant, lambda u: u.forget({version}))  # the document stays bounded
+    detail = f"{_TARGET[action]} {level.upper()} v{version} of tenant {tenant} ({before} -> {target}){waited}"
     if follow:
         detail += "; " + "; ".join(follow)
     return LifecycleResult(action, tenant, level, version, True, before, target, 0, False, detail=detail)
+
+
+def _stop_encryptions(k: Keyops, keyring: Keyring, version: int, action: Action, options: _Options) -> str:
+    """Make sure no process can still encrypt under DEK ``version``: fence it, then wait out its leases.
+
+    Returns a note for the result's detail. Refuses (``KeyInUse``) a version
+    that encrypted for callers outside the store unless acknowledged, and
+    a lease too long to wait for; in both cases before changing anything.
+    """
+    tenant = keyring.tenant
+    usage = k.read_usage(tenant)[0].get(version)
+    legacy = keyring.dek.get(version).uses
+    if (usage.external or legacy) and not options.acknowledge_external:
+        raise KeyInUse(_external_message(action, version, tenant, usage.external, legacy))
+    wait = _lease_wait(usage.lease_end())
+    if wait > MAX_LEASE_WAIT_SECONDS:
+        raise KeyInUse(f"cannot {action} DEK v{version} of tenant {tenant!r} yet: a process holds a reservation "
+                       f"of it until {format_time(usage.lease_end())}; retry after that")
+    if options.dry_run:
+        return f"; would first wait {wait:.0f}s for live reservations of it to end" if wait else ""
+    fenced = k.update_usage(tenant, lambda u: u.close(version, k.clock()))[0].get(version)
+    if (fenced.external > usage.external) and not options.acknowledge_external:  # reserved since the first look
+        raise KeyInUse(_external_message(action, version, tenant, fenced.external, legacy))
+    wait = _lease_wait(fenced.lease_end())
+    if wait > MAX_LEASE_WAIT_SECONDS:
+        raise KeyInUse(f"cannot {action} DEK v{version} of tenant {tenant!r} yet: a process holds a reservation "
+                       f"of it until {format_time(fenced.lease_end())}; retry after that (no new one is granted)")
+    if not wait:
+        return ""
+    why = (f"a process may still encrypt under DEK v{version} of tenant {tenant!r} until "
+           f"{format_time(fenced.lease_end())}")
+    _log.info("waiting %.0fs: %s", wait, why)
+    if options.on_wait is not None:
+        options.on_wait(wait, why)
+    time.sleep(wait)
+    return f"; waited {wait:.0f}s for live reservations of it to end"
+
+
+def _lease_wait(end: dt.datetime | None) -> float:
+    if end is None:
+        return 0.0
+    return seconds_until(end + dt.timedelta(seconds=LEASE_SKEW_SECONDS), dt.datetime.now(dt.timezone.utc))
+
+
+def _external_message(action: str, version: int, tenant: str, external: int, legacy: int) -> str:
+    if external:
+        what = (f"up to {external} encryptions under it were handed to callers outside keyops' store "
+                "(keyops encrypt, Keyops.encrypt), and keyops cannot count their ciphertexts")
+    else:
+        what = (f"it was used up to {legacy} times before keyops counted encryptions for callers outside its "
+                "store, so ciphertexts kept by applications may exist")
+    return (f"cannot {action} DEK v{version} of tenant {tenant!r}: {what}; have applications rewrap theirs "
+            f"(keyops rewrap --tenant {tenant}, or Keyops.rewrap), then {action} with --acknowledge-external "
+            "(acknowledge_external=True)")
 
 
 def _state(keyring: Keyring, level: str, version: int) -> str:
@@ -196,8 +296,9 @@ def _done_detail(action: str, level: str, version: int, tenant: str | None, stat
 # --- master key versions -----------------------------------------------------------------------
 
 
-def _change_master(k: Keyops, action: Action, tenant: str | None, level: str, version: int, *,
-                   dry_run: bool) -> LifecycleResult:
+def _change_master(k: Keyops, action: Action, tenant: str | None, level: str, version: int,
+                   options: _Options) -> LifecycleResult:
+    dry_run = options.dry_run
     target = _TARGET[action]
     for _ in range(CAS_ATTEMPTS):
         found = k.read_master()

@@ -394,7 +394,7 @@ class _Migration:
             if self.dry_run:
                 return _Item("migrated", origin)
             if write_cas is not None:
-                ct = k.encrypt_ciphertext(o.tenant, plaintext, secret_context(name))
+                ct = k.encrypt_record(o.tenant, plaintext, secret_context(name))
                 try:
                     k.write_record(o.tenant, name, ct, cas=write_cas,
                                    extra={ORIGIN_FIELD: origin_ref, "migrated_from_version": source_version})

@@ -104,7 +104,7 @@ class KeyVersion:
     wrapped: str  # base64 of the wrapper's blob
     parent_version: int  # master version (KEK) or KEK version (DEK) that wraps it
     state_changed_at: str | None = None
-    uses: int = 0  # DEK: encryptions reserved (an upper bound of those done)
+    uses: int = 0  # DEK: encryptions reserved before usage moved to its own document (keyops.usage); read only
     transit_version: int | None = None  # KEK of residence transit: its version in the Transit key
 
     def to_dict(self) -> dict[str, Any]:
@@ -245,20 +245,6 @@ class Keyring:
     def replace_version(self, level: str, new: KeyVersion) -> Keyring:
         return self.with_chain(level, self.chain(level).replace(new))
 
-    def reserve_uses(self, count: int) -> tuple[Keyring, int, int]:
-        """Reserve ``count`` encryptions of the primary DEK.
-
-        Returns the new keyring and the reserved range ``[start, end)``; the
-        range may be shorter than asked when the cap is near, and empty when
-        the cap is reached.
-        """
-        dek = self.dek.primary_key
-        start = dek.uses
-        end = min(start + count, self.policy.dek_usage_cap)
-        if end <= start:
-            return self, start, start
-        return self.replace_version("dek", dataclasses.replace(dek, uses=end)), start, end
-
     # --- serialisation -------------------------------------------------------------
 
     def to_dict(self) -> dict[str, Any]:
@@ -311,8 +297,13 @@ def age_days(created_at: str, now: dt.datetime) -> float:
     return (now - parse_time(created_at)).total_seconds() / 86400.0
 
 
-def due_rotations(keyring: Keyring, now: dt.datetime) -> list[Due]:
-    """What the tenant's policy says should rotate now."""
+def due_rotations(keyring: Keyring, now: dt.datetime, primary_dek_uses: int | None = None) -> list[Due]:
+    """What the tenant's policy says should rotate now.
+
+    ``primary_dek_uses``: the primary DEK's reserved uses from the tenant's
+    usage document (``keyops.usage``); without it, the count the keyring
+    itself kept before usage moved out of it.
+    """
     out: list[Due] = []
     for level in TENANT_LEVELS:
         primary = keyring.chain(level).primary_key
@@ -322,9 +313,9 @@ def due_rotations(keyring: Keyring, now: dt.datetime) -> list[Due]:
             out.append(Due(level, primary.version, "age", f"{age:.1f} days old, period {period} days"))
         elif level == "dek":
             cap = keyring.policy.dek_usage_cap
-            if primary.uses >= DUE_USAGE_FRACTION * cap:
-                out.append(Due(level, primary.version, "usage",
-                               f"{primary.uses} of {cap} uses reserved"))
+            uses = max(primary.uses, primary_dek_uses or 0)
+            if uses >= DUE_USAGE_FRACTION * cap:
+                out.append(Due(level, primary.version, "usage", f"{uses} of {cap} uses reserved"))
     return out
 
 

@@ -70,8 +70,10 @@ class ReencryptResult:
     keep the application's value). ``rewritten_late``: records found behind
     the target DEK by the verification pass and moved then. ``references``:
     records per DEK version after the job; ``unreferenced``: older DEK versions
-    in ``decrypt_only`` that no record refers to (candidates for retirement).
-    ``changed``: this run wrote something (records or the checkpoint). In a
+    in ``decrypt_only`` that no record refers to (candidates for retirement);
+    ``external``: of those, the ones that encrypted for callers outside the
+    store, with their count of such uses (their retirement needs an
+    acknowledgement, once applications have rewrapped). ``changed``: this run wrote something (records or the checkpoint). In a
     dry run, ``rewritten`` counts the records that would be rewritten.
     """
 
@@ -89,11 +91,13 @@ class ReencryptResult:
     rewritten_late: int = 0
     unreferenced: tuple[int, ...] = ()
     changed: bool = False
+    external: dict[int, int] = dataclasses.field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         out = dataclasses.asdict(self)
         out["references"] = {str(v): n for v, n in sorted(self.references.items())}
         out["unreferenced"] = list(self.unreferenced)
+        out["external"] = {str(v): n for v, n in sorted(self.external.items())}
         return out
 
     @classmethod
@@ -108,7 +112,8 @@ class ReencryptResult:
             references={int(v): int(n) for v, n in dict(data.get("references", {})).items()},
             dry_run=False, resumed=True, vanished=int(data.get("vanished", 0)),
             rewritten_late=int(data.get("rewritten_late", 0)),
-            unreferenced=tuple(int(v) for v in data.get("unreferenced", ())), changed=False)
+            unreferenced=tuple(int(v) for v in data.get("unreferenced", ())), changed=False,
+            external={int(v): int(n) for v, n in dict(data.get("external", {})).items()})
 
 
 @dataclasses.dataclass(frozen=True)
@@ -245,6 +250,7 @@ class _Job:
             self._pass()
             run.update(run.checkpoint.with_phase("verify", self.k.clock(), reset_cursor=False))
         references, late = self._verify()
+        unreferenced = _unreferenced(self.k, self.tenant, references)
         counts = collections.Counter(dict(run.checkpoint.counts))
         result = ReencryptResult(
             tenant=self.tenant, job_id=self.job_id, dek_version=self.target,
@@ -252,7 +258,8 @@ class _Job:
             rewritten=counts["rewritten"], already_current=counts["current"],
             redone_after_conflict=counts["conflicted"], references=references, dry_run=False,
             resumed=run.resumed, vanished=counts["vanished"], rewritten_late=late,
-            unreferenced=_unreferenced(self.k, self.tenant, references), changed=run.touched)
+            unreferenced=unreferenced, changed=run.touched,
+            external=_external_uses(self.k, self.tenant, unreferenced))
         run.update(run.checkpoint.finish(result.to_dict(), self.k.clock()))
         prune_finished(self.k, self.tenant)
         return result
@@ -343,15 +350,25 @@ def _move_one(k: Keyops, tenant: str, name: str, target: int, job_id: str, dry_r
 
 
 def _encrypt_at_least(k: Keyops, tenant: str, plaintext: bytes, context: bytes, target: int) -> crypto.Ciphertext:
-    ct = k.encrypt_ciphertext(tenant, plaintext, context)
+    ct = k.encrypt_record(tenant, plaintext, context)
     if ct.dek_version < target:
         # This process still held a reservation of an older DEK: a fresh keyring read retires it.
         k.read_keyring(tenant)
-        ct = k.encrypt_ciphertext(tenant, plaintext, context)
+        ct = k.encrypt_record(tenant, plaintext, context)
         if ct.dek_version < target:
             raise KeyStateError(f"tenant {tenant!r} encrypts with DEK version {ct.dek_version}, older than the "
                                 f"target {target}; check the keyring with 'keyops tenant show {tenant}'")
     return ct
+
+
+def _external_uses(k: Keyops, tenant: str, versions: tuple[int, ...]) -> dict[int, int]:
+    """Uses handed to callers outside the store per version (a count kept before the usage document counts too)."""
+    if not versions:
+        return {}
+    usage = k.read_usage(tenant)[0]
+    keyring = k.read_keyring(tenant)[0]
+    out = {v: usage.get(v).external or keyring.dek.get(v).uses for v in versions}
+    return {v: n for v, n in out.items() if n}
 
 
 def _unreferenced(k: Keyops, tenant: str, references: Mapping[int, int]) -> tuple[int, ...]:
@@ -381,9 +398,10 @@ def _dry_run(k: Keyops, tenant: str, target: int, job_id: str, workers: int, bat
                 describe=lambda name, exc: f"dry run of the re-encryption of tenant {tenant!r} stopped at "
                                            f"secret {name!r}: {exc}")
     # Before the move, old versions are still referenced; none would be once the records moved.
+    unreferenced = _unreferenced(k, tenant, {target: 1})
     return ReencryptResult(
         tenant=tenant, job_id=job_id, dek_version=target,
         total=counts["rewritten"] + counts["current"] + counts["vanished"], rewritten=counts["rewritten"],
         already_current=counts["current"], redone_after_conflict=0, references=dict(sorted(references.items())),
         dry_run=True, resumed=False, vanished=counts["vanished"],
-        unreferenced=_unreferenced(k, tenant, {target: 1}), changed=False)
+        unreferenced=unreferenced, changed=False, external=_external_uses(k, tenant, unreferenced))

@@ -15,9 +15,11 @@ import contextlib
 import dataclasses
 import datetime as dt
 import itertools
+import logging
 import sys
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
@@ -58,6 +60,7 @@ from keyops.model import (
     utcnow,
 )
 from keyops.names import validate_secret_name, validate_tenant
+from keyops.usage import Usage
 from keyops.vault import CallCounter, VaultStore
 from keyops.wrappers import AeadWrapper, KeyWrapper, Pkcs11Wrapper, TransitWrapper
 
@@ -76,10 +79,19 @@ MAX_RESERVATION = 1 << 20
 #: interpreter takes the locked path for every encryption instead.
 _LOCK_FREE_USES = getattr(sys, "_is_gil_enabled", lambda: True)()
 _monotonic = time.monotonic
+_log = logging.getLogger("keyops.service")
+
+
+def _wall() -> dt.datetime:
+    return dt.datetime.now(dt.timezone.utc)
 
 
 def keyring_path(tenant: str) -> str:
     return f"tenants/{tenant}/keyring"
+
+
+def usage_path(tenant: str) -> str:
+    return f"tenants/{tenant}/usage"
 
 
 def jobs_path(tenant: str) -> str:
@@ -123,7 +135,8 @@ class VersionStatus:
     created_at: str
     age_days: float
     parent_version: int
-    uses: int | None = None
+    uses: int | None = None  # DEK: encryptions reserved (an upper bound of those done)
+    external_uses: int | None = None  # DEK: the part of them handed to callers outside keyops' store
 
 
 @dataclasses.dataclass(frozen=True)
@@ -270,18 +283,33 @@ class _LruCache:
 
 @dataclasses.dataclass
 class _Reservation:
-    """Uses ``[start, end)`` of DEK ``dek_version``, reserved in the keyring by this process.
+    """Uses ``[start, end)`` of DEK ``dek_version``, reserved in the usage document by this process.
 
     ``counter`` hands out each number once (``next`` is atomic under the GIL);
     a number at or past ``end`` is never used for an encryption, so the
-    keyring's count is always an upper bound of the encryptions done.
+    recorded count is always an upper bound of the encryptions done. No
+    encryption under it starts at or after ``deadline`` (monotonic): the
+    lease recorded in the usage document ends later than that by this
+    process's request deadline, which is what retire and destroy wait out.
     """
 
     dek_version: int
+    start: int
     end: int
     block: int
-    taken_at: float
+    deadline: float
     counter: Iterator[int]
+    external: bool
+
+
+def _next_block(previous: _Reservation | None) -> int:
+    """Blocks double while a process spends them before its lease ends, and shrink to its demand otherwise."""
+    if previous is None:
+        return FIRST_RESERVATION
+    spent = next(previous.counter) - previous.start
+    if spent >= previous.end - previous.start:
+        return min(previous.block * 2, MAX_RESERVATION)
+    return max(FIRST_RESERVATION, min(MAX_RESERVATION, spent * 2))
 
 
 class _FastTenant:
@@ -293,8 +321,7 @@ class _FastTenant:
     Bound DEKs enter only after their state was checked against ``src``.
     """
 
-    __slots__ = ("src", "expires", "header_len", "text_tenant_len", "by_version", "by_header", "by_text",
-                 "primary", "reservation", "enc_expires")
+    __slots__ = ("src", "expires", "header_len", "text_tenant_len", "by_version", "by_header", "by_text", "enc")
 
     def __init__(self, tenant: str, src: tuple[Keyring, int, float], ttl: float) -> None:
         self.src = src
@@ -304,9 +331,9 @@ class _FastTenant:
         self.by_version: dict[int, crypto.BoundKey] = {}
         self.by_header: dict[bytes, crypto.BoundKey] = {}  # binary header up to the DEK version
         self.by_text: dict[str, crypto.BoundKey] = {}  # "keyops:v1:<tenant>:<version>:"
-        self.primary: crypto.BoundKey | None = None  # set with a live reservation of the primary DEK
-        self.reservation: _Reservation | None = None
-        self.enc_expires = 0.0
+        # Per purpose (index 0: records of keyops' store, 1: callers outside it): the primary
+        # DEK, this process's live reservation of it and when encrypting with it must stop.
+        self.enc: list[tuple[crypto.BoundKey, _Reservation, float] | None] = [None, None]
 
 
 # --- the API ------------------------------------------------------------------------------
@@ -332,7 +359,9 @@ class Keyops:
             audit.attach(self.store)  # the audit trail's KV copies use this caller's token
         self._keys = _LruCache(cache_size)
         self._keyrings: dict[str, tuple[Keyring, int, float]] = {}
-        self._reservations: dict[str, _Reservation] = {}
+        self._reservations: dict[tuple[str, bool], _Reservation] = {}
+        #: Names this object's leases in usage documents (``keyops.usage``); no meaning beyond that.
+        self.holder = uuid.uuid4().hex[:12]
         self._fast: dict[str, _FastTenant] = {}
         self._master_seen: tuple[MasterRegistry, float] | None = None
         self._tenant_locks: collections.defaultdict[str, threading.Lock] = collections.defaultdict(threading.Lock)
@@ -348,8 +377,26 @@ class Keyops:
         return self._hsm
 
     def close(self) -> None:
+        self.release_leases()
         if self._hsm is not None:
             self._hsm.close()
+
+    def release_leases(self) -> None:
+        """Stop encrypting under this object's reservations and end their leases in the usage documents.
+
+        A retire then need not wait for the leases of a process that is done.
+        Best effort: a lease that cannot be released (Vault unreachable) just
+        runs out; the next encryption reserves anew.
+        """
+        with self._lock:
+            tenants = sorted({tenant for tenant, _ in self._reservations})
+            self._reservations.clear()
+            self._fast.clear()  # no encryption under the released reservations from here on
+        for tenant in tenants:
+            try:
+                self.update_usage(tenant, lambda u: u.release(self.holder))
+            except KeyopsError as exc:
+                _log.info("the leases of tenant %r run out by themselves: %s", tenant, exc.code)
 
     def __enter__(self) -> Keyops:
         return self
@@ -613,7 +660,8 @@ class Keyops:
                     self.store.delete_all_versions(f"{jobs_path(tenant)}/{job}")
                 self.store.delete_all_versions(keyring_path(tenant))
                 self._keyrings.pop(tenant, None)
-                self._reservations.pop(tenant, None)
+                self._reservations.pop((tenant, False), None)
+                self._reservations.pop((tenant, True), None)
                 self._keys.discard_tenant(tenant)
         return True
 
@@ -744,62 +792,94 @@ class Keyops:
         self._keys.put((keyring.tenant, "dek", version, kv.wrapped), key)
         return key
 
-    def _take_use(self, tenant: str) -> int:
-        """One encryption of the primary DEK; reserves a block of uses when out.
+    def _take_use(self, tenant: str, external: bool) -> int:
+        """One encryption of the primary DEK; reserves a block of uses when out, or when the lease ended.
 
-        The hot path (``encrypt``/``encrypt_bytes``) draws from the same
-        reservation counter without the lock; this is its locked slow path.
+        The hot path (``_encrypting_key``) draws from the same reservation
+        counter without the lock; this is its locked slow path.
         """
         with self._tenant_locks[tenant]:
-            r = self._reservations.get(tenant)
+            r = self._reservations.get((tenant, external))
             previous = r
             cached = self._keyrings.get(tenant)
             if r is not None and cached is not None and cached[0].dek.primary != r.dek_version:
                 r = None  # the DEK was rotated (seen in this process): stop spending the old one
-            if r is not None and next(r.counter) < r.end:
-                if _monotonic() - r.taken_at < self.keyring_ttl:
-                    return r.dek_version
-                # Stale but unspent: re-validate the primary with one read; the number drawn is this use.
-                keyring = self.read_keyring(tenant)[0]
-                if keyring.dek.primary == r.dek_version:
-                    r.taken_at = _monotonic()
-                    return r.dek_version
-            r = self._reserve(tenant, previous)
+            if r is not None and _monotonic() < r.deadline and next(r.counter) < r.end:
+                return r.dek_version
+            r = self._reserve(tenant, previous, external)
             next(r.counter)  # the first number of the new block is this use
             return r.dek_version
 
-    def _reserve(self, tenant: str, previous: _Reservation | None) -> _Reservation:
-        """Reserve a new block of uses of the primary DEK with one check-and-set write."""
+    def _reserve(self, tenant: str, previous: _Reservation | None, external: bool) -> _Reservation:
+        """Reserve a block of uses of the primary DEK under a lease, with one check-and-set write of the usage.
+
+        The usage document is read before the keyring, and the write is a
+        check-and-set on the usage read: a retire that fenced the version
+        in between makes the write fail, and the retry sees the fence (or a
+        newer primary). So no reservation of a fenced version is ever granted.
+        """
         self.authorize("usage.reserve", tenant)
         # Unwrap the primary DEK first: a process that cannot use it (wrong PIN,
         # HSM or Transit refusing) must fail without spending a reservation.
         self.dek(tenant, self._cached_keyring(tenant).dek.primary)
-        block = FIRST_RESERVATION if previous is None else min(previous.block * 2, MAX_RESERVATION)
-        got: list[int] = []
-
-        def change(keyring: Keyring) -> Keyring:
+        block = _next_block(previous)
+        lease = self.keyring_ttl
+        for _ in range(CAS_RETRIES):
+            started = _monotonic()
+            usage, cas = self.read_usage(tenant)
+            keyring = self.read_keyring(tenant)[0]
             primary = keyring.dek.primary_key
             if primary.state != "active":
                 raise KeyStateError(f"the primary DEK of tenant {tenant!r} is {primary.state}")
-            new, start, end = keyring.reserve_uses(block)
-            got[:] = [primary.version, start, end]
-            return new
+            # The recorded lease outlasts this process's last encryption under it by the
+            # request deadline, so the write of that ciphertext has landed (or failed) by then.
+            lease_until = _wall() + dt.timedelta(seconds=lease + self.config.vault_timeout)
+            new, start, end = usage.reserve(primary.version, block, keyring.policy.dek_usage_cap,
+                                            external=external, holder=self.holder, now=_wall(),
+                                            lease_until=lease_until, legacy_uses=primary.uses)
+            if end <= start:
+                raise UsageCapReached(f"DEK version {primary.version} of tenant {tenant!r} reached its usage cap; "
+                                      f"rotate the DEK: keyops rotate --tenant {tenant} --level dek")
+            try:
+                self.store.write(usage_path(tenant), new.to_dict(), cas=cas)
+            except Conflict:
+                continue
+            r = _Reservation(primary.version, start, end, block, started + lease, itertools.count(start), external)
+            self._reservations[(tenant, external)] = r
+            return r
+        raise Conflict(f"the usage document of tenant {tenant!r} kept changing under {CAS_RETRIES} attempts; "
+                       "retry later")
 
-        self.update_keyring(tenant, change)
-        version, start, end = got
-        if end <= start:
-            raise UsageCapReached(f"DEK version {version} of tenant {tenant!r} reached its usage cap; rotate the "
-                                  f"DEK: keyops rotate --tenant {tenant} --level dek")
-        r = _Reservation(version, end, block, _monotonic(), itertools.count(start))
-        self._reservations[tenant] = r
-        return r
+    def read_usage(self, tenant: str) -> tuple[Usage, int]:
+        """The tenant's usage document and its KV version (0: none yet)."""
+        tenant = validate_tenant(tenant)
+        self.authorize("keyring.read", tenant)
+        found = self.store.read(usage_path(tenant))
+        if found is None:
+            return Usage(tenant), 0
+        return Usage.from_dict(found[0], tenant), found[1]
 
-    def _bound_key(self, tenant: str, version: int, encrypting: bool = False) -> crypto.BoundKey:
+    def update_usage(self, tenant: str, change: Callable[[Usage], Usage]) -> tuple[Usage, int]:
+        """Read, change, write the usage document with check-and-set; retry on a lost race."""
+        for _ in range(CAS_RETRIES):
+            usage, version = self.read_usage(tenant)
+            new = change(usage)
+            if new == usage:
+                return usage, version
+            try:
+                return new, self.store.write(usage_path(tenant), new.to_dict(), cas=version)
+            except Conflict:
+                continue
+        raise Conflict(f"the usage document of tenant {tenant!r} kept changing under {CAS_RETRIES} attempts; "
+                       "retry later")
+
+    def _bound_key(self, tenant: str, version: int, encrypting: bool | None = None) -> crypto.BoundKey:
         """DEK ``version`` bound to the tenant (``dek`` checks its state), entered in the fast path.
 
         It enters the tenant's fast path only when its state allows it in the
-        keyring cached right now; for encryption, only as the primary DEK with
-        this process's live reservation of it.
+        keyring cached right now; for encryption (``encrypting``: False for
+        records of the store, True for callers outside it), only as the
+        primary DEK with this process's live reservation of it.
         """
         key = self.dek(tenant, version)
         src = self._keyrings.get(tenant)
@@ -825,11 +905,11 @@ class Keyops:
         st.by_version[version] = bk
         st.by_header[bk.header] = bk
         st.by_text[bk.text_prefix] = bk
-        r = self._reservations.get(tenant)
-        if (encrypting and r is not None and r.dek_version == version == keyring.dek.primary
-                and kv.state == "active"):
-            st.primary, st.reservation = bk, r
-            st.enc_expires = min(st.expires, r.taken_at + self.keyring_ttl)
+        if encrypting is not None:
+            r = self._reservations.get((tenant, encrypting))
+            if (r is not None and r.dek_version == version == keyring.dek.primary
+                    and kv.state == "active"):
+                st.enc[encrypting] = (bk, r, min(st.expires, r.deadline))
         return bk
 
     # --- data -----------------------------------------------------------------------------
@@ -841,32 +921,60 @@ class Keyops:
     # stale. Any error or unusual input also goes the slow way, so errors are
     # those of the full parser.
 
-    def _encrypting_key(self, tenant: str, context: bytes | str) -> crypto.BoundKey:
+    def _encrypting_key(self, tenant: str, context: bytes | str, external: bool) -> crypto.BoundKey:
         """The primary DEK of ``tenant`` with one use drawn from this process's reservation."""
         try:
             st = self._fast[tenant]
         except (KeyError, TypeError):
             pass
         else:
-            r = st.reservation
-            if (r is not None and self._keyrings.get(tenant) is st.src and _monotonic() < st.enc_expires
-                    and _LOCK_FREE_USES and next(r.counter) < r.end):
-                return st.primary  # type: ignore[return-value]
+            slot = st.enc[external]
+            if (slot is not None and self._keyrings.get(tenant) is st.src and _monotonic() < slot[2]
+                    and _LOCK_FREE_USES and next(slot[1].counter) < slot[1].end):
+                return slot[0]
         tenant = validate_tenant(tenant)
         crypto._check_context(context)  # bad input must not spend a reservation
-        version = self._take_use(tenant)
-        return self._bound_key(tenant, version, encrypting=True)
+        version = self._take_use(tenant, external)
+        return self._bound_key(tenant, version, encrypting=external)
+
+    # ``encrypt``, ``encrypt_bytes`` and ``encrypt_ciphertext`` hand ciphertexts to the caller,
+    # outside keyops' store: their uses are counted apart (``external`` in the usage
+    # document), because no reference count can find them before a retire.
 
     def encrypt_bytes(self, tenant: str, plaintext: bytes, context: bytes | str = b"") -> bytes:
         """Encrypt for ``tenant``; the binary form (see ``keyops.crypto``)."""
-        return self._encrypting_key(tenant, context).seal(plaintext, context)
+        return self._encrypting_key(tenant, context, True).seal(plaintext, context)
 
     def encrypt(self, tenant: str, plaintext: bytes, context: bytes | str = b"") -> str:
         """Encrypt for ``tenant``; the text form ``keyops:v1:...``."""
-        return self._encrypting_key(tenant, context).seal_text(plaintext, context)
+        return self._encrypting_key(tenant, context, True).seal_text(plaintext, context)
 
     def encrypt_ciphertext(self, tenant: str, plaintext: bytes, context: bytes | str = b"") -> crypto.Ciphertext:
         return crypto.Ciphertext.from_bytes(self.encrypt_bytes(tenant, plaintext, context))
+
+    def encrypt_record(self, tenant: str, plaintext: bytes, context: bytes | str = b"") -> crypto.Ciphertext:
+        """Encrypt a record that keyops' store will hold (secrets, re-encryption, migration)."""
+        return crypto.Ciphertext.from_bytes(self._encrypting_key(tenant, context, False).seal(plaintext, context))
+
+    def rewrap(self, tenant: str, ciphertext: str | bytes | crypto.Ciphertext,
+               context: bytes | str = b"") -> str | bytes | crypto.Ciphertext:
+        """A ciphertext kept outside keyops' store, moved to the tenant's primary DEK (in the same form).
+
+        Already under the primary (checked on a fresh keyring read), it is
+        returned as it is. Applications run this over the ciphertexts they
+        keep before an operator retires the older DEK version.
+        """
+        tenant = validate_tenant(tenant)
+        ct = ciphertext if isinstance(ciphertext, crypto.Ciphertext) else crypto.Ciphertext.parse(ciphertext)
+        plaintext = self.decrypt(tenant, ct, context)  # authentic for this tenant and context, whatever follows
+        if ct.dek_version >= self._cached_keyring(tenant).dek.primary:
+            # The cached keyring may predate a rotation: decide on a fresh one.
+            if ct.dek_version >= self.read_keyring(tenant)[0].dek.primary:
+                return ciphertext
+        sealed = self.encrypt_ciphertext(tenant, plaintext, context)
+        if isinstance(ciphertext, crypto.Ciphertext):
+            return sealed
+        return sealed.to_text() if isinstance(ciphertext, str) else sealed.to_bytes()
 
     def decrypt(self, tenant: str, ciphertext: str | bytes | crypto.Ciphertext, context: bytes | str = b"") -> bytes:
         """Decrypt a ciphertext of ``tenant`` in any form (text, binary or parsed)."""
@@ -937,7 +1045,7 @@ class Keyops:
                 return SecretResult(tenant, name, False, record.kv_version, record.dek_version)
             if dry_run:
                 return SecretResult(tenant, name, True, record.kv_version if record else None, None)
-            ct = self.encrypt_ciphertext(tenant, value, secret_context(name))
+            ct = self.encrypt_record(tenant, value, secret_context(name))
             try:
                 with self.audited("secret.write", tenant=tenant, name=name, level="dek", versions=[ct.dek_version]):
                     version = self.write_record(tenant, name, ct, cas=record.kv_version if record else 0)
@@ -978,13 +1086,15 @@ class Keyops:
 
     def tenant_status(self, tenant: str, keyring: Keyring | None = None) -> TenantStatus:
         keyring = keyring or self.read_keyring(tenant)[0]
+        usage = self.read_usage(keyring.tenant)[0]
         now = self.clock()
 
         def level(name: str) -> LevelStatus:
             chain = keyring.chain(name)
             versions = tuple(
                 VersionStatus(kv.version, kv.state, kv.created_at, round(age_days(kv.created_at, now), 2),
-                              kv.parent_version, kv.uses if name == "dek" else None)
+                              kv.parent_version, usage.uses(kv.version, kv.uses) if name == "dek" else None,
+                              usage.get(kv.version).external if name == "dek" else None)
                 for kv in chain.versions)
             until = int((next_due(keyring, name) - now).total_seconds()) if not chain.empty else 0
             return LevelStatus(name, chain.primary, keyring.policy.period_days(name),
@@ -996,8 +1106,9 @@ class Keyops:
 
         if keyring.dek.empty:
             raise KeyStateError(f"tenant {tenant!r} is half-made (no DEK yet); re-run 'keyops tenant create'")
-        kek, dek, due = level("kek"), level("dek"), tuple(due_rotations(keyring, now))
-        uses, cap = keyring.dek.primary_key.uses, keyring.policy.dek_usage_cap
+        primary = keyring.dek.primary_key
+        uses, cap = usage.uses(primary.version, primary.uses), keyring.policy.dek_usage_cap
+        kek, dek, due = level("kek"), level("dek"), tuple(due_rotations(keyring, now, primary_dek_uses=uses))
         return TenantStatus(
             tenant=keyring.tenant, residence=keyring.policy.kek_residence, policy=keyring.policy.to_dict(),
             created_at=keyring.created_at, kek=kek, dek=dek, dek_usage=uses, dek_usage_cap=cap, due=due,

@@ -14,6 +14,7 @@ the full table is in ``keyops.cli.rotate``.
 from __future__ import annotations
 
 import argparse
+import sys
 
 from keyops.cli._common import add_json_flag, open_keyops, print_json
 from keyops.cli.rotate import EXIT_DONE, EXIT_NOTHING_TO_DO
@@ -32,6 +33,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         parser.add_argument("--version", type=int, required=True, metavar="N", help="the key version")
         if action == "destroy":
             parser.add_argument("--yes", action="store_true", help="confirm: the key material is gone for good")
+        parser.add_argument("--acknowledge-external", action="store_true",
+                            help="a DEK version that encrypted for callers outside keyops' store: proceed anyway "
+                                 "(after applications rewrapped their ciphertexts with 'keyops rewrap')")
         parser.add_argument("--dry-run", action="store_true", help="check and say what would happen, change nothing")
         add_json_flag(parser)
         parser.set_defaults(func=cmd_lifecycle, action=action)
@@ -39,12 +43,18 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def cmd_lifecycle(args: argparse.Namespace) -> int:
     with open_keyops() as k:
+        common = {"dry_run": args.dry_run, "acknowledge_external": args.acknowledge_external,
+                  "on_wait": None if args.json else _say_wait}  # --json: stderr holds only the error
         if args.action == "retire":
-            result = retire(k, args.tenant, args.level, args.version, dry_run=args.dry_run)
+            result = retire(k, args.tenant, args.level, args.version, **common)
         else:
-            result = destroy(k, args.tenant, args.level, args.version, confirm=args.yes, dry_run=args.dry_run)
+            result = destroy(k, args.tenant, args.level, args.version, confirm=args.yes, **common)
     _print(result, args.json)
     return EXIT_DONE if result.changed else EXIT_NOTHING_TO_DO
+
+
+def _say_wait(seconds: float, why: str) -> None:
+    print(f"waiting {seconds:.0f}s: {why}", file=sys.stderr, flush=True)
 
 
 def _print(result: LifecycleResult, as_json: bool) -> None:

@@ -96,4 +96,8 @@ def summary(r: ReencryptResult) -> str:
         when = "would then refer" if r.dry_run else "refers"
         lines.append(f"no secret {when} to DEK version(s) {versions}: retire with "
                      f"'keyops retire --tenant {r.tenant} --level dek --version N'")
+    for version, uses in sorted(r.external.items()):
+        lines.append(f"but DEK v{version} encrypted up to {uses} values for callers outside keyops' store: "
+                     f"applications must rewrap the ciphertexts they keep (keyops rewrap --tenant {r.tenant}) "
+                     "before it is retired with --acknowledge-external")
     return "\n".join(lines)

@@ -79,8 +79,8 @@ def test_threads_never_undercount_uses(config: Config, small_blocks: int) -> Non
             w.join()
         done = sum(len(r) for r in results)
         assert done == threads * per_thread
-        uses = Keyops(config).read_keyring(tenant)[0].dek.primary_key.uses
-        assert uses >= done  # reserved in Vault before spent: an upper bound, never less
+        usage = Keyops(config).read_usage(tenant)[0].get(1)
+        assert usage.reserved >= done and usage.external == usage.reserved  # reserved in Vault before spent: an upper bound, never less
         assert k.calls.snapshot()["kv.write"] >= done // small_blocks  # many blocks were crossed
         for i, cts in enumerate(results):
             for n, ct in enumerate(cts):
@@ -99,7 +99,8 @@ def test_usage_cap_stops_the_hot_path(config: Config, small_blocks: int) -> None
         assert done == cap
         with pytest.raises(UsageCapReached):  # and stays stopped, text form too
             k.encrypt(tenant, b"x", CONTEXT)
-        assert k.read_keyring(tenant)[0].dek.primary_key.uses == cap
+        assert k.read_usage(tenant)[0].get(1).reserved == cap
+        assert k.read_keyring(tenant)[0].dek.primary_key.uses == 0  # the keyring is only read by encryptions
 
 
 def test_keyring_change_elsewhere_is_seen_after_the_ttl(config: Config) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import dataclasses
+import datetime as dt
 import json
 import os
 import subprocess
@@ -33,7 +34,7 @@ from keyops.errors import Conflict, InvalidInput, KeyringCorrupt, SecretNotFound
 from keyops.model import Policy
 from keyops.reencrypt import reencrypt
 from keyops.rotation import rotate
-from keyops.service import Keyops, keyring_path, secret_path, transit_key_name
+from keyops.service import Keyops, keyring_path, secret_path, transit_key_name, usage_path
 
 pytestmark = pytest.mark.integration
 
@@ -60,6 +61,10 @@ def tenants(k: Keyops) -> dict[str, str]:
         k.create_tenant(name, Policy(kek_residence=residence))
         made[residence] = name
     return made
+
+
+def u_now() -> dt.datetime:
+    return dt.datetime.now(dt.timezone.utc)
 
 
 def raw_doc(vault_client: Any, path: str) -> tuple[dict[str, Any], int]:
@@ -256,14 +261,20 @@ def test_ten_thousand_decryptions_cost_one_unwrap(config: Config, tenants: dict[
 
 def test_encryptions_reserve_uses_in_blocks(config: Config, vault_client: Any, tenants: dict[str, str]) -> None:
     tenant = tenants["kv"]
-    before = raw_doc(vault_client, keyring_path(tenant))[0]["dek"]["versions"][0]["uses"]
+    keyring_before = raw_doc(vault_client, keyring_path(tenant))
+    try:
+        before = raw_doc(vault_client, usage_path(tenant))[0]["versions"]["1"]["reserved"]
+    except hvac.exceptions.InvalidPath:
+        before = 0  # nothing encrypted yet
     with Keyops(config) as fresh:
         for i in range(5000):
             fresh.encrypt(tenant, b"x")
         writes = fresh.calls.snapshot().get("kv.write", 0)
-    after = raw_doc(vault_client, keyring_path(tenant))[0]["dek"]["versions"][0]["uses"]
+    after = raw_doc(vault_client, usage_path(tenant))[0]["versions"]["1"]
     assert 1 <= writes <= 3  # a block of reservations, not one write per encryption
-    assert after - before >= 5000  # never undercounts
+    assert after["reserved"] - before >= 5000  # never undercounts
+    assert after["external"] >= 5000  # handed to this caller, outside keyops' store
+    assert raw_doc(vault_client, keyring_path(tenant)) == keyring_before  # encryptions never write the keyring
 
 
 # --- concurrent writers ---------------------------------------------------------------------------------
@@ -280,7 +291,7 @@ def test_two_writers_with_the_same_cas_cannot_both_win(config: Config, vault_cli
         barrier = threading.Barrier(2)
 
         def write(i: int) -> None:
-            mine = base.reserve_uses(1 + i)[0]  # two different changes of the same version
+            mine = dataclasses.replace(base, created_at=f"2020-01-0{1 + i}T00:00:00Z")  # two different changes
             barrier.wait()
             try:
                 outcomes[i] = ("won", writers[i].write_keyring(tenant, mine, cas=version), mine)
@@ -314,7 +325,6 @@ def test_concurrent_updates_lose_nothing(config: Config, vault_client: Any) -> N
     tenant = new_tenant("upd")
     with Keyops(config) as setup:
         setup.create_tenant(tenant)
-    start = raw_doc(vault_client, keyring_path(tenant))[0]["dek"]["versions"][0]["uses"]
     writers = [Keyops(config) for _ in range(4)]
     barrier = threading.Barrier(len(writers))
     errors: list[BaseException] = []
@@ -323,7 +333,8 @@ def test_concurrent_updates_lose_nothing(config: Config, vault_client: Any) -> N
         barrier.wait()
         try:
             for _ in range(2):
-                w.update_keyring(tenant, lambda kr: kr.reserve_uses(10)[0])
+                w.update_usage(tenant, lambda u: u.reserve(1, 10, 10**6, external=False, holder=w.holder, now=u_now(),
+                                                           lease_until=u_now())[0])
         except BaseException as exc:  # noqa: BLE001 - reported by the assertion below
             errors.append(exc)
 
@@ -333,8 +344,8 @@ def test_concurrent_updates_lose_nothing(config: Config, vault_client: Any) -> N
     for t in threads:
         t.join(timeout=120)
     assert not errors, errors
-    doc, _ = raw_doc(vault_client, keyring_path(tenant))
-    assert doc["dek"]["versions"][0]["uses"] == start + 4 * 2 * 10
+    doc, _ = raw_doc(vault_client, usage_path(tenant))
+    assert doc["versions"]["1"]["reserved"] == 4 * 2 * 10
     for w in writers:
         w.close()
 

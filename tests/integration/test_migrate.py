@@ -218,11 +218,11 @@ class _SourceRacingKeyops(Keyops):
         self.vault_client, self.path, self.value = vault_client, path, value
         self.raced = False
 
-    def encrypt_ciphertext(self, tenant: str, plaintext: bytes, context: Any = b"") -> Any:
+    def encrypt_record(self, tenant: str, plaintext: bytes, context: Any = b"") -> Any:
         if not self.raced:
             self.raced = True
             kv_write(self.vault_client, self.path, {"v": self.value})
-        return super().encrypt_ciphertext(tenant, plaintext, context)
+        return super().encrypt_record(tenant, plaintext, context)
 
 
 def test_a_source_changed_during_its_migration_is_migrated_again(config: Config, k: Keyops,

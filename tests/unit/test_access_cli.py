@@ -47,7 +47,10 @@ def test_roles_and_operations_listings(capsys: pytest.CaptureFixture[str]) -> No
     ops = {o["name"]: o for o in json.loads(capsys.readouterr().out)}
     assert set(ops) == set(access.OPERATIONS)
     assert ops["dek.unwrap"]["paths"] == {"transit/decrypt/keyops-<tenant>": ["update"],
-                                          "keyops/data/tenants/<tenant>/keyring": ["read"]}
+                                          "keyops/data/tenants/<tenant>/keyring": ["read"],
+                                          "keyops/data/tenants/<tenant>/usage": ["read"]}
+    assert ops["usage.reserve"]["paths"]["keyops/data/tenants/<tenant>/usage"] == ["create", "read", "update"]
+    assert ops["usage.reserve"]["paths"]["keyops/data/tenants/<tenant>/keyring"] == ["read"]  # never written
     assert main(["policy", "roles"]) == 0
     assert "PIN: no" in capsys.readouterr().out
 

@@ -7,7 +7,7 @@ import sys
 
 
 def test_pure_modules_import_no_backend() -> None:
-    code = ("import sys, keyops.crypto, keyops.model, keyops.names; "
+    code = ("import sys, keyops.crypto, keyops.model, keyops.names, keyops.usage; "
             "print(sorted(m for m in ('hvac', 'requests', 'pkcs11') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"

@@ -129,24 +129,9 @@ def test_invalid_state_and_level() -> None:
 # --- usage --------------------------------------------------------------------------------------
 
 
-def test_reserve_uses_up_to_the_cap() -> None:
-    kr = new_keyring(Policy(dek_usage_cap=10))
-    kr1, start, end = kr.reserve_uses(4)
-    assert (start, end) == (0, 4) and kr1.dek.primary_key.uses == 4 and kr.dek.primary_key.uses == 0
-    kr2, start, end = kr1.reserve_uses(4)
-    assert (start, end) == (4, 8)
-    kr3, start, end = kr2.reserve_uses(4)
-    assert (start, end) == (8, 10) and kr3.dek.primary_key.uses == 10
-    kr4, start, end = kr3.reserve_uses(4)
-    assert start == end == 10 and kr4 is kr3
-
-
-def test_reserve_uses_counts_only_the_primary() -> None:
-    kr = new_keyring(Policy(dek_usage_cap=10)).reserve_uses(10)[0]
-    kr = kr.add_version("dek", "djI=", 1, day(1))
-    kr, start, end = kr.reserve_uses(3)
-    assert (start, end) == (0, 3)
-    assert kr.dek.get(1).uses == 10 and kr.dek.get(2).uses == 3
+def with_uses(kr: Keyring, uses: int) -> Keyring:
+    """A keyring whose primary DEK counted ``uses`` itself, as keyrings did before the usage document."""
+    return kr.replace_version("dek", dataclasses.replace(kr.dek.primary_key, uses=uses))
 
 
 # --- due-ness ------------------------------------------------------------------------------------
@@ -172,13 +157,14 @@ def test_due_by_age() -> None:
 def test_due_by_usage() -> None:
     cap = 1000
     kr = new_keyring(Policy(dek_usage_cap=cap))
-    below = kr.reserve_uses(int(cap * DUE_USAGE_FRACTION) - 1)[0]
-    assert due_rotations(below, day(1)) == []
-    at = kr.reserve_uses(int(cap * DUE_USAGE_FRACTION))[0]
-    (due,) = due_rotations(at, day(1))
+    assert due_rotations(kr, day(1), primary_dek_uses=int(cap * DUE_USAGE_FRACTION) - 1) == []
+    (due,) = due_rotations(kr, day(1), primary_dek_uses=int(cap * DUE_USAGE_FRACTION))
     assert (due.level, due.reason) == ("dek", "usage") and "900 of 1000" in due.detail
-    full = kr.reserve_uses(cap)[0]
-    assert [d.reason for d in due_rotations(full, day(1))] == ["usage"]
+    assert [d.reason for d in due_rotations(kr, day(1), primary_dek_uses=cap)] == ["usage"]
+    # A keyring that counted its own uses (before the usage document) is still read.
+    (legacy,) = due_rotations(with_uses(kr, 950), day(1))
+    assert "950 of 1000" in legacy.detail
+    assert "950 of 1000" in due_rotations(with_uses(kr, 950), day(1), primary_dek_uses=10)[0].detail
 
 
 # --- documents -----------------------------------------------------------------------------------
@@ -189,7 +175,7 @@ def rich_keyring() -> Keyring:
     kr = kr.add_version("kek", "a2VrMg==", 1, day(1), transit_version=2)
     kr = kr.add_version("dek", "ZGVrMg==", 2, day(1)).add_version("dek", "ZGVrMw==", 2, day(2))
     kr = kr.set_state("dek", 1, "destroyed", day(3)).set_state("dek", 2, "retired", day(3))
-    return kr.reserve_uses(5)[0]
+    return with_uses(kr, 5)
 
 
 def test_to_dict_from_dict_round_trip() -> None:
