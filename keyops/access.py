@@ -117,6 +117,7 @@ def _r(path: str, *caps: str) -> Rule:
 
 
 _KEYRING = "{kv}/data/tenants/{tenant}/keyring"
+_USAGE = "{kv}/data/tenants/{tenant}/usage"
 _SECRETS_DATA = "{kv}/data/secrets/{tenant}/*"
 _SECRETS_META = "{kv}/metadata/secrets/{tenant}/*"
 _TRANSIT_KEY = "{transit}/keys/{transit_key}"
@@ -124,9 +125,10 @@ _TRANSIT_KEY = "{transit}/keys/{transit_key}"
 OPERATIONS: Mapping[str, Operation] = {op.name: op for op in (
     # --- reading and using one tenant's keys
     Operation("keyring.read", "read the tenant's keyring (versions, states, wrapped keys; no key material)",
-              (_r(_KEYRING, "read"),)),
-    Operation("keyring.reserve", "record DEK usage in the tenant's keyring (a check-and-set write per block "
-              "of encryptions)", (_r(_KEYRING, "update"),), ("keyring.read",)),
+              (_r(_KEYRING, "read"), _r(_USAGE, "read"))),
+    Operation("keyring.reserve", "record DEK usage in the tenant's usage document (a check-and-set write per "
+              "block of encryptions)", (_r(_KEYRING, "update"), _r(_USAGE, "read", "create", "update")),
+              ("keyring.read",)),
     Operation("keyring.write", "change the tenant's existing keyring (add, re-wrap and change key versions)",
               (_r(_KEYRING, "read", "update"),), ("keyring.read", "keyring.reserve")),
     Operation("kek.unwrap", "unwrap the tenant's KEK with the HSM master key (residence kv, or rotation)",
