@@ -843,15 +843,22 @@ def rotate_due(k: Keyops, *, dry_run: bool = False, tenants: list[str] | None = 
     rotations: list[RotationResult | MasterRotationResult] = []
     failures: list[DueFailure] = []
 
-    def read(tenant: str) -> Keyring | KeyopsError:
+    def read(tenant: str) -> tuple[Keyring, int] | KeyopsError:
         try:
-            return k.read_keyring(tenant)[0]
+            keyring = k.read_keyring(tenant)[0]
+            if keyring.dek.empty:
+                return keyring, 0
+            primary = keyring.dek.primary_key
+            return keyring, k.read_usage(tenant)[0].uses(primary.version, primary.uses)
         except KeyopsError as exc:
             return exc
 
     with ThreadPoolExecutor(max_workers=tenant_workers) as pool:
-        # Read once: for the master's leftovers and for what is due.
-        keyrings: dict[str, Keyring | KeyopsError] = dict(zip(names, pool.map(read, names)))
+        # Read once: for the master's leftovers and for what is due (by age, and by the usage document).
+        found: dict[str, tuple[Keyring, int] | KeyopsError] = dict(zip(names, pool.map(read, names)))
+    keyrings: dict[str, Keyring | KeyopsError] = {
+        t: v if isinstance(v, KeyopsError) else v[0] for t, v in found.items()}
+    primary_uses = {t: v[1] for t, v in found.items() if not isinstance(v, KeyopsError)}
     master_checked = False
     if include_master:
         try:
@@ -878,7 +885,7 @@ def rotate_due(k: Keyops, *, dry_run: bool = False, tenants: list[str] | None = 
             if isinstance(keyring, KeyopsError):
                 raise keyring
             _require_complete(keyring)
-            dues = {d.level: d for d in due_rotations(keyring, now)}
+            dues = {d.level: d for d in due_rotations(keyring, now, primary_dek_uses=primary_uses.get(tenant))}
             if "kek" not in dues and _kek_work(k, keyring):
                 finished = resume(k, tenant, dry_run=dry_run, reason="due: finish an interrupted rotation")
                 if finished is not None:

@@ -346,4 +346,4 @@ def test_usage_cap_is_enforced(config: Config) -> None:
         with pytest.raises(UsageCapReached):
             other.encrypt(tenant, b"x")
         assert [other.decrypt(tenant, t) for t in texts] == [b"x"] * 3  # decryption goes on
-        assert other.get_tenant(tenant).dek.primary_key.uses == 3
+        assert other.read_usage(tenant)[0].get(1).reserved == 3

@@ -28,7 +28,7 @@ from _rotation_support import (
 from keyops.config import Config
 from keyops.model import Policy, utcnow
 from keyops.rotation import DueRotationReport, MasterRotationResult, RotationResult, _with_new_transit_kek, rotate_due
-from keyops.service import MASTER_PATH, Keyops, keyring_path, transit_key_name
+from keyops.service import MASTER_PATH, Keyops, keyring_path, transit_key_name, usage_path
 
 pytestmark = pytest.mark.integration
 
@@ -99,7 +99,8 @@ def test_a_dek_past_due_rotates_and_nothing_else(iso: Isolated, vault_client: An
 
 def test_a_dek_near_its_usage_cap_rotates(iso: Isolated, vault_client: Any) -> None:
     tenant, values = make(iso.config, dek_usage_cap=100)
-    assert raw_doc(vault_client, keyring_path(tenant), iso.mount)["dek"]["versions"][0]["uses"] >= 90
+    assert raw_doc(vault_client, usage_path(tenant), iso.mount)["versions"]["1"]["reserved"] >= 90
+    assert raw_doc(vault_client, keyring_path(tenant), iso.mount)["dek"]["versions"][0]["uses"] == 0
 
     with Keyops(iso.config) as k:
         report = rotate_due(k, tenants=[tenant], include_master=False)
