@@ -545,7 +545,7 @@ def test_a_keyring_naming_another_tenant_is_refused_and_nothing_is_written(
     k.put_secret(x2, "s", b"x2's secret")
     rotate(k, x2, "dek")
     reencrypt(k, x2)  # x2's DEK v1 protects nothing now: a privileged retire of it would be accepted
-    x2_doc, _ = raw_doc(vault_client, keyring_path(x2))
+    x1_doc, x2_doc = raw_doc(vault_client, keyring_path(x1))[0], raw_doc(vault_client, keyring_path(x2))[0]
     # x2's keyring stored at x1's path (what an app of x1 could write when apps wrote keyrings), at the
     # same KV version as x2's own keyring, so a write back "to the tenant it names" would pass check-and-set.
     for _ in range(8):
@@ -558,6 +558,17 @@ def test_a_keyring_naming_another_tenant_is_refused_and_nothing_is_written(
             _write_as_admin(vault_client, keyring_path(x2), x2_doc)
     before = {t: raw_doc(vault_client, keyring_path(t)) for t in (x1, x2)}
     assert before[x1] == before[x2]
+    try:
+        _refused_at_the_wrong_path(config, x1, x2, before)
+    finally:  # x1 gets its own keyring back (the session's other tests list every tenant)
+        _write_as_admin(vault_client, keyring_path(x1), x1_doc)
+    assert raw_doc(vault_client, keyring_path(x2)) == before[x2]
+    assert k.get_secret(x2, "s") == b"x2's secret"
+    with Keyops(config) as after:
+        assert after.status(x1)[0].tenant == x1
+
+
+def _refused_at_the_wrong_path(config: Config, x1: str, x2: str, before: dict[str, Any]) -> None:
     with Keyops(config) as fresh:
         with pytest.raises(KeyringCorrupt) as info:
             fresh.read_keyring(x1)
@@ -569,13 +580,14 @@ def test_a_keyring_naming_another_tenant_is_refused_and_nothing_is_written(
                         lambda: fresh.encrypt(x1, b"x"), lambda: fresh.get_tenant(x1)):
             with pytest.raises(KeyringCorrupt):
                 attempt()
-        keyring_x2, version_x2 = fresh.read_keyring(x2)
+        keyring_x2 = fresh.read_keyring(x2)[0]
         with pytest.raises(InvalidInput, match=f"refusing to write a keyring of tenant '{x2}' to the path of "
                                                f"tenant '{x1}'"):
             fresh.write_keyring(x1, keyring_x2, cas=before[x1][1])
         assert fresh.status(x2)[0].tenant == x2
-    assert {t: raw_doc(vault_client, keyring_path(t)) for t in (x1, x2)} == before
-    assert k.get_secret(x2, "s") == b"x2's secret"
+        assert [p.tenant for p in fresh.status().problems if p.tenant in (x1, x2)] == [x1]
+    with Keyops(config) as other:  # nothing was written anywhere
+        assert {t: other.store.read(keyring_path(t)) for t in (x1, x2)} == before
 
 
 # --- one tenant's broken keyring does not hide the others -------------------------------------------
