@@ -9,8 +9,9 @@ and Debian's ``softhsm2``, everything keyops talks to:
   initialised with one key share, unsealed, with the KV v2 mount ``keyops``,
   the Transit mount ``transit`` and a file audit device;
 * a SoftHSM2 token ``keyops`` with its own ``softhsm2.conf`` and token folder,
-  holding the AES-256 master key ``keyops-master-v1`` (sensitive, never
-  extractable, ENCRYPT/DECRYPT for CKM_AES_GCM).
+  holding the AES-256 master key (sensitive, never extractable, not
+  destroyable, ENCRYPT/DECRYPT for CKM_AES_GCM), registered in KV ``master``
+  like any registry's first key: ``keyops-master-<registry id>-v1``.
 
 Every step is idempotent: ``up`` on a running stack only makes sure it is
 unsealed; ``up`` after ``down`` or a reboot restarts bao on the same raft
@@ -81,7 +82,6 @@ TRANSIT_MOUNT = "transit"
 AUDIT_DEVICE_PATH = "file"
 TOKEN_LABEL = "keyops"
 MASTER_KEY_PREFIX = "keyops-master"
-MASTER_KEY_LABEL = f"{MASTER_KEY_PREFIX}-v1"
 START_TIMEOUT = 30.0
 STOP_TIMEOUT = 10.0
 HSM_TIMEOUT = 60.0
@@ -563,9 +563,14 @@ log_level     = "info"
                 "slots.mechanisms = ALL\nlibrary.reset_on_fork = false\n")
         write_file_atomic(self.softhsm_conf, text, mode=0o600)
 
-    def _hsm_helper(self, action: str) -> dict[str, Any]:
-        request = {"module": self._softhsm_module(), "token_label": TOKEN_LABEL, "key_label": MASTER_KEY_LABEL,
+    def _hsm_helper(self, action: str, with_vault: bool = True) -> dict[str, Any]:
+        # The master key is made (and found) through the registry in KV, so the
+        # helper talks to this stack's bao too; the token travels as a file name.
+        request = {"module": self._softhsm_module(), "token_label": TOKEN_LABEL, "key_prefix": MASTER_KEY_PREFIX,
                    "pin_file": str(self.pin_file), "so_pin_file": str(self.so_pin_file)}
+        if with_vault:
+            request.update(vault_addr=self._require_addr(), token_file=str(self.root_token_file),
+                           kv_mount=KV_MOUNT, transit_mount=TRANSIT_MOUNT)
         env = dict(os.environ, SOFTHSM2_CONF=str(self.softhsm_conf))
         try:
             proc = subprocess.run(  # noqa: S603 - our own interpreter and module
@@ -622,7 +627,7 @@ log_level     = "info"
             state_dir=self.state_dir, addr=f"http://{HOST}:{port}", pid=pid, port=port, cluster_port=cluster_port,
             already_running=already_running, initialized_now=initialized_now, unsealed_now=unsealed_now,
             token_created=bool(hsm.get("token_created")), key_created=bool(hsm.get("key_created")),
-            master_key_label=MASTER_KEY_LABEL, seconds=round(time.monotonic() - started_at, 3))
+            master_key_label=str(hsm.get("key_label", "")), seconds=round(time.monotonic() - started_at, 3))
 
     def down(self, timeout: float = STOP_TIMEOUT) -> StopInfo:
         """Stop the bao this stack started (SIGTERM, then SIGKILL after ``timeout``).
@@ -680,18 +685,22 @@ log_level     = "info"
         pid = self.running_pid()
         health = self._health() if pid is not None else None
         token_present = key_present = False
+        key_label = ""
         if self.softhsm_conf.exists() and find_softhsm_module() is not None:
+            # The master key's name is in the registry: only an unsealed bao tells it.
+            serving = health is not None and health.get("sealed") is False and self.root_token_file.exists()
             try:
-                hsm = self._hsm_helper("status")
+                hsm = self._hsm_helper("status", with_vault=serving)
             except DevStackError:
                 hsm = {}
             token_present = bool(hsm.get("token_present"))
             key_present = bool(hsm.get("key_present"))
+            key_label = str(hsm.get("key_label", ""))
         return StackStatus(
             state_dir=self.state_dir, addr=self.addr, pid=pid, running=health is not None,
             initialized=None if health is None else bool(health.get("initialized")),
             sealed=None if health is None else bool(health.get("sealed")),
-            hsm_token_present=token_present, master_key_present=key_present, master_key_label=MASTER_KEY_LABEL)
+            hsm_token_present=token_present, master_key_present=key_present, master_key_label=key_label)
 
     def seal(self) -> None:
         """Seal the running server (for tests of the sealed path)."""
@@ -784,13 +793,12 @@ def _hsm_main(action: str, request: dict[str, Any]) -> dict[str, Any]:
     import pkcs11.exceptions as p11e
 
     from keyops.errors import KeyopsError
-    from keyops.hsm import Hsm
+    from keyops.service import Keyops
 
     module = request["module"]
     label = request["token_label"]
     pin_file = Path(request["pin_file"])
     so_pin_file = Path(request["so_pin_file"])
-    key_label = request["key_label"]
     try:
         lib = pkcs11.lib(module)
     except (OSError, RuntimeError, p11e.PKCS11Error) as exc:
@@ -806,13 +814,18 @@ def _hsm_main(action: str, request: dict[str, Any]) -> dict[str, Any]:
     if action == "status":
         if token is None:
             return {"token_present": False, "key_present": False}
+        if "vault_addr" not in request:
+            return {"token_present": True, "key_present": False}
         try:
-            hsm = Hsm(module, label, _read_secret(pin_file, "HSM PIN"))
-            present = hsm.has_key(key_label)
-            hsm.close()
+            with Keyops(_helper_config(request)) as k:
+                found = k.read_master()
+                if found is None:
+                    return {"token_present": True, "key_present": False}
+                primary = found[0].get(found[0].primary)
+                present = k.hsm.has_key(primary.label, primary.key_id_bytes)
         except (KeyopsError, p11e.PKCS11Error):
-            present = False
-        return {"token_present": True, "key_present": present}
+            return {"token_present": True, "key_present": False}
+        return {"token_present": True, "key_present": present, "key_label": primary.label}
 
     token_created = False
     if token is None:
@@ -836,18 +849,26 @@ def _hsm_main(action: str, request: dict[str, Any]) -> dict[str, Any]:
         if not pin_file.exists():
             return {"error": f"the HSM token {label!r} exists but its PIN file {pin_file} is missing; remove "
                              f"{pin_file.parent} and run 'keyops dev up' to make a new token (its keys are lost)"}
-        user_pin = _read_secret(pin_file, "HSM PIN")
+    # The first master key is made as any registry's is (keyops.service.Keyops.ensure_master):
+    # named by the registry's random id, so a token shared with another stack is never mixed up.
     try:
-        hsm = Hsm(module, label, user_pin)
-        key_created = hsm.ensure_key(key_label)
-        attrs = hsm.attributes(key_label)
-        hsm.close()
+        with Keyops(_helper_config(request)) as k:
+            registry, key_created = k.ensure_master()
+            primary = registry.get(registry.primary)
+            attrs = k.hsm.attributes(primary.label, primary.key_id_bytes)
     except KeyopsError as exc:
         return {"error": str(exc)}
     if not attrs.sensitive or attrs.extractable or not attrs.token:
-        return {"error": f"the HSM key {key_label!r} is not a sensitive, non-extractable token key; "
-                         "destroy it and run 'keyops dev up' again"}
-    return {"token_created": token_created, "key_created": key_created}
+        return {"error": f"the HSM key {primary.label!r} is not a sensitive, non-extractable token key; "
+                         "inspect the token and the registry (KV 'master')"}
+    return {"token_created": token_created, "key_created": key_created, "key_label": primary.label}
+
+
+def _helper_config(request: dict[str, Any]) -> Config:
+    return Config(vault_addr=request["vault_addr"], vault_token_file=request["token_file"],
+                  kv_mount=request["kv_mount"], transit_mount=request["transit_mount"],
+                  pkcs11_module=request["module"], pkcs11_token_label=request["token_label"],
+                  pkcs11_pin_file=request["pin_file"], master_key_label=request["key_prefix"])
 
 
 def _read_or_create_pin(path: Path) -> str:
