@@ -8,10 +8,11 @@ and Debian's ``softhsm2``, everything keyops talks to:
   with integrated raft storage on disk (never the in-memory dev mode),
   initialised with one key share, unsealed, with the KV v2 mount ``keyops``,
   the Transit mount ``transit`` and a file audit device;
-* a SoftHSM2 token ``keyops`` with its own ``softhsm2.conf`` and token folder,
-  holding the AES-256 master key (sensitive, never extractable, not
-  destroyable, ENCRYPT/DECRYPT for CKM_AES_GCM), registered in KV ``master``
-  like any registry's first key: ``keyops-master-<registry id>-v1``.
+* a SoftHSM2 token ``keyops`` with its own ``softhsm2.conf`` and token folder.
+  The master key is not made here: keyops makes it with its registry in KV
+  (``master``) at the first ``keyops tenant create`` or ``master_key`` task,
+  named by the registry's random id (``keyops-master-<registry id>-v1``), so
+  that a key on the token is only ever used by the registry that made it.
 
 Every step is idempotent: ``up`` on a running stack only makes sure it is
 unsealed; ``up`` after ``down`` or a reboot restarts bao on the same raft
@@ -101,7 +102,9 @@ class StackInfo:
     initialized_now: bool
     unsealed_now: bool
     token_created: bool
+    #: Always False: keyops makes the master key with its registry (kept in the v1 JSON of ``dev up``).
     key_created: bool
+    #: The registered primary master key's label, or "" while no tenant (or master_key task) has made one.
     master_key_label: str
     seconds: float
 
@@ -267,10 +270,6 @@ class DevStack:
     @property
     def so_pin_file(self) -> Path:
         return self.softhsm_dir / "so-pin"
-
-    @property
-    def master_key_label(self) -> str:
-        return MASTER_KEY_LABEL
 
     # --- remembered state ----------------------------------------------------------------
 
@@ -564,8 +563,8 @@ log_level     = "info"
         write_file_atomic(self.softhsm_conf, text, mode=0o600)
 
     def _hsm_helper(self, action: str, with_vault: bool = True) -> dict[str, Any]:
-        # The master key is made (and found) through the registry in KV, so the
-        # helper talks to this stack's bao too; the token travels as a file name.
+        # The master key is found through the registry in KV, so the helper
+        # reads this stack's bao too; the Vault token travels as a file name.
         request = {"module": self._softhsm_module(), "token_label": TOKEN_LABEL, "key_prefix": MASTER_KEY_PREFIX,
                    "pin_file": str(self.pin_file), "so_pin_file": str(self.so_pin_file)}
         if with_vault:
@@ -626,7 +625,7 @@ log_level     = "info"
         return StackInfo(
             state_dir=self.state_dir, addr=f"http://{HOST}:{port}", pid=pid, port=port, cluster_port=cluster_port,
             already_running=already_running, initialized_now=initialized_now, unsealed_now=unsealed_now,
-            token_created=bool(hsm.get("token_created")), key_created=bool(hsm.get("key_created")),
+            token_created=bool(hsm.get("token_created")), key_created=False,
             master_key_label=str(hsm.get("key_label", "")), seconds=round(time.monotonic() - started_at, 3))
 
     def down(self, timeout: float = STOP_TIMEOUT) -> StopInfo:
@@ -792,9 +791,6 @@ def _hsm_main(action: str, request: dict[str, Any]) -> dict[str, Any]:
     import pkcs11
     import pkcs11.exceptions as p11e
 
-    from keyops.errors import KeyopsError
-    from keyops.service import Keyops
-
     module = request["module"]
     label = request["token_label"]
     pin_file = Path(request["pin_file"])
@@ -814,18 +810,7 @@ def _hsm_main(action: str, request: dict[str, Any]) -> dict[str, Any]:
     if action == "status":
         if token is None:
             return {"token_present": False, "key_present": False}
-        if "vault_addr" not in request:
-            return {"token_present": True, "key_present": False}
-        try:
-            with Keyops(_helper_config(request)) as k:
-                found = k.read_master()
-                if found is None:
-                    return {"token_present": True, "key_present": False}
-                primary = found[0].get(found[0].primary)
-                present = k.hsm.has_key(primary.label, primary.key_id_bytes)
-        except (KeyopsError, p11e.PKCS11Error):
-            return {"token_present": True, "key_present": False}
-        return {"token_present": True, "key_present": present, "key_label": primary.label}
+        return {"token_present": True, **_master_key_state(request)}
 
     token_created = False
     if token is None:
@@ -849,19 +834,27 @@ def _hsm_main(action: str, request: dict[str, Any]) -> dict[str, Any]:
         if not pin_file.exists():
             return {"error": f"the HSM token {label!r} exists but its PIN file {pin_file} is missing; remove "
                              f"{pin_file.parent} and run 'keyops dev up' to make a new token (its keys are lost)"}
-    # The first master key is made as any registry's is (keyops.service.Keyops.ensure_master):
-    # named by the registry's random id, so a token shared with another stack is never mixed up.
+    return {"token_created": token_created, **_master_key_state(request)}
+
+
+def _master_key_state(request: dict[str, Any]) -> dict[str, Any]:
+    """The registered primary master key: its label and whether the token holds it (never made here)."""
+    import pkcs11.exceptions as p11e
+
+    from keyops.errors import KeyopsError
+    from keyops.service import Keyops
+
+    if "vault_addr" not in request:
+        return {"key_present": False}
     try:
         with Keyops(_helper_config(request)) as k:
-            registry, key_created = k.ensure_master()
-            primary = registry.get(registry.primary)
-            attrs = k.hsm.attributes(primary.label, primary.key_id_bytes)
-    except KeyopsError as exc:
-        return {"error": str(exc)}
-    if not attrs.sensitive or attrs.extractable or not attrs.token:
-        return {"error": f"the HSM key {primary.label!r} is not a sensitive, non-extractable token key; "
-                         "inspect the token and the registry (KV 'master')"}
-    return {"token_created": token_created, "key_created": key_created, "key_label": primary.label}
+            found = k.read_master()
+            if found is None:
+                return {"key_present": False}
+            primary = found[0].get(found[0].primary)
+            return {"key_present": k.hsm.has_key(primary.label, primary.key_id_bytes), "key_label": primary.label}
+    except (KeyopsError, p11e.PKCS11Error):
+        return {"key_present": False}
 
 
 def _helper_config(request: dict[str, Any]) -> Config:

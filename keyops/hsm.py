@@ -65,6 +65,25 @@ _NOT_AUTHENTIC = (p11e.EncryptedDataInvalid, p11e.EncryptedDataLenRange, p11e.Ge
 
 # (module, token label) -> digest of the PIN this process logged in with.
 _LOGGED_IN: dict[tuple[str, str], bytes] = {}
+
+
+@dataclasses.dataclass
+class _ProcessLogin:
+    """The session that logged this process in to a token, and how many Hsm sessions rely on it.
+
+    PKCS#11 login is per process, and python-pkcs11 logs out (C_Logout, which
+    ends the login of every session of the process) when the session opened
+    with the PIN is closed. So that session belongs to the process: each Hsm
+    works in a session of its own, and the login session is closed with the
+    last of them, never while another Hsm of the process still needs it.
+    """
+
+    session: pkcs11.Session
+    digest: bytes
+    users: int = 0
+
+
+_PROCESS_LOGINS: dict[tuple[str, str], _ProcessLogin] = {}
 # Every PKCS#11 call of the process, by any Hsm object (see the module docstring).
 _PKCS11_LOCK = threading.RLock()
 
@@ -127,6 +146,7 @@ class Hsm:
         self.calls = counter or CallCounter()
         self._lock = _PKCS11_LOCK
         self._session: pkcs11.Session | None = None
+        self._holds_login = False  # counted in _PROCESS_LOGINS
         self._keys: dict[tuple[str, bytes | None], pkcs11.SecretKey] = {}
 
     @classmethod
@@ -159,26 +179,47 @@ class Hsm:
         except p11e.PKCS11Error as exc:
             raise HsmUnavailable(f"the HSM token {self.token_label!r} is unavailable: {type(exc).__name__}") from exc
         key = (self.module, self.token_label)
-        try:
-            session = token.open(user_pin=self._pin, rw=True)
-        except p11e.UserAlreadyLoggedIn:
-            # PKCS#11 login is per process: another Hsm of this process logged in
-            # already. Its session state is shared; the PIN must still match.
-            if _LOGGED_IN.get(key) != _pin_digest(self._pin):
-                raise self._wrong_pin() from None
+        digest = _pin_digest(self._pin)
+        held = _PROCESS_LOGINS.get(key)
+        if held is None:
             try:
-                return token.open(rw=True)
+                login = token.open(user_pin=self._pin, rw=True)
+            except p11e.UserAlreadyLoggedIn:
+                # Logged in by something else of this process (not an Hsm): its
+                # login is shared, and the PIN must match one keyops logged in with.
+                if _LOGGED_IN.get(key) != digest:
+                    raise self._wrong_pin() from None
+                return self._open_session(token)
+            except (p11e.PinIncorrect, p11e.PinLenRange, p11e.PinInvalid) as exc:
+                raise self._wrong_pin() from exc
+            except p11e.PinLocked as exc:
+                raise HsmLoginFailed(f"the user PIN of HSM token {self.token_label!r} is locked; "
+                                     "the security officer must reset it") from exc
             except p11e.PKCS11Error as exc:
                 raise self._no_session(exc) from exc
-        except (p11e.PinIncorrect, p11e.PinLenRange, p11e.PinInvalid) as exc:
-            raise self._wrong_pin() from exc
-        except p11e.PinLocked as exc:
-            raise HsmLoginFailed(f"the user PIN of HSM token {self.token_label!r} is locked; "
-                                 "the security officer must reset it") from exc
+            held = _PROCESS_LOGINS[key] = _ProcessLogin(login, digest)
+            _LOGGED_IN[key] = digest
+        elif held.digest != digest:
+            # Another Hsm of this process logged in; the PIN must still match.
+            raise self._wrong_pin()
+        try:
+            session = self._open_session(token)
+        except HsmUnavailable:
+            if held.users == 0:  # a login of no use to anyone: end it
+                del _PROCESS_LOGINS[key]
+                with contextlib.suppress(p11e.PKCS11Error):
+                    held.session.close()
+            raise
+        held.users += 1
+        self._holds_login = True
+        return session
+
+    def _open_session(self, token: pkcs11.Token) -> pkcs11.Session:
+        """A session of this Hsm, in the process's login (closing it never logs the process out)."""
+        try:
+            return token.open(rw=True)
         except p11e.PKCS11Error as exc:
             raise self._no_session(exc) from exc
-        _LOGGED_IN[key] = _pin_digest(self._pin)
-        return session
 
     def _find_token(self, lib: pkcs11.lib) -> pkcs11.Token:
         # SoftHSM2 rewrites its token file in place at every login, so a login in
@@ -204,6 +245,15 @@ class Hsm:
                     self._session.close()
             self._session = None
             self._keys.clear()
+            if self._holds_login:
+                self._holds_login = False
+                key = (self.module, self.token_label)
+                held = _PROCESS_LOGINS[key]
+                held.users -= 1
+                if held.users == 0:  # the last Hsm of the process on this token: log out
+                    del _PROCESS_LOGINS[key]
+                    with contextlib.suppress(p11e.PKCS11Error):
+                        held.session.close()
 
     def login(self) -> None:
         """Open the logged-in session now: a wrong PIN or a missing token fails here, before any change."""

@@ -131,3 +131,19 @@ def test_a_lookalike_key_is_never_adopted(config: Config) -> None:
         hsm.ensure_key(f"{label}-b", key_id=other_id)  # the same ID under another label
     assert len(_objects(hsm, label)) == 1 and not _objects(hsm, f"{label}-b")
     hsm.check_unused(f"{label}-c", os.urandom(12))  # a free name passes
+
+
+def test_closing_the_hsm_that_logged_in_leaves_the_others_logged_in(config: Config) -> None:
+    """PKCS#11 login is per process; python-pkcs11 logs the whole process out when the PIN's session closes."""
+    first, second = Hsm.from_config(config), Hsm.from_config(config)
+    label, key_id = _name()
+    first.ensure_key(label, key_id=key_id)
+    second.login()
+    first.close()  # the Hsm whose session carried the login, if no other Hsm of this process had logged in
+    assert second.has_key(label, key_id)
+    blob = second.gcm_encrypt(label, b"w" * 32, b"c", key_id=key_id)
+    assert second.gcm_decrypt(label, blob, b"c", key_id=key_id) == b"w" * 32
+    second.close()
+    third = Hsm.from_config(config)  # and a later one logs in again
+    assert third.gcm_decrypt(label, blob, b"c", key_id=key_id) == b"w" * 32
+    third.close()
