@@ -519,14 +519,15 @@ class Keyops:
             registry = MasterRegistry.first(self.config.master_key_label, self.clock())
             if dry_run:
                 return registry.replace_version(dataclasses.replace(registry.get(1), state="active")), True
-            with self.audited("master.create", level="master", versions=[1]):
+            with self.audited("master.create", level="master", versions=[1]) as event:
                 first = registry.get(1)
                 # Logs in first: a wrong PIN or a look-alike key fails before anything is written.
-                self.hsm.check_unused(first.label, first.key_id_bytes or b"")
+                self.hsm.check_unused(first.label, bytes.fromhex(first.key_id or ""))
                 try:
                     revision = self.store.write(MASTER_PATH, registry.to_dict(), cas=0)
                 except Conflict:
                     # Registered by a concurrent process (first tenants created in parallel): use theirs.
+                    event["changed"] = False
                     found = self.read_master()
                     if found is None:
                         raise

@@ -190,3 +190,28 @@ def test_legacy_registries_sharing_a_key_keep_working(stack: Any, config: Config
         assert raw_doc(vault_client, MASTER_PATH, b.mount) == old_doc
         check(b_cfg, b_made)
         check(a_cfg, a_made)
+
+
+def test_a_version_claimed_before_registry_ids_is_finished_under_an_owned_name(stack: Any, config: Config,
+                                                                              vault_client: Any) -> None:
+    """An older keyops crashed right after claiming v2 (``<prefix>-v2``, pending) and maybe after making its key."""
+    with isolated_mount(stack, config, vault_client) as iso:
+        prefix = iso.config.master_key_label
+        with Keyops(iso.config) as k:
+            _legacy_key(k, f"{prefix}-v1")
+            _legacy_key(k, f"{prefix}-v2")  # made by the old rotation before it died: unprovable, not adopted
+        now = format_time(utcnow())
+        write_doc(vault_client, MASTER_PATH, {"schema": 1, "primary": 1, "period_days": 365, "versions": [
+            {"version": 1, "label": f"{prefix}-v1", "state": "active", "created_at": now},
+            {"version": 2, "label": f"{prefix}-v2", "state": "pending", "created_at": now}]}, iso.mount)
+        made = populate(iso.config, "claimed")
+        with Keyops(iso.config) as k:
+            result = rotate_master(k, expect_version=1)
+            assert result.resumed and result.new_version == 2
+            reg = registry_of(iso.config)
+            v2 = reg.get(2)
+            assert reg.primary == 2 and v2.state == "active" and v2.owned
+            assert v2.label == f"{prefix}-{reg.registry_id}-v2"
+            assert token_objects(k, v2.label) == [(v2.label, bytes.fromhex(v2.key_id or ""))]
+            assert len(token_objects(k, f"{prefix}-v2")) == 1  # the old claim's key, left alone
+        check(iso.config, made)
