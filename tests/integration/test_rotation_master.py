@@ -123,7 +123,8 @@ def test_rerun_finishes_a_claimed_master_version(iso: Isolated, vault_client: An
     mount = iso.mount
     with Keyops(iso.config) as k:
         reg = registry(vault_client, mount)
-        write_doc(vault_client, MASTER_PATH, claim_master_version(reg, iso.config.master_key_label, utcnow()).to_dict(), mount)
+        claimed = claim_master_version(reg, iso.config.master_key_label, utcnow())
+        write_doc(vault_client, MASTER_PATH, claimed.to_dict(), mount)
         assert registry(vault_client, mount).get(2).state == PENDING
         for tenant, values in made.items():  # the pending version changes nothing for readers
             check_secrets(iso.config, tenant, values)
