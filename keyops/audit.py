@@ -282,17 +282,29 @@ class TransitHmacKey(_VaultPart):
     def __repr__(self) -> str:
         return f"<TransitHmacKey {self.key_name}>"
 
+    def _missing(self, store: VaultStore) -> AuditError:
+        return AuditError(f"the Transit key {store.transit_mount}/{self.key_name} that keys the audit chain does not "
+                          "exist on this Vault (or namespace): create it with 'keyops audit init' (security-admin; "
+                          "'keyops dev up' does it for the dev stack), or name yours with KEYOPS_AUDIT_KEY")
+
     def sign(self, data: bytes) -> str:
+        from keyops.errors import VaultError
         from keyops.vault import vault_errors
 
         store = self._vault()
         store.calls.add("transit.hmac")
-        with vault_errors(f"HMAC with the audit key {self.key_name!r}", store.config.vault_addr):
-            resp = store.client.adapter.post(f"/v1/{store.transit_mount}/hmac/{self.key_name}",
-                                             json={"input": _b64(data), "algorithm": "sha2-256"})
+        try:
+            with vault_errors(f"HMAC with the audit key {self.key_name!r}", store.config.vault_addr):
+                resp = store.client.adapter.post(f"/v1/{store.transit_mount}/hmac/{self.key_name}",
+                                                 json={"input": _b64(data), "algorithm": "sha2-256"})
+        except VaultError as exc:
+            if type(exc) is VaultError and "key not found" in str(exc):
+                raise self._missing(store) from exc
+            raise
         return str(resp["data"]["hmac"])
 
     def verify_many(self, items: Sequence[tuple[bytes, str]]) -> list[bool]:
+        from keyops.errors import VaultError
         from keyops.vault import vault_errors
 
         out = [False] * len(items)
@@ -303,11 +315,16 @@ class TransitHmacKey(_VaultPart):
         for start in range(0, len(asked), VERIFY_BATCH):
             chunk = asked[start:start + VERIFY_BATCH]
             store.calls.add("transit.verify_hmac")
-            with vault_errors(f"verifying HMACs with the audit key {self.key_name!r}", store.config.vault_addr):
-                resp = store.client.adapter.post(
-                    f"/v1/{store.transit_mount}/verify/{self.key_name}",
-                    json={"hash_algorithm": "sha2-256",
-                          "batch_input": [{"input": _b64(items[i][0]), "hmac": items[i][1]} for i in chunk]})
+            try:
+                with vault_errors(f"verifying HMACs with the audit key {self.key_name!r}", store.config.vault_addr):
+                    resp = store.client.adapter.post(
+                        f"/v1/{store.transit_mount}/verify/{self.key_name}",
+                        json={"hash_algorithm": "sha2-256",
+                              "batch_input": [{"input": _b64(items[i][0]), "hmac": items[i][1]} for i in chunk]})
+            except VaultError as exc:
+                if type(exc) is VaultError and "key not found" in str(exc):
+                    raise self._missing(store) from exc
+                raise
             results = resp["data"]["batch_results"]
             if len(results) != len(chunk):
                 raise AuditError(f"Vault answered {len(results)} results for {len(chunk)} audit MACs")
@@ -582,8 +599,9 @@ class AuditLog:
 
     def _no_head(self) -> AuditChainBroken:
         return AuditChainBroken(f"the audit log {str(self.path)!r} holds keyed entries but the head of its anchor "
-                                f"{self.anchor!r} does not exist: the head was deleted, or the log comes from "
-                                "another Vault; nothing was appended")
+                                f"{self.anchor!r} does not exist: the head was deleted, or this log is shared with "
+                                "another Vault, namespace or KV mount (each needs its own KEYOPS_AUDIT_LOG); nothing "
+                                "was appended")
 
     def _vault_step(self, what: str, call: Callable[[], Any]) -> Any:
         try:
@@ -937,7 +955,8 @@ class _Walk:
                                      f"keyed entry seq {head.seq}: the log was replaced by an unkeyed chain"), notes
         if head is None:
             return ChainProblem(end, f"the head of anchor {anchor!r} does not exist, yet the log holds entries of "
-                                     "its chain: the head was deleted, or the log comes from another Vault"), notes
+                                     "its chain: the head was deleted, or the log comes from another Vault, "
+                                     "namespace or KV mount"), notes
         if head.chain != self.chain:
             return ChainProblem(1, f"the log's chain is not the one its head (anchor {anchor!r}) names: the log was "
                                    "replaced by another chain"), notes

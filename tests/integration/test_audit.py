@@ -314,6 +314,18 @@ def test_only_the_writer_roles_hold_the_chain_key_and_its_head(anchored: Path, c
                 attempt()
 
 
+def test_a_missing_audit_key_says_how_to_make_it(config: Config, tmp_path: Path) -> None:
+    from keyops.audit import AuditLog, KvHeads, TransitHmacKey
+    from keyops.errors import AuditError
+
+    with Keyops(config) as root:
+        log = AuditLog(tmp_path / "a.jsonl", TransitHmacKey("no_such_audit_key", store=root.store),
+                       KvHeads(store=root.store), "missing-key-check")
+        with pytest.raises(AuditError, match="does not exist on this Vault.*keyops audit init"):
+            AuditTrail(log)("rotate", result="ok")
+    assert (tmp_path / "a.jsonl").read_text() == ""
+
+
 def test_rotate_and_init_from_the_cli(anchored: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["audit", "init"]) == 0
     assert "already present" in capsys.readouterr().out  # keyops dev up made it
