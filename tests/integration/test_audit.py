@@ -251,12 +251,16 @@ def test_a_writer_refuses_to_append_to_a_cut_log(anchored: Path) -> None:
     from keyops.audit import sink_from_config
 
     content = anchored.read_text().splitlines(keepends=True)
+    tenant = json.loads(content[0])["tenant"]
     anchored.write_text("".join(content[:-1]))
     config = Config.load()
     with Keyops(config, audit=sink_from_config(config)) as k:
+        # The DEK unwrap's event comes first, and is refused: nothing is written, on disk or in Vault.
         with pytest.raises(AuditChainBroken, match="was cut off"):
-            k.create_tenant(new_tenant("aud-cut"), Policy(kek_residence="transit"))
+            k.put_secret(tenant, "after-the-cut", b"value")
     assert anchored.read_text() == "".join(content[:-1])  # nothing appended after the gap
+    with Keyops(config) as plain:
+        assert "after-the-cut" not in plain.list_secrets(tenant)
 
 
 def test_only_the_writer_roles_hold_the_chain_key_and_its_head(anchored: Path, config: Config,
