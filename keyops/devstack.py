@@ -7,7 +7,9 @@ and Debian's ``softhsm2``, everything keyops talks to:
   directly (the PID file holds bao's own PID), listening on 127.0.0.1 only,
   with integrated raft storage on disk (never the in-memory dev mode),
   initialised with one key share, unsealed, with the KV v2 mount ``keyops``,
-  the Transit mount ``transit`` and a file audit device;
+  the Transit mount ``transit`` and a file audit device; the Transit key
+  ``keyops_audit`` (type hmac, not exportable) that keys keyops' own audit
+  chain, whose anchor ``env``/``config`` turn on (``KEYOPS_AUDIT_ANCHOR=auto``);
 * a SoftHSM2 token ``keyops`` with its own ``softhsm2.conf`` and token folder.
   The master key is not made here: keyops makes it with its registry in KV
   (``master``) at the first ``keyops tenant create`` or ``master_key`` task,
@@ -81,6 +83,9 @@ NODE_ID = "keyops-dev"
 KV_MOUNT = "keyops"
 TRANSIT_MOUNT = "transit"
 AUDIT_DEVICE_PATH = "file"
+#: The Transit key of keyops' keyed audit chain, and its anchor setting (named after host and log path).
+AUDIT_KEY = "keyops_audit"
+AUDIT_ANCHOR = "auto"
 TOKEN_LABEL = "keyops"
 MASTER_KEY_PREFIX = "keyops-master"
 START_TIMEOUT = 30.0
@@ -547,6 +552,19 @@ log_level     = "info"
                                     f"the end of {self.bao_log}:\n{self._log_tail()}")
             time.sleep(0.05)
 
+    def _ensure_audit_key(self, client: hvac.Client) -> None:
+        """The Transit key that keys keyops' audit chain: type hmac, not exportable, no plaintext backup."""
+        try:
+            key = client.secrets.transit.read_key(name=AUDIT_KEY, mount_point=TRANSIT_MOUNT)["data"]
+        except hvac.exceptions.InvalidPath:
+            client.adapter.post(f"/v1/{TRANSIT_MOUNT}/keys/{AUDIT_KEY}",
+                                json={"type": "hmac", "key_size": 32, "exportable": False,
+                                      "allow_plaintext_backup": False})
+            return
+        if key.get("type") != "hmac" or key.get("exportable") or key.get("allow_plaintext_backup"):
+            raise DevStackError(f"the Transit key {TRANSIT_MOUNT}/{AUDIT_KEY} exists but is not a non-exportable "
+                                "hmac key; it cannot key the audit chain")
+
     # --- SoftHSM2 ------------------------------------------------------------------------
 
     def _softhsm_module(self) -> str:
@@ -618,6 +636,7 @@ log_level     = "info"
             try:
                 self._ensure_mounts(client)
                 self._ensure_audit(client)
+                self._ensure_audit_key(client)
             except (hvac.exceptions.VaultError, requests.RequestException) as exc:
                 raise DevStackError(f"configuring OpenBao mounts or audit failed: {type(exc).__name__}: "
                                     f"{_safe_vault_message(exc)}") from exc
@@ -733,6 +752,8 @@ log_level     = "info"
             "KEYOPS_PKCS11_TOKEN": TOKEN_LABEL,
             "KEYOPS_PKCS11_PIN_FILE": str(self.pin_file),
             "KEYOPS_AUDIT_LOG": str(self.keyops_audit_log),
+            "KEYOPS_AUDIT_ANCHOR": AUDIT_ANCHOR,
+            "KEYOPS_AUDIT_KEY": AUDIT_KEY,
         }
 
     def shell_exports(self) -> str:
@@ -752,7 +773,7 @@ log_level     = "info"
             vault_token_file=str(self.root_token_file), kv_mount=KV_MOUNT, transit_mount=TRANSIT_MOUNT,
             pkcs11_module=self._softhsm_module(), pkcs11_token_label=TOKEN_LABEL,
             pkcs11_pin_file=str(self.pin_file), master_key_label=MASTER_KEY_PREFIX,
-            audit_log=str(self.keyops_audit_log))
+            audit_log=str(self.keyops_audit_log), audit_anchor=AUDIT_ANCHOR, audit_key=AUDIT_KEY)
 
 
 # --- small utilities ---------------------------------------------------------------------

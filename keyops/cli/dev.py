@@ -92,6 +92,7 @@ def cmd_up(args: argparse.Namespace) -> int:
     print(head)
     print(f"  state:      {info.state_dir}")
     print(f"  mounts:     keyops/ (kv v2), transit/; audit log {stack.bao_audit_log}")
+    print(f"  audit:      {stack.keyops_audit_log}, keyed by transit/keyops_audit, anchored in keyops/audit/head/")
     hsm = "created" if info.token_created else "present"
     key = info.master_key_label or "none yet (made with the first 'keyops tenant create')"
     print(f"  HSM token:  keyops ({hsm}); master key {key}")

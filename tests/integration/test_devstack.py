@@ -102,6 +102,17 @@ def test_up_serves_unsealed_openbao_with_mounts_and_audit(stack: DevStack, vault
     assert value not in audit
 
 
+def test_up_makes_the_audit_key_and_turns_the_anchor_on(stack: DevStack, vault_client: Any) -> None:
+    key = vault_client.secrets.transit.read_key(name="keyops_audit", mount_point="transit")["data"]
+    assert key["type"] == "hmac" and key["exportable"] is False and key["allow_plaintext_backup"] is False
+    assert key["deletion_allowed"] is False
+    env = stack.env()
+    assert env["KEYOPS_AUDIT_ANCHOR"] == "auto" and env["KEYOPS_AUDIT_KEY"] == "keyops_audit"
+    config = stack.config()
+    assert (config.audit_anchor, config.audit_key, config.audit_log) == ("auto", "keyops_audit",
+                                                                         str(stack.keyops_audit_log))
+
+
 def test_server_listens_on_loopback_with_raft_storage_on_disk(stack: DevStack, vault_client: Any) -> None:
     cfg = stack.bao_config.read_text()
     assert 'storage "raft"' in cfg
