@@ -37,6 +37,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from keyops.config import DEFAULT_AUDIT_KEY
 from keyops.errors import ConfigError, InvalidInput, NotFound, NotPermitted, PermissionDenied
 from keyops.names import validate_tenant
 from keyops.vault import vault_errors
@@ -92,7 +93,7 @@ _MAX_ROLE_NAME = 40
 _MOUNT_RE = re.compile(r"[A-Za-z0-9_.-]+(?:/[A-Za-z0-9_.-]+)*")
 _CUSTOM_PATH_RE = re.compile(r"[A-Za-z0-9_.@=,:+*/-]+")
 _PLACEHOLDER_RE = re.compile(r"\{([a-z_]+)\}")
-PLACEHOLDERS = ("kv", "transit", "approle", "audit", "tenant", "transit_key", "prefix")
+PLACEHOLDERS = ("kv", "transit", "approle", "audit", "audit_key", "tenant", "transit_key", "prefix")
 
 
 # --- operations ----------------------------------------------------------------------------
@@ -205,11 +206,17 @@ OPERATIONS: Mapping[str, Operation] = {op.name: op for op in (
               tenant_scoped=False),
     Operation("status.read", "read every tenant's status (ages, states, usage, what is due)",
               (), ("tenants.list", "keyring.read", "master.read"), tenant_scoped=False),
-    Operation("audit.read", "read the audit trail kept in KV and the server's audit devices",
+    Operation("audit.read", "read and verify the audit trail: its KV copies and head, the chain's HMACs "
+              "(verify only: no new HMAC), the server's audit devices",
               (_r("{kv}/data/{audit}/*", "read"), _r("{kv}/metadata/{audit}/*", "read", "list"),
+               _r("{transit}/verify/{audit_key}", "update"),
                _r("sys/audit", "read", "sudo"), _r("sys/audit-hash/*", "update")), tenant_scoped=False),
-    Operation("audit.write", "add events to the audit trail kept in KV (create only: no overwrite, no delete)",
-              (_r("{kv}/data/{audit}/*", "create"),), tenant_scoped=False),
+    Operation("audit.write", "write the keyed audit chain: HMAC each entry with the audit key, advance the "
+              "chain's head (check-and-set), add KV copies (create only: no overwrite, no delete)",
+              (_r("{kv}/data/{audit}/*", "create"), _r("{kv}/data/{audit}/head/*", "create", "read", "update"),
+               _r("{transit}/hmac/{audit_key}", "update")), tenant_scoped=False),
+    Operation("audit.init", "create the audit chain's Transit HMAC key (type hmac, not exportable)",
+              (_r("{transit}/keys/{audit_key}", "create", "read", "update"),), tenant_scoped=False),
     Operation("policy.write", "apply keyops policies, manage keyops AppRoles and mint tokens",
               (_r("sys/policy", "read"), _r("sys/policy/{prefix}-*", "create", "read", "update", "delete"),
                _r("sys/policies/acl", "list"),
@@ -427,6 +434,8 @@ class Mounts:
     transit: str = "transit"
     approle: str = "approle"
     audit: str = DEFAULT_AUDIT_KV_PATH
+    #: The Transit key that keys the audit chain (KEYOPS_AUDIT_KEY).
+    audit_key: str = DEFAULT_AUDIT_KEY
 
     def __post_init__(self) -> None:
         for field in dataclasses.fields(self):
@@ -435,16 +444,20 @@ class Mounts:
                 raise InvalidInput(f"{field.name} mount/path {str(value)[:60]!r} is not a plain Vault path")
         if self.audit.split("/")[0] in ("tenants", "secrets", "master"):
             raise InvalidInput(f"the audit KV path {self.audit!r} overlaps keyops' own paths; choose another one")
+        if "/" in self.audit_key or self.audit_key.startswith(POLICY_PREFIX + "-"):
+            raise InvalidInput(f"the audit key name {self.audit_key!r} must be one Transit key name that does not "
+                               f"start with {POLICY_PREFIX + '-'!r} (the tenants' keys); e.g. {DEFAULT_AUDIT_KEY!r}")
 
     @classmethod
     def from_config(cls, config: Any) -> Mounts:
         return cls(kv=config.kv_mount, transit=config.transit_mount, approle=config.approle_mount,
-                   audit=getattr(config, "audit_kv_path", None) or DEFAULT_AUDIT_KV_PATH)
+                   audit=getattr(config, "audit_kv_path", None) or DEFAULT_AUDIT_KV_PATH,
+                   audit_key=getattr(config, "audit_key", None) or DEFAULT_AUDIT_KEY)
 
 
 def _fill(template: str, mounts: Mounts, tenant: str | None) -> str:
     values = {"kv": mounts.kv, "transit": mounts.transit, "approle": mounts.approle, "audit": mounts.audit,
-              "prefix": POLICY_PREFIX,
+              "audit_key": mounts.audit_key, "prefix": POLICY_PREFIX,
               # A global role covers every tenant: one path segment of any name. Transit key
               # names are a whole segment too, so the Transit mount should be keyops' own.
               "tenant": tenant if tenant is not None else "+",
@@ -904,6 +917,7 @@ _EVENT_OPERATIONS: Mapping[str, str] = {
     "rotate": "rotate", "rotation": "rotate", "reencrypt": "reencrypt", "migrate": "migrate",
     "retire": "retire", "destroy": "destroy", "policy": "policy.write",
     "history.tenant": "history.write", "history.master": "history.config", "history.mount": "history.config",
+    "audit.rotate": "audit.write", "audit.init": "audit.init",
 }
 
 

@@ -50,10 +50,16 @@ ENV_NAMES: dict[str, tuple[str, ...]] = {
     "audit_log": ("KEYOPS_AUDIT_LOG",),
     "audit_kv_path": ("KEYOPS_AUDIT_KV_PATH",),
     "audit_syslog": ("KEYOPS_AUDIT_SYSLOG",),
+    "audit_anchor": ("KEYOPS_AUDIT_ANCHOR",),
+    "audit_key": ("KEYOPS_AUDIT_KEY",),
     "roles_file": ("KEYOPS_ROLES_FILE",),
 }
 
 SECRET_FIELDS = frozenset({"vault_token", "approle_secret_id", "pkcs11_pin"})
+
+#: The Transit key whose HMACs chain the audit log (``KEYOPS_AUDIT_KEY``); never a tenant's
+#: ``keyops-<tenant>`` name.
+DEFAULT_AUDIT_KEY = "keyops_audit"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -80,6 +86,11 @@ class Config:
     audit_kv_path: str | None = None
     #: Syslog destination for audit events: "/dev/log", "udp://host:514", "tcp://host:514"; unset: none.
     audit_syslog: str | None = None
+    #: The anchor of the keyed audit chain: "auto" (named after the host and the log's path), a name of
+    #: your own, or unset/"off" for the unkeyed (legacy) chain. See keyops.audit.
+    audit_anchor: str | None = None
+    #: Transit key (type hmac, not exportable) that keys the audit chain when an anchor is set.
+    audit_key: str = DEFAULT_AUDIT_KEY
     #: Roles file (see keyops.access); unset: the packaged keyops/data/roles.toml.
     roles_file: str | None = None
 

@@ -7,10 +7,14 @@ and Debian's ``softhsm2``, everything keyops talks to:
   directly (the PID file holds bao's own PID), listening on 127.0.0.1 only,
   with integrated raft storage on disk (never the in-memory dev mode),
   initialised with one key share, unsealed, with the KV v2 mount ``keyops``,
-  the Transit mount ``transit`` and a file audit device;
-* a SoftHSM2 token ``keyops`` with its own ``softhsm2.conf`` and token folder,
-  holding the AES-256 master key ``keyops-master-v1`` (sensitive, never
-  extractable, ENCRYPT/DECRYPT for CKM_AES_GCM).
+  the Transit mount ``transit`` and a file audit device; the Transit key
+  ``keyops_audit`` (type hmac, not exportable) that keys keyops' own audit
+  chain, whose anchor ``env``/``config`` turn on (``KEYOPS_AUDIT_ANCHOR=auto``);
+* a SoftHSM2 token ``keyops`` with its own ``softhsm2.conf`` and token folder.
+  The master key is not made here: keyops makes it with its registry in KV
+  (``master``) at the first ``keyops tenant create`` or ``master_key`` task,
+  named by the registry's random id (``keyops-master-<registry id>-v1``), so
+  that a key on the token is only ever used by the registry that made it.
 
 Every step is idempotent: ``up`` on a running stack only makes sure it is
 unsealed; ``up`` after ``down`` or a reboot restarts bao on the same raft
@@ -80,9 +84,11 @@ NODE_ID = "keyops-dev"
 KV_MOUNT = "keyops"
 TRANSIT_MOUNT = "transit"
 AUDIT_DEVICE_PATH = "file"
+#: The Transit key of keyops' keyed audit chain, and its anchor setting (named after host and log path).
+AUDIT_KEY = "keyops_audit"
+AUDIT_ANCHOR = "auto"
 TOKEN_LABEL = "keyops"
 MASTER_KEY_PREFIX = "keyops-master"
-MASTER_KEY_LABEL = f"{MASTER_KEY_PREFIX}-v1"
 START_TIMEOUT = 30.0
 STOP_TIMEOUT = 10.0
 HSM_TIMEOUT = 60.0
@@ -102,7 +108,9 @@ class StackInfo:
     initialized_now: bool
     unsealed_now: bool
     token_created: bool
+    #: Always False: keyops makes the master key with its registry (kept in the v1 JSON of ``dev up``).
     key_created: bool
+    #: The registered primary master key's label, or "" while no tenant (or master_key task) has made one.
     master_key_label: str
     seconds: float
 
@@ -268,10 +276,6 @@ class DevStack:
     @property
     def so_pin_file(self) -> Path:
         return self.softhsm_dir / "so-pin"
-
-    @property
-    def master_key_label(self) -> str:
-        return MASTER_KEY_LABEL
 
     # --- remembered state ----------------------------------------------------------------
 
@@ -568,6 +572,19 @@ log_level     = "info"
                                     f"the end of {self.bao_log}:\n{self._log_tail()}")
             time.sleep(0.05)
 
+    def _ensure_audit_key(self, client: hvac.Client) -> None:
+        """The Transit key that keys keyops' audit chain: type hmac, not exportable, no plaintext backup."""
+        try:
+            key = client.secrets.transit.read_key(name=AUDIT_KEY, mount_point=TRANSIT_MOUNT)["data"]
+        except hvac.exceptions.InvalidPath:
+            client.adapter.post(f"/v1/{TRANSIT_MOUNT}/keys/{AUDIT_KEY}",
+                                json={"type": "hmac", "key_size": 32, "exportable": False,
+                                      "allow_plaintext_backup": False})
+            return
+        if key.get("type") != "hmac" or key.get("exportable") or key.get("allow_plaintext_backup"):
+            raise DevStackError(f"the Transit key {TRANSIT_MOUNT}/{AUDIT_KEY} exists but is not a non-exportable "
+                                "hmac key; it cannot key the audit chain")
+
     # --- SoftHSM2 ------------------------------------------------------------------------
 
     def _softhsm_module(self) -> str:
@@ -583,9 +600,14 @@ log_level     = "info"
                 "slots.mechanisms = ALL\nlibrary.reset_on_fork = false\n")
         write_file_atomic(self.softhsm_conf, text, mode=0o600)
 
-    def _hsm_helper(self, action: str) -> dict[str, Any]:
-        request = {"module": self._softhsm_module(), "token_label": TOKEN_LABEL, "key_label": MASTER_KEY_LABEL,
+    def _hsm_helper(self, action: str, with_vault: bool = True) -> dict[str, Any]:
+        # The master key is found through the registry in KV, so the helper
+        # reads this stack's bao too; the Vault token travels as a file name.
+        request = {"module": self._softhsm_module(), "token_label": TOKEN_LABEL, "key_prefix": MASTER_KEY_PREFIX,
                    "pin_file": str(self.pin_file), "so_pin_file": str(self.so_pin_file)}
+        if with_vault:
+            request.update(vault_addr=self._require_addr(), token_file=str(self.root_token_file),
+                           kv_mount=KV_MOUNT, transit_mount=TRANSIT_MOUNT)
         env = dict(os.environ, SOFTHSM2_CONF=str(self.softhsm_conf))
         try:
             proc = subprocess.run(  # noqa: S603 - our own interpreter and module
@@ -634,6 +656,7 @@ log_level     = "info"
             try:
                 self._ensure_mounts(client)
                 self._ensure_audit(client)
+                self._ensure_audit_key(client)
             except (hvac.exceptions.VaultError, requests.RequestException) as exc:
                 raise DevStackError(f"configuring OpenBao mounts or audit failed: {type(exc).__name__}: "
                                     f"{_safe_vault_message(exc)}") from exc
@@ -641,8 +664,8 @@ log_level     = "info"
         return StackInfo(
             state_dir=self.state_dir, addr=f"http://{HOST}:{port}", pid=pid, port=port, cluster_port=cluster_port,
             already_running=already_running, initialized_now=initialized_now, unsealed_now=unsealed_now,
-            token_created=bool(hsm.get("token_created")), key_created=bool(hsm.get("key_created")),
-            master_key_label=MASTER_KEY_LABEL, seconds=round(time.monotonic() - started_at, 3))
+            token_created=bool(hsm.get("token_created")), key_created=False,
+            master_key_label=str(hsm.get("key_label", "")), seconds=round(time.monotonic() - started_at, 3))
 
     def down(self, timeout: float = STOP_TIMEOUT) -> StopInfo:
         """Stop the bao this stack started (SIGTERM, then SIGKILL after ``timeout``).
@@ -700,18 +723,22 @@ log_level     = "info"
         pid = self.running_pid()
         health = self._health() if pid is not None else None
         token_present = key_present = False
+        key_label = ""
         if self.softhsm_conf.exists() and find_softhsm_module() is not None:
+            # The master key's name is in the registry: only an unsealed bao tells it.
+            serving = health is not None and health.get("sealed") is False and self.root_token_file.exists()
             try:
-                hsm = self._hsm_helper("status")
+                hsm = self._hsm_helper("status", with_vault=serving)
             except DevStackError:
                 hsm = {}
             token_present = bool(hsm.get("token_present"))
             key_present = bool(hsm.get("key_present"))
+            key_label = str(hsm.get("key_label", ""))
         return StackStatus(
             state_dir=self.state_dir, addr=self.addr, pid=pid, running=health is not None,
             initialized=None if health is None else bool(health.get("initialized")),
             sealed=None if health is None else bool(health.get("sealed")),
-            hsm_token_present=token_present, master_key_present=key_present, master_key_label=MASTER_KEY_LABEL)
+            hsm_token_present=token_present, master_key_present=key_present, master_key_label=key_label)
 
     def seal(self) -> None:
         """Seal the running server (for tests of the sealed path)."""
@@ -745,6 +772,8 @@ log_level     = "info"
             "KEYOPS_PKCS11_TOKEN": TOKEN_LABEL,
             "KEYOPS_PKCS11_PIN_FILE": str(self.pin_file),
             "KEYOPS_AUDIT_LOG": str(self.keyops_audit_log),
+            "KEYOPS_AUDIT_ANCHOR": AUDIT_ANCHOR,
+            "KEYOPS_AUDIT_KEY": AUDIT_KEY,
         }
 
     def shell_exports(self) -> str:
@@ -764,7 +793,7 @@ log_level     = "info"
             vault_token_file=str(self.root_token_file), kv_mount=KV_MOUNT, transit_mount=TRANSIT_MOUNT,
             pkcs11_module=self._softhsm_module(), pkcs11_token_label=TOKEN_LABEL,
             pkcs11_pin_file=str(self.pin_file), master_key_label=MASTER_KEY_PREFIX,
-            audit_log=str(self.keyops_audit_log))
+            audit_log=str(self.keyops_audit_log), audit_anchor=AUDIT_ANCHOR, audit_key=AUDIT_KEY)
 
 
 # --- small utilities ---------------------------------------------------------------------
@@ -803,14 +832,10 @@ def _hsm_main(action: str, request: dict[str, Any]) -> dict[str, Any]:
     import pkcs11
     import pkcs11.exceptions as p11e
 
-    from keyops.errors import KeyopsError
-    from keyops.hsm import Hsm
-
     module = request["module"]
     label = request["token_label"]
     pin_file = Path(request["pin_file"])
     so_pin_file = Path(request["so_pin_file"])
-    key_label = request["key_label"]
     try:
         lib = pkcs11.lib(module)
     except (OSError, RuntimeError, p11e.PKCS11Error) as exc:
@@ -826,13 +851,7 @@ def _hsm_main(action: str, request: dict[str, Any]) -> dict[str, Any]:
     if action == "status":
         if token is None:
             return {"token_present": False, "key_present": False}
-        try:
-            hsm = Hsm(module, label, _read_secret(pin_file, "HSM PIN"))
-            present = hsm.has_key(key_label)
-            hsm.close()
-        except (KeyopsError, p11e.PKCS11Error):
-            present = False
-        return {"token_present": True, "key_present": present}
+        return {"token_present": True, **_master_key_state(request)}
 
     token_created = False
     if token is None:
@@ -856,18 +875,34 @@ def _hsm_main(action: str, request: dict[str, Any]) -> dict[str, Any]:
         if not pin_file.exists():
             return {"error": f"the HSM token {label!r} exists but its PIN file {pin_file} is missing; remove "
                              f"{pin_file.parent} and run 'keyops dev up' to make a new token (its keys are lost)"}
-        user_pin = _read_secret(pin_file, "HSM PIN")
+    return {"token_created": token_created, **_master_key_state(request)}
+
+
+def _master_key_state(request: dict[str, Any]) -> dict[str, Any]:
+    """The registered primary master key: its label and whether the token holds it (never made here)."""
+    import pkcs11.exceptions as p11e
+
+    from keyops.errors import KeyopsError
+    from keyops.service import Keyops
+
+    if "vault_addr" not in request:
+        return {"key_present": False}
     try:
-        hsm = Hsm(module, label, user_pin)
-        key_created = hsm.ensure_key(key_label)
-        attrs = hsm.attributes(key_label)
-        hsm.close()
-    except KeyopsError as exc:
-        return {"error": str(exc)}
-    if not attrs.sensitive or attrs.extractable or not attrs.token:
-        return {"error": f"the HSM key {key_label!r} is not a sensitive, non-extractable token key; "
-                         "destroy it and run 'keyops dev up' again"}
-    return {"token_created": token_created, "key_created": key_created}
+        with Keyops(_helper_config(request)) as k:
+            found = k.read_master()
+            if found is None:
+                return {"key_present": False}
+            primary = found[0].get(found[0].primary)
+            return {"key_present": k.hsm.has_key(primary.label, primary.key_id_bytes), "key_label": primary.label}
+    except (KeyopsError, p11e.PKCS11Error):
+        return {"key_present": False}
+
+
+def _helper_config(request: dict[str, Any]) -> Config:
+    return Config(vault_addr=request["vault_addr"], vault_token_file=request["token_file"],
+                  kv_mount=request["kv_mount"], transit_mount=request["transit_mount"],
+                  pkcs11_module=request["module"], pkcs11_token_label=request["token_label"],
+                  pkcs11_pin_file=request["pin_file"], master_key_label=request["key_prefix"])
 
 
 def _read_or_create_pin(path: Path) -> str:

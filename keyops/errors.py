@@ -197,6 +197,13 @@ class HsmKeyNotFound(HsmError, KeyNotFound):
     exit_code = 23
 
 
+class HsmKeyNotOwned(HsmError):
+    """The token holds a key under a name this registry would use, but this registry did not make it."""
+
+    code = "hsm_key_not_owned"
+    exit_code = 24
+
+
 class AuditError(KeyopsError):
     """The audit trail cannot be written or read."""
 

@@ -18,8 +18,14 @@ A version is retired or destroyed only when nothing refers to it:
 The primary of a level is never retired or destroyed (rotate first), so a
 tenant always keeps a usable primary key. Destruction is irreversible and
 needs ``confirm=True`` (``--yes``); a destroyed DEK or KEK leaves only a
-small tombstone in the keyring, and a destroyed master key version is
-deleted from the HSM once the registry says it is destroyed. For residence
+small tombstone in the keyring. A destroyed master key version is marked
+``destroyed`` in the registry (keyops never uses it again), then its HSM key
+is deleted only where keyops can and may: the key must be provably this
+registry's (label and CKA_ID carry the registry id; keys made before registry
+ids may be another Vault's too and are left alone), and the token must let a
+PIN holder delete it (master keys are made non-destroyable where the token
+allows; deleting those takes the token's security officer). The result's
+``detail`` says which, and what removing the key takes. For residence
 ``transit``, the tenant's Transit key follows: ``min_decryption_version``
 rises past retired versions and destroyed versions are trimmed.
 
@@ -314,9 +320,10 @@ def _change_master(k: Keyops, action: Action, tenant: str | None, level: str, ve
             raise KeyStateError(f"master key v{version} is being created by a master rotation; finish it first "
                                 "(keyops rotate --level master)")
         if _at_or_past(mv.state, target):
-            follow = [] if dry_run else _follow_hsm(k, registry, version, action)
-            return LifecycleResult(action, None, "master", version, bool(follow), mv.state, mv.state, 0, dry_run,
-                                   detail=_done_detail(action, "master", version, None, mv.state, follow))
+            done, notes = ([], []) if dry_run else _follow_hsm(k, registry, version, action)
+            detail = _done_detail(action, "master", version, None, mv.state, done)
+            return LifecycleResult(action, None, "master", version, bool(done), mv.state, mv.state, 0, dry_run,
+                                   detail="; ".join([detail, *notes]))
         if registry.primary == version:
             raise KeyStateError(f"master key v{version} is the primary; rotate it first (keyops rotate --level "
                                 "master) so that KEKs keep a usable master key")
@@ -329,26 +336,42 @@ def _change_master(k: Keyops, action: Action, tenant: str | None, level: str, ve
             return LifecycleResult(action, None, "master", version, True, mv.state, target, 0, True,
                                    detail=f"would {action} master key v{version} ({mv.label}); "
                                           f"{mv.state} -> {target}")
-        new = dataclasses.replace(registry, versions=tuple(
-            dataclasses.replace(v, state=target) if v.version == version else v for v in registry.versions))
+        if action == "destroy" and mv.owned:
+            k.hsm.login()  # the HSM work follows the write: a wrong PIN fails before it
+        # A registry written before ids gets one with this write (see MasterRegistry.with_id).
+        new = registry.with_id().replace_version(dataclasses.replace(mv, state=target))
         try:
             k.store.write(MASTER_PATH, new.to_dict(), cas=revision)
         except Conflict:
             continue  # re-check everything on the fresh registry
-        follow = _follow_hsm(k, new, version, action)
-        detail = f"{target} master key v{version} ({mv.label}); {mv.state} -> {target}"
-        if follow:
-            detail += "; " + "; ".join(follow)
+        done, notes = _follow_hsm(k, new, version, action)
+        detail = "; ".join([f"{target} master key v{version} ({mv.label}); {mv.state} -> {target}", *done, *notes])
         return LifecycleResult(action, None, "master", version, True, mv.state, target, 0, False, detail=detail)
     raise Conflict(f"the master key registry kept changing; master key v{version} was not {target}; retry later")
 
 
-def _follow_hsm(k: Keyops, registry: MasterRegistry, version: int, action: Action) -> list[str]:
-    """After the registry says destroyed: delete the key from the HSM (idempotent)."""
+def _follow_hsm(k: Keyops, registry: MasterRegistry, version: int, action: Action) -> tuple[list[str], list[str]]:
+    """After the registry says destroyed: delete the HSM key where keyops can and may (idempotent).
+
+    Returns (what was done, notes on what was left and why).
+    """
     if action != "destroy":
-        return []
-    label = registry.get(version).label
-    if not k.hsm.has_key(label):
-        return []
-    k.hsm.destroy_key(label)
-    return [f"HSM key {label!r} deleted"]
+        return [], []
+    mv = registry.get(version)
+    if not mv.owned:
+        return [], [f"HSM key {mv.label!r} stays on the token: it was made before master key registries had "
+                    "ids, so it may be another Vault's or namespace's key too, and keyops never deletes it. Once "
+                    "no registry on this token lists it, the token's administrator may delete it with the HSM's "
+                    "own tools"]
+    removal = k.hsm.destroy_key(mv.label, key_id=bytes.fromhex(mv.key_id or ""))
+    done = [f"HSM key {mv.label!r} deleted"] if removal.deleted else []
+    notes = [_not_destroyable_note(mv.label, mv.key_id or "")] if removal.kept else []
+    return done, notes
+
+
+def _not_destroyable_note(label: str, key_id: str) -> str:
+    return (f"HSM key {label!r} (CKA_ID {key_id}) stays on the token: it was made non-destroyable "
+            "(CKA_DESTROYABLE and CKA_MODIFIABLE false), so no holder of the user PIN can delete it, keyops "
+            "included; keyops no longer uses it. Deleting it takes the token's security officer: a network HSM's "
+            "administration tools, or for SoftHSM2 re-initialising the token (softhsm2-util --init-token, SO PIN) "
+            "or deleting the key's object file from the token folder")

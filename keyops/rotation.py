@@ -29,9 +29,15 @@ KEK, residence ``transit``
     ``min_decryption_version`` below what the keyring needs.
 
 Master key
+    0. The HSM session is opened and the primary key probed (wrap, unwrap)
+       before anything is written: a wrong PIN changes nothing.
     1. Version N+1 is claimed in the registry (state ``pending``, one write),
-       so that two rotations never both create an HSM key.
-    2. The HSM key ``<prefix>-v<N+1>`` is created (idempotent by label).
+       so that two rotations never both create an HSM key. Its name carries
+       the registry's id (label ``<prefix>-<registry id>-v<N+1>``, CKA_ID
+       registry id ‖ N+1); a key already on the token under that name is
+       refused before the claim, never adopted.
+    2. The HSM key is created (idempotent by label and CKA_ID), permanent for
+       PIN holders where the token allows (see ``keyops.hsm``).
     3. It becomes primary; version N turns ``decrypt_only`` (one write).
     4. Every KEK version (the escrow copies of residence ``transit`` included)
        of every tenant is re-wrapped under it, one write per keyring.
@@ -63,7 +69,7 @@ import os
 import socket
 import time
 import uuid
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Literal
 
@@ -74,6 +80,7 @@ from keyops.jobs import MAX_WORKERS
 from keyops.names import validate_count, validate_tenant, validate_version
 from keyops.service import (
     MASTER_PATH,
+    MASTER_PENDING,
     Keyops,
     MasterRegistry,
     MasterVersion,
@@ -85,7 +92,7 @@ from keyops.wrappers import AeadWrapper, KeyWrapper, Pkcs11Wrapper
 
 #: Attempts at a check-and-set write that loses to writes which are not rotations.
 CAS_ATTEMPTS = 8
-PENDING = "pending"
+PENDING = MASTER_PENDING
 _DECRYPTING = ("active", "decrypt_only")
 LOCKS_PATH = "locks"
 #: How long a rotation's lease lasts unless renewed; a crashed holder on another host blocks this long.
@@ -207,16 +214,20 @@ def pending_master_version(registry: MasterRegistry) -> int | None:
     return max(pending) if pending else None
 
 
-def claim_master_version(registry: MasterRegistry, label: Callable[[int], str], now: dt.datetime) -> MasterRegistry:
-    """The registry with version N+1 claimed (``pending``), not yet primary."""
+def claim_master_version(registry: MasterRegistry, prefix: str, now: dt.datetime) -> MasterRegistry:
+    """The registry with version N+1 claimed (``pending``), not yet primary.
+
+    The new version is named by the registry's id (``<prefix>-<id>-v<N+1>``,
+    CKA_ID id ‖ N+1); a registry written before ids gets one here.
+    """
+    registry = registry.with_id()
     version = max(mv.version for mv in registry.versions) + 1
-    new = MasterVersion(version, label(version), PENDING, format_time(now))
-    return dataclasses.replace(registry, versions=registry.versions + (new,))
+    return dataclasses.replace(registry, versions=registry.versions + (registry.new_version(prefix, version, now),))
 
 
 def promote_master_version(registry: MasterRegistry, version: int) -> MasterRegistry:
     """``version`` becomes the primary; the previous primary turns ``decrypt_only``."""
-    if registry.primary == version:
+    if registry.primary == version and registry.get(version).state == "active":
         return registry
 
     def state(mv: MasterVersion) -> MasterVersion:
@@ -648,12 +659,32 @@ def rotate_master(k: Keyops, *, dry_run: bool = False, expect_version: int | Non
         expect_version = validate_version(expect_version, "expect_version")
     if dry_run:
         return _plan_master(k, expect_version, reason)
-    with k.audited("rotate", level="master", reason=reason) as event, \
-            _leased(k, "master", "master key rotation") as lease:
-        result = _rotate_master(k, expect_version, reason, lease)
+    with k.audited("rotate", level="master", reason=reason) as event:
+        # Before the lease and any claim: a wrong PIN, a missing token or an
+        # unusable primary key fails here and leaves the registry as it was.
+        _check_master_key(k)
+        with _leased(k, "master", "master key rotation") as lease:
+            result = _rotate_master(k, expect_version, reason, lease)
         event.update(versions={"old": result.old_version, "new": result.new_version}, changed=result.changed,
                      resumed=result.resumed, tenants=len(result.tenants))
     return result
+
+
+MASTER_PROBE_CONTEXT = b"keyops-master-probe"
+
+
+def _check_master_key(k: Keyops) -> None:
+    """Log in to the HSM and wrap and unwrap a probe with the primary master key."""
+    registry, _ = _read_registry(k)
+    k.hsm.login()
+    primary = registry.get(registry.primary)
+    if primary.state != "active":
+        return  # a first version still being made: the rotation finishes it
+    wrapper = Pkcs11Wrapper(k.hsm, primary.label, primary.key_id_bytes)
+    probe = os.urandom(32)
+    if wrapper.unwrap(wrapper.wrap(probe, MASTER_PROBE_CONTEXT), MASTER_PROBE_CONTEXT) != probe:
+        raise KeyStateError(f"the primary master key {primary.label!r} does not decrypt what it encrypts; "
+                            "inspect the HSM token")
 
 
 def _read_registry(k: Keyops) -> tuple[MasterRegistry, int]:
@@ -708,8 +739,10 @@ def _rotate_master(k: Keyops, expect: int | None, reason: str, lease: _Lease) ->
         return MasterRotationResult(False, start, start, reason, False,
                                     detail=f"nothing to do: the primary master key is v{start}, not v{expect}")
     for _ in range(CAS_ATTEMPTS):
-        claimed = claim_master_version(registry, k.master_label, k.clock())
+        claimed = claim_master_version(registry, k.config.master_key_label, k.clock())
         new_version = claimed.versions[-1].version
+        # Nothing may sit on the token under the new name yet: such a key is not this registry's.
+        _check_unused(k, claimed.get(new_version))
         try:
             revision = k.store.write(MASTER_PATH, claimed.to_dict(), cas=revision)
             break
@@ -730,8 +763,14 @@ def _rotate_master(k: Keyops, expect: int | None, reason: str, lease: _Lease) ->
     tenants, keks = _rewrap_all_keks(k, registry, lease)
     return MasterRotationResult(
         True, start, new_version, reason, False, tenants=tuple(tenants), rewrapped=keks,
-        detail=f"rotated the master key: v{start} -> v{new_version} ({k.master_label(new_version)}); {keks} KEK "
-               f"versions of {len(tenants)} tenants re-wrapped")
+        detail=f"rotated the master key: v{start} -> v{new_version} ({registry.get(new_version).label}); {keks} "
+               f"KEK versions of {len(tenants)} tenants re-wrapped")
+
+
+def _check_unused(k: Keyops, mv: MasterVersion) -> None:
+    if mv.key_id is None:
+        raise KeyStateError(f"master key version {mv.version} has no key id; it cannot be created")
+    k.hsm.check_unused(mv.label, bytes.fromhex(mv.key_id))
 
 
 def _previous_master(registry: MasterRegistry) -> int:
@@ -741,10 +780,12 @@ def _previous_master(registry: MasterRegistry) -> int:
 
 def _activate_master(k: Keyops, registry: MasterRegistry, revision: int,
                      version: int) -> tuple[MasterRegistry, int]:
-    """Create the claimed HSM key (idempotent by label) and make it primary."""
+    """Create the claimed HSM key (idempotent by label and CKA_ID) and make it primary."""
+    registry, revision = _name_legacy_claim(k, registry, revision, version)
+    mv = registry.get(version)
     # Still pending: nothing is wrapped by it yet, so a key left half-made by a
     # killed creation may be replaced.
-    k.hsm.ensure_key(registry.get(version).label, replace_unusable=True)
+    k.hsm.ensure_key(mv.label, key_id=bytes.fromhex(mv.key_id or ""), replace_unusable=True)
     for _ in range(CAS_ATTEMPTS):
         promoted = promote_master_version(registry, version)
         if promoted == registry:
@@ -757,6 +798,27 @@ def _activate_master(k: Keyops, registry: MasterRegistry, revision: int,
                 raise KeyStateError(f"master key version {version} turned {registry.get(version).state} while "
                                     "it was being made primary; inspect the registry") from None
     raise Conflict("the master key registry kept changing; re-run to finish the master rotation")
+
+
+def _name_legacy_claim(k: Keyops, registry: MasterRegistry, revision: int,
+                       version: int) -> tuple[MasterRegistry, int]:
+    """A version claimed by keyops before registry ids (no key id): rename it as this registry's own.
+
+    It is still pending, so nothing is wrapped by it; an HSM key that the old
+    claim may have made under the old label is left alone, never adopted.
+    """
+    mv = registry.get(version)
+    if mv.key_id is not None:
+        return registry, revision
+    registry = registry.with_id()
+    named = registry.new_version(k.config.master_key_label, version, k.clock())
+    _check_unused(k, named)
+    renamed = registry.replace_version(named)
+    try:
+        return renamed, k.store.write(MASTER_PATH, renamed.to_dict(), cas=revision)
+    except Conflict:
+        raise Conflict("the master key registry changed while a pending version was renamed; re-run to finish "
+                       "the master rotation") from None
 
 
 def _scan_keks(k: Keyops, master_primary: int | None) -> tuple[list[str], int]:
@@ -778,7 +840,8 @@ def _scan_keks(k: Keyops, master_primary: int | None) -> tuple[list[str], int]:
 
 def _rewrap_all_keks(k: Keyops, registry: MasterRegistry, lease: _Lease) -> tuple[list[str], int]:
     """Re-wrap, tenant by tenant, every KEK version not under the primary master key (one write per keyring)."""
-    wrappers = {mv.version: Pkcs11Wrapper(k.hsm, mv.label) for mv in registry.versions if mv.state in _DECRYPTING}
+    wrappers = {mv.version: Pkcs11Wrapper(k.hsm, mv.label, mv.key_id_bytes)
+                for mv in registry.versions if mv.state in _DECRYPTING}
     primary = registry.primary
     tenants: list[str] = []
     count = 0

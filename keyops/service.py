@@ -47,6 +47,13 @@ from keyops.errors import (
     VaultUnreachable,
 )
 from keyops.hsm import Hsm
+from keyops.master import (  # noqa: F401 - MasterVersion and MASTER_PERIOD_DAYS are part of this module's API
+    FIRST_MASTER_WAIT,
+    MASTER_PENDING,
+    MASTER_PERIOD_DAYS,
+    MasterRegistry,
+    MasterVersion,
+)
 from keyops.model import (
     DUE_USAGE_FRACTION,
     Due,
@@ -171,47 +178,6 @@ class TenantStatus:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
-
-
-@dataclasses.dataclass(frozen=True)
-class MasterVersion:
-    version: int
-    label: str
-    state: str
-    created_at: str
-
-
-#: Default rotation period of the master key; a registry may set its own ``period_days``.
-MASTER_PERIOD_DAYS = 365
-
-
-@dataclasses.dataclass(frozen=True)
-class MasterRegistry:
-    """The ``master`` document: HSM key versions by label, their states, the primary.
-
-    States: ``active`` (the primary), ``decrypt_only``, ``retired``,
-    ``destroyed``; and ``pending`` for a version a master rotation has
-    claimed but not yet made primary (see ``keyops.rotation``).
-    """
-
-    primary: int
-    versions: tuple[MasterVersion, ...]
-    period_days: int = MASTER_PERIOD_DAYS
-
-    def get(self, version: int) -> MasterVersion:
-        for mv in self.versions:
-            if mv.version == version:
-                return mv
-        raise KeyStateError(f"master key version {version} is not registered")
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"schema": 1, "primary": self.primary, "period_days": self.period_days,
-                "versions": [dataclasses.asdict(v) for v in self.versions]}
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> MasterRegistry:
-        return cls(int(data["primary"]), tuple(MasterVersion(**v) for v in data["versions"]),
-                   int(data.get("period_days", MASTER_PERIOD_DAYS)))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -470,47 +436,104 @@ class Keyops:
         return registry, found[1]
 
     def master_label(self, version: int) -> str:
-        return f"{self.config.master_key_label}-v{version}"
+        """The HSM label of master ``version``: as registered, else as this registry would name it."""
+        seen = self._master_seen[0] if self._master_seen is not None else None
+        if seen is None or all(mv.version != version for mv in seen.versions):
+            found = self.read_master()
+            seen = found[0] if found else None
+        for mv in seen.versions if seen is not None else ():
+            if mv.version == version:
+                return mv.label
+        registry_id = seen.registry_id if seen is not None and seen.registry_id else "<new registry id>"
+        return f"{self.config.master_key_label}-{registry_id}-v{version}"
 
     def ensure_master(self, dry_run: bool = False) -> tuple[MasterRegistry, bool]:
-        """The master key exists on the token and is registered in KV. Returns (registry, changed)."""
+        """The master key exists on the token and is registered in KV. Returns (registry, changed).
+
+        A new registry gets a random id, and its first version is claimed
+        (``pending``) before its HSM key is made, then turned active: a crash in
+        between leaves a claim that the next call finishes, never an HSM key
+        that no registry knows. A key already on the token under the new name
+        is refused, never adopted (``HsmKeyNotOwned``).
+        """
         found = self.read_master()
-        if found is not None:
-            registry = found[0]
-            label = registry.get(registry.primary).label
-            if self.hsm.has_key(label):
+        if found is None:
+            registry = MasterRegistry.first(self.config.master_key_label, self.clock())
+            if dry_run:
+                return registry.replace_version(dataclasses.replace(registry.get(1), state="active")), True
+            with self.audited("master.create", level="master", versions=[1]) as event:
+                first = registry.get(1)
+                # Logs in first: a wrong PIN or a look-alike key fails before anything is written.
+                self.hsm.check_unused(first.label, bytes.fromhex(first.key_id or ""))
+                try:
+                    revision = self.store.write(MASTER_PATH, registry.to_dict(), cas=0)
+                except Conflict:
+                    # Registered by a concurrent process (first tenants created in parallel): use theirs.
+                    event["changed"] = False
+                    found = self.read_master()
+                    if found is None:
+                        raise
+                else:
+                    return self._activate_first_master(registry, revision), True
+        registry, revision = found
+        if registry.get(registry.primary).state == MASTER_PENDING:
+            if dry_run:
+                return registry, True
+            registry, created = self._await_first_master(registry, revision)
+            if created:
+                return registry, True
+        primary = registry.get(registry.primary)
+        if self.hsm.has_key(primary.label, primary.key_id_bytes):
+            return registry, False
+        raise KeyStateError(f"master key {primary.label!r} is registered in Vault but missing from HSM token "
+                            f"{self.config.pkcs11_token_label!r}; point keyops at the right token")
+
+    def _await_first_master(self, registry: MasterRegistry, revision: int) -> tuple[MasterRegistry, bool]:
+        """The first master version, claimed by another process: wait for it; finish a claim left by a crash."""
+        claimed_at = registry.get(registry.primary).created_at
+        wait = min(FIRST_MASTER_WAIT, max(0.0, FIRST_MASTER_WAIT - age_days(claimed_at, self.clock()) * 86400))
+        deadline = time.monotonic() + wait
+        while time.monotonic() < deadline:
+            time.sleep(0.1)
+            found = self.read_master()
+            if found is None:
+                raise Conflict("the master key registry vanished while its first key was being made; re-run")
+            registry, revision = found
+            if registry.get(registry.primary).state != MASTER_PENDING:
                 return registry, False
-            raise KeyStateError(f"master key {label!r} is registered in Vault but missing from HSM token "
-                                f"{self.config.pkcs11_token_label!r}; point keyops at the right token")
-        label = self.master_label(1)
-        registry = MasterRegistry(1, (MasterVersion(1, label, "active", format_time(self.clock())),))
-        if dry_run:
-            return registry, True
-        with self.audited("master.create", level="master", versions=[1]):
-            self.hsm.ensure_key(label)
-            try:
-                self.store.write(MASTER_PATH, registry.to_dict(), cas=0)
-            except Conflict:
-                # Registered by a concurrent process (first tenants created in parallel): use theirs.
-                found = self.read_master()
-                if found is None:
-                    raise
-                return found[0], False
-        return registry, True
+        with self.audited("master.create", level="master", versions=[registry.primary], resumed=True):
+            return self._activate_first_master(registry, revision), True
+
+    def _activate_first_master(self, registry: MasterRegistry, revision: int) -> MasterRegistry:
+        mv = registry.get(registry.primary)
+        if mv.key_id is None:
+            raise KeyStateError(f"the pending first master version {mv.version} has no key id; inspect the registry")
+        # Still pending: nothing is wrapped by it, so a key half-made by a killed creation may be replaced.
+        self.hsm.ensure_key(mv.label, key_id=bytes.fromhex(mv.key_id), replace_unusable=True)
+        active = registry.replace_version(dataclasses.replace(mv, state="active"))
+        try:
+            self.store.write(MASTER_PATH, active.to_dict(), cas=revision)
+        except Conflict:
+            found = self.read_master()
+            if found is not None and found[0].get(found[0].primary).state == "active":
+                return found[0]
+            raise Conflict("the master key registry changed while its first key was being made; re-run") from None
+        self._master_seen = (active, time.monotonic())
+        return active
 
     def master_wrapper(self, version: int | None = None) -> tuple[int, Pkcs11Wrapper]:
         """The master key ``version`` (default: the primary, always read fresh) as a wrapper.
 
-        A named version's label never changes, so unwrapping may use the
-        registry read in the last ``keyring_ttl`` seconds: a process unwrapping
-        the KEKs of many tenants reads it once, not once per tenant.
+        A named version's label and key id never change, so unwrapping may use
+        the registry read in the last ``keyring_ttl`` seconds: a process
+        unwrapping the KEKs of many tenants reads it once, not once per tenant.
         """
         seen = self._master_seen
         if version is not None and seen is not None and time.monotonic() - seen[1] < self.keyring_ttl:
             for mv in seen[0].versions:
                 if mv.version == version and mv.state in ("active", "decrypt_only"):
                     self.authorize("master.read")
-                    return version, Pkcs11Wrapper(self.hsm, mv.label)
+                    return version, Pkcs11Wrapper(self.hsm, mv.label, mv.key_id_bytes)
         found = self.read_master()
         if found is None:
             raise NotFound("no master key is registered; run 'keyops dev up' or the master_key module first")
@@ -519,7 +542,7 @@ class Keyops:
         mv = registry.get(version)
         if mv.state not in ("active", "decrypt_only"):
             raise KeyStateError(f"master key version {version} is {mv.state}")
-        return version, Pkcs11Wrapper(self.hsm, mv.label)
+        return version, Pkcs11Wrapper(self.hsm, mv.label, mv.key_id_bytes)
 
     # --- keyrings -------------------------------------------------------------------------
 

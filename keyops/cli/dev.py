@@ -92,9 +92,10 @@ def cmd_up(args: argparse.Namespace) -> int:
     print(head)
     print(f"  state:      {info.state_dir}")
     print(f"  mounts:     keyops/ (kv v2), transit/; audit log {stack.bao_audit_log}")
+    print(f"  audit:      {stack.keyops_audit_log}, keyed by transit/keyops_audit, anchored in keyops/audit/head/")
     hsm = "created" if info.token_created else "present"
-    key = "created" if info.key_created else "present"
-    print(f"  HSM token:  keyops ({hsm}); master key {info.master_key_label} ({key})")
+    key = info.master_key_label or "none yet (made with the first 'keyops tenant create')"
+    print(f"  HSM token:  keyops ({hsm}); master key {key}")
     print('  shell:      eval "$(keyops dev env' + _state_dir_flag(args) + ')"')
     return 0
 
@@ -129,7 +130,10 @@ def cmd_status(args: argparse.Namespace) -> int:
     else:
         print(f"bao:        not running (state {st.state_dir})")
     print(f"HSM token:  {'present' if st.hsm_token_present else 'missing'}")
-    print(f"master key: {st.master_key_label} {'present' if st.master_key_present else 'missing'}")
+    if st.master_key_label:
+        print(f"master key: {st.master_key_label} {'present' if st.master_key_present else 'missing'}")
+    else:
+        print("master key: none registered yet (made with the first 'keyops tenant create')")
     return code
 
 

@@ -32,7 +32,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         parser.add_argument("--level", choices=("dek", "kek", "master"), required=True)
         parser.add_argument("--version", type=int, required=True, metavar="N", help="the key version")
         if action == "destroy":
-            parser.add_argument("--yes", action="store_true", help="confirm: the key material is gone for good")
+            parser.add_argument("--yes", action="store_true",
+                                help="confirm: irreversible (a master key's HSM object, made non-destroyable, "
+                                     "stays until the token's security officer deletes it)")
         parser.add_argument("--acknowledge-external", action="store_true",
                             help="a DEK version that encrypted for callers outside keyops' store: proceed anyway "
                                  "(after applications rewrapped their ciphertexts with 'keyops rewrap')")

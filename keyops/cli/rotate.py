@@ -17,7 +17,7 @@ Exit codes of ``rotate``, ``retire`` and ``destroy`` (one contract for CI jobs):
 8     refused by key state: the primary key, a version still in use
       (``key_in_use``), a half-made tenant
 5     not found: tenant, key version or master key
-9-30  other failures, by kind: Vault (10-14), HSM (20-23), configuration (15);
+9-30  other failures, by kind: Vault (10-14), HSM (20-24), configuration (15);
       see ``keyops.errors``
 ====  ===========================================================================
 

@@ -36,7 +36,8 @@ options:
     type: path
   master_key_label:
     description:
-      - Label prefix of the master key objects on the token; version N is C(<prefix>-vN).
+      - Label prefix of the master key objects on the token; version N of a registry is
+        C(<prefix>-<registry id>-vN) (C(<prefix>-vN) for versions made before registry ids).
       - When unset, C(KEYOPS_MASTER_KEY_LABEL); else C(keyops-master).
     type: str
   softhsm2_conf:

@@ -78,10 +78,13 @@ master:
   returned: always
   type: dict
   sample:
+    registry_id: 3f9c2a7b1d4e5f60
     primary: 1
+    period_days: 365
     versions:
       - version: 1
-        label: keyops-master-v1
+        label: keyops-master-3f9c2a7b1d4e5f60-v1
+        key_id: 3f9c2a7b1d4e5f6000000001
         state: active
         created_at: "2025-01-07T10:00:00Z"
 tenants:

@@ -12,6 +12,13 @@ version_added: 0.1.0
 description:
   - Ensures the master key, an AES-256 key on the PKCS#11 token (sensitive, never extractable),
     exists and is registered in KV (C(master)), the root of every tenant's key hierarchy.
+  - The registry gets a random id when it is made; every key it creates carries that id in its
+    label (C(<prefix>-<registry id>-v<N>)) and its C(CKA_ID), so Vaults or namespaces sharing one
+    token never use or destroy each other's keys. A key already on the token under such a name is
+    refused, never adopted.
+  - Keys are created with C(CKA_DESTROYABLE), C(CKA_MODIFIABLE) and C(CKA_COPYABLE) false where the
+    token supports them (PKCS#11 v2.40), so a holder of the user PIN cannot delete them; removing
+    one takes the token's security officer.
   - With O(rotate=true), creates the next master key version on the token, makes it primary and
     re-wraps every KEK of every tenant under it (the previous version turns C(decrypt_only) and is
     kept until nothing refers to it). An interrupted rotation is finished first.
@@ -25,6 +32,7 @@ notes:
   - O(rotate=true) without O(expect_version) rotates on every run. Give O(expect_version) (the
     primary version to replace) so that a re-run reports no change.
   - A registered master key missing from the token is an error, never silently replaced.
+  - The HSM login happens before anything is written, so a wrong PIN changes nothing.
 seealso:
   - module: keyops.kms.rotate
   - module: keyops.kms.key_info
@@ -107,15 +115,17 @@ label:
   description: Token label of the primary master key.
   returned: always
   type: str
-  sample: keyops-master-v2
+  sample: keyops-master-3f9c2a7b1d4e5f60-v2
 versions:
   description: Master key versions and their states after the task.
   returned: always
   type: list
   elements: dict
   sample:
-    - {version: 1, label: keyops-master-v1, state: decrypt_only, created_at: "2024-01-07T10:00:00Z"}
-    - {version: 2, label: keyops-master-v2, state: active, created_at: "2025-01-07T10:00:00Z"}
+    - {version: 1, label: keyops-master-3f9c2a7b1d4e5f60-v1, key_id: 3f9c2a7b1d4e5f6000000001,
+       state: decrypt_only, created_at: "2024-01-07T10:00:00Z"}
+    - {version: 2, label: keyops-master-3f9c2a7b1d4e5f60-v2, key_id: 3f9c2a7b1d4e5f6000000002,
+       state: active, created_at: "2025-01-07T10:00:00Z"}
 created:
   description: Whether the master key was (would be) created.
   returned: always

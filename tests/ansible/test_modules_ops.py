@@ -268,7 +268,9 @@ def test_master_key_on_its_own_stack(ansible_playbook: Any, stack_factory: Any, 
                          env={**_plain_env(), **env}, capture_output=True, text=True, check=True, timeout=120)
     assert got.stdout == value
     assert find_leaks(check.output + run.output, [value] + secrets_of(env)) == []
-    assert json.dumps(run.result("apply: rotate master")).count("keyops-master-v2") >= 1
+    label_v2 = kv_read(client, "master")["versions"][1]["label"]  # <prefix>-<registry id>-v2
+    assert label_v2.startswith("keyops-master-") and label_v2.endswith("-v2")
+    assert run.result("apply: rotate master")["label"] == label_v2
 
 
 def _session() -> requests.Session:

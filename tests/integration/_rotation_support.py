@@ -78,6 +78,9 @@ def cli_env(stack: Any, **extra: str) -> dict[str, str]:
 
     env = {k: v for k, v in os.environ.items() if not k.startswith(("VAULT_", "BAO_", "KEYOPS_"))}
     env.update(stack.env())
+    if "KEYOPS_KV_MOUNT" in extra:
+        # Another KV mount is another deployment: its audit chain has its own log (and head, in that mount).
+        env["KEYOPS_AUDIT_LOG"] = str(stack.audit_dir / f"keyops-audit-{extra['KEYOPS_KV_MOUNT']}.jsonl")
     env.update(extra)
     return env
 

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import hmac
 import json
 import os
 import re
@@ -50,7 +53,8 @@ def keyops(env: dict[str, str], *args: str, stdin: str | None = None, rc: int = 
 
 
 def test_cli_operations_leave_events_and_verify_catches_tampering(cli_env: dict[str, str], tmp_path: Path,
-                                                                  capsys: pytest.CaptureFixture[str]) -> None:
+                                                                  capsys: pytest.CaptureFixture[str],
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     tenant = new_tenant("aud")
     value = f"plaintext-{uuid.uuid4().hex}"
     keyops(cli_env, "tenant", "create", tenant, "--residence", "transit")
@@ -70,22 +74,25 @@ def test_cli_operations_leave_events_and_verify_catches_tampering(cli_env: dict[
 
     log = Path(cli_env["KEYOPS_AUDIT_LOG"])
     ok = keyops(cli_env, "audit", "verify")
-    assert "hash chain intact" in ok.stdout
+    assert "keyed chain intact" in ok.stdout and "anchored" in ok.stdout
     shown = [json.loads(line) for line in keyops(cli_env, "audit", "show", "--tenant", tenant, "--json").stdout
              .splitlines()]
     ops = [(e["operation"], e["result"]) for e in shown]
     for expected in [("tenant.create", "ok"), ("kek.unwrap", "ok"), ("dek.unwrap", "ok"), ("secret.write", "ok"),
                      ("policy.create", "ok"), ("policy.mint_token", "ok")]:
         assert expected in ops
+    # The app may not write the keyed chain: its process leaves no entry (the server's audit device
+    # records its requests, see test_access.py), and the chain stays whole.
     app_actor = f"token:{json.loads(minted.stdout)['accessor']}"
-    assert any(e["operation"] == "dek.unwrap" and e["actor"] == app_actor for e in shown)
-    assert any(e["operation"] == "access.denied" and e["actor"] == app_actor
-               for e in read_events(log))
+    assert not any(e["actor"] == app_actor for e in read_events(log))
+    assert any(e["operation"] == "dek.unwrap" for e in shown)
     text = log.read_text()
     assert value not in text and token not in text and cli_env["VAULT_TOKEN"] not in text
 
     lines = log.read_text().splitlines(keepends=True)
     assert len(lines) >= 6
+    for name, value in cli_env.items():  # verifying the MACs asks Vault
+        monkeypatch.setenv(name, value)
     entry = json.loads(lines[2])
     entry["result"] = "error:forged"
     tampered = {
@@ -109,11 +116,11 @@ def test_kv_copies_are_create_only(config: Config, tmp_path: Path, vault_client:
     log = tmp_path / "keyops-audit.jsonl"
     root = Keyops(config, audit=AuditTrail(AuditLog(log), KvSink("audit")))
     root.create_tenant(tenant, Policy(kek_residence="transit"))
-    access.apply_policies(root, access.render_policies(root.roles, [tenant], access.Mounts(), only=["app"]))
-    token = access.mint_token(root, root.roles, "app", tenant, ttl="10m")
-    app = Keyops(config.replace(vault_token=token.token, vault_token_file=None, pkcs11_pin_file=None),
-                 audit=AuditTrail(AuditLog(log), KvSink("audit")))
-    app.put_secret(tenant, "x", b"value")
+    access.apply_policies(root, access.render_policies(root.roles, [tenant], access.Mounts(), only=["rotation"]))
+    token = access.mint_token(root, root.roles, "rotation", ttl="10m")
+    writer = Keyops(config.replace(vault_token=token.token, vault_token_file=None),
+                    audit=AuditTrail(AuditLog(log), KvSink("audit")))
+    writer.put_secret(tenant, "x", b"value")
     entry = [e for e in read_events(log) if e["operation"] == "secret.write" and e["tenant"] == tenant][-1]
     assert entry["actor"] == f"token:{token.accessor}"
     day = entry["time"][:10]
@@ -123,14 +130,219 @@ def test_kv_copies_are_create_only(config: Config, tmp_path: Path, vault_client:
                                                             raise_on_deleted_version=True)["data"]["data"]
     assert stored == entry  # the same entry, hash and chain fields included
     with pytest.raises(PermissionDenied):
-        app.store.write(f"audit/{day}/{name}", {"forged": True}, cas=1)
+        writer.store.write(f"audit/{day}/{name}", {"forged": True}, cas=1)
     with pytest.raises(PermissionDenied):
-        app.store.delete_all_versions(f"audit/{day}/{name}")
+        writer.store.delete_all_versions(f"audit/{day}/{name}")
     with pytest.raises(PermissionDenied):
-        app.store.read(f"audit/{day}/{name}")
-    assert app.audit.kv.failures == 0 and verify_log(log).ok  # type: ignore[union-attr]
+        writer.store.read(f"audit/{day}/{name}")
+    assert writer.audit.kv.failures == 0 and verify_log(log).ok  # type: ignore[union-attr]
     root.close()
-    app.close()
+    writer.close()
+
+
+# --- the keyed, anchored chain against the real OpenBao ---------------------------------------------
+
+
+@pytest.fixture
+def anchored(stack: DevStack, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """A log written by root through the stack's own settings (keyops dev env), and that environment set."""
+    env = dict(stack.env(), KEYOPS_AUDIT_LOG=str(tmp_path / "live" / "keyops-audit.jsonl"))
+    for name in [n for n in os.environ if n.startswith(("VAULT_", "BAO_", "KEYOPS_"))]:
+        monkeypatch.delenv(name)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    config = Config.load(env=env)
+    from keyops.audit import sink_from_config
+
+    tenant = new_tenant("aud-chain")
+    with Keyops(config, audit=sink_from_config(config)) as k:
+        k.create_tenant(tenant, Policy(kek_residence="transit"))
+        for i in range(3):
+            k.put_secret(tenant, f"s{i}", b"value")
+        k.get_secret(tenant, "s0")
+    log = Path(env["KEYOPS_AUDIT_LOG"])
+    assert len(log.read_text().splitlines()) >= 6
+    yield log
+
+
+def _canonical(entry: dict[str, Any]) -> bytes:
+    return json.dumps(entry, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode("ascii")
+
+
+def _rechain(entries: list[dict[str, Any]], start: int) -> list[dict[str, Any]]:
+    """What someone who can write the file but holds no audit key can do: re-link, re-hash, guess a MAC."""
+    for i in range(start, len(entries)):
+        entry = entries[i]
+        if i:
+            entry["prev"] = entries[i - 1].get("mac", entries[i - 1].get("hash"))
+        if "hash" in entry:
+            entry["hash"] = hashlib.sha256(_canonical({k: v for k, v in entry.items() if k != "hash"})).hexdigest()
+        if "mac" in entry:
+            body = b"keyops-audit-chain-v2\n" + _canonical({k: v for k, v in entry.items() if k != "mac"})
+            entry["mac"] = "vault:v1:" + base64.b64encode(hmac.new(b"guessed", body, "sha256").digest()).decode()
+    return entries
+
+
+def _rechained_edit(entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    entries[2]["result"] = "error:forged"
+    return _rechain(entries, 2)
+
+
+def _rechained_delete(entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    del entries[2]
+    for entry in entries[2:]:
+        entry["seq"] -= 1
+    return _rechain(entries, 2)
+
+
+def _new_unkeyed_chain(entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    for entry in entries:
+        for name in ("mac", "chain", "anchor"):
+            entry.pop(name, None)
+        entry["hash"] = ""
+    entries[0]["prev"] = "0" * 64
+    return _rechain(entries, 0)
+
+
+def _new_keyed_chain(entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    for entry in entries:
+        entry["chain"] = uuid.uuid4().hex if entry is entries[0] else entries[0]["chain"]
+    entries[0]["prev"] = "0" * 64
+    return _rechain(entries, 0)
+
+
+def _forged_append(entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    forged = dict(entries[-1], operation="destroy", level="master", versions=[1], result="ok",
+                  seq=entries[-1]["seq"] + 1, request_id=uuid.uuid4().hex)
+    return _rechain([*entries, forged], len(entries))
+
+
+ATTACKS = {
+    "rechained-edit": (_rechained_edit, "does not match its MAC"),
+    "rechained-delete": (_rechained_delete, "does not match its MAC"),
+    "new-unkeyed-chain": (_new_unkeyed_chain, "only unkeyed entries"),
+    "new-keyed-chain": (_new_keyed_chain, "does not match its MAC"),
+    "forged-append": (_forged_append, "does not match its MAC"),
+    "cut-tail": (lambda entries: entries[:-2], "cut off"),
+    "emptied": (lambda entries: [], "the log is empty but its head"),
+}
+
+
+def test_rechained_forged_truncated_and_emptied_logs_are_detected(anchored: Path,
+                                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    original = anchored.read_text()
+    assert main(["audit", "verify"]) == 0
+    intact = capsys.readouterr().out
+    for name, (attack, words) in ATTACKS.items():
+        entries = [json.loads(line) for line in original.splitlines()]
+        anchored.write_text("".join(json.dumps(e) + "\n" for e in attack(entries)))
+        # In-process: one verify per attack, with the stack's settings (keyops dev env).
+        assert main(["audit", "verify"]) == AuditChainBroken.exit_code, name
+        err = capsys.readouterr().err
+        assert words in err and "is not intact" in err, (name, err)
+    anchored.write_text(original)
+    assert "keyed chain intact" in intact and "anchored: head" in intact
+    assert main(["audit", "verify", "--json"]) == 0
+    answer = json.loads(capsys.readouterr().out)
+    assert answer["ok"] and answer["keyed_entries"] == answer["entries"] == answer["head_seq"] >= 6
+
+
+def test_a_writer_refuses_to_append_to_a_cut_log(anchored: Path) -> None:
+    from keyops.audit import sink_from_config
+
+    content = anchored.read_text().splitlines(keepends=True)
+    tenant = next(e["tenant"] for e in map(json.loads, content) if e.get("tenant"))
+    anchored.write_text("".join(content[:-1]))
+    config = Config.load()
+    with Keyops(config, audit=sink_from_config(config)) as k:
+        # The DEK unwrap's event comes first, and is refused: nothing is written, on disk or in Vault.
+        with pytest.raises(AuditChainBroken, match="was cut off"):
+            k.put_secret(tenant, "after-the-cut", b"value")
+    assert anchored.read_text() == "".join(content[:-1])  # nothing appended after the gap
+    with Keyops(config) as plain:
+        assert "after-the-cut" not in plain.list_secrets(tenant)
+
+
+def test_only_the_writer_roles_hold_the_chain_key_and_its_head(anchored: Path, config: Config,
+                                                               vault_client: Any) -> None:
+    from keyops import audit
+
+    tenant = new_tenant("aud-roles")
+    with Keyops(config) as root:
+        root.create_tenant(tenant, Policy(kek_residence="transit"))
+        access.apply_policies(root, access.render_policies(root.roles, [tenant], access.Mounts.from_config(config)))
+        tokens = {role: access.mint_token(root, root.roles, role, tenant if role == "app" else None, ttl="10m")
+                  for role in ("app", "rotation", "auditor")}
+    env_config = Config.load()
+
+    def acting(role: str) -> Keyops:
+        return Keyops(env_config.replace(vault_token=tokens[role].token, vault_token_file=None),
+                      audit=audit.sink_from_config(env_config))
+
+    def head_path() -> str:
+        return f"audit/head/{audit.anchor_name('auto', anchored)}"
+
+    def key(k: Keyops) -> Any:
+        return audit.TransitHmacKey(store=k.store)
+
+    before = anchored.read_text()
+    with acting("app") as app:
+        for attempt in (lambda: app.store.write(f"audit/2026-01-01/{uuid.uuid4().hex}", {"operation": "destroy"},
+                                                cas=0),
+                        lambda: app.store.write(head_path(), {"seq": 1}, cas=0),
+                        lambda: app.store.read(head_path()),
+                        lambda: key(app).sign(b"forged"),
+                        lambda: key(app).verify_many([(b"x", "vault:v1:AAAA")])):
+            with pytest.raises(PermissionDenied):
+                attempt()
+        assert app.put_secret(tenant, "by-app", b"v").changed
+        assert anchored.read_text() == before  # the app wrote no entry: it holds no audit right
+        assert app.audit.skipped >= 1  # type: ignore[union-attr]
+    head = vault_client.secrets.kv.v2.read_secret_version(path=head_path(), mount_point="keyops",
+                                                          raise_on_deleted_version=True)["data"]["data"]
+    assert head["seq"] == len(before.splitlines())
+    with acting("rotation") as rot:
+        rot.put_secret(tenant, "by-rotation", b"v")
+        ours = [json.loads(line) for line in anchored.read_text().splitlines()][-1]
+        assert ours["actor"] == f"token:{tokens['rotation'].accessor}" and ours["operation"] == "secret.write"
+        with pytest.raises(PermissionDenied):
+            rot.store.read(f"audit/{ours['time'][:10]}/x")  # adds, never reads or rewrites events
+        with pytest.raises(PermissionDenied):
+            key(rot).verify_many([(b"x", "vault:v1:AAAA")])
+    with acting("auditor") as aud:
+        result = audit.verify_log(anchored, key=key(aud), heads=audit.KvHeads(store=aud.store),
+                                  anchor=audit.anchor_name("auto", anchored))
+        assert result.ok and result.head_seq == result.entries > len(before.splitlines()), result
+        for attempt in (lambda: key(aud).sign(b"forged"), lambda: aud.store.write(head_path(), {"seq": 1}, cas=1)):
+            with pytest.raises(PermissionDenied):
+                attempt()
+
+
+def test_a_missing_audit_key_says_how_to_make_it(config: Config, tmp_path: Path) -> None:
+    from keyops.audit import AuditLog, KvHeads, TransitHmacKey
+    from keyops.errors import AuditError
+
+    with Keyops(config) as root:
+        log = AuditLog(tmp_path / "a.jsonl", TransitHmacKey("no_such_audit_key", store=root.store),
+                       KvHeads(store=root.store), "missing-key-check")
+        with pytest.raises(AuditError, match="does not exist on this Vault.*keyops audit init"):
+            AuditTrail(log)("rotate", result="ok")
+    assert (tmp_path / "a.jsonl").read_text() == ""
+
+
+def test_rotate_and_init_from_the_cli(anchored: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["audit", "init"]) == 0
+    assert "already present" in capsys.readouterr().out  # keyops dev up made it
+    assert main(["audit", "rotate", "--json"]) == 0
+    archived = Path(json.loads(capsys.readouterr().out)["archived"])
+    assert archived.parent == anchored.parent and anchored.exists()
+    assert main(["audit", "verify", "--log", str(archived)]) == 0
+    assert "archived by a rotation" in capsys.readouterr().out
+    assert main(["audit", "verify"]) == 0
+    assert "continues" in capsys.readouterr().out
+    archived.write_text("".join(archived.read_text().splitlines(keepends=True)[:-1]))
+    assert main(["audit", "verify", "--log", str(archived)]) == AuditChainBroken.exit_code
+    assert "cut off" in capsys.readouterr().err
 
 
 def test_the_server_keeps_its_own_record(cli_env: dict[str, str], stack: DevStack) -> None:

@@ -23,7 +23,7 @@ import requests
 
 from keyops import devstack as devstack_module
 from keyops.cli import dev as dev_cli
-from keyops.devstack import MASTER_KEY_LABEL, DevStack
+from keyops.devstack import MASTER_KEY_PREFIX, DevStack
 from keyops.errors import DevStackError
 
 pytestmark = pytest.mark.integration
@@ -38,23 +38,32 @@ def _health(addr: str) -> dict[str, Any]:
                             params={"sealedcode": "200", "uninitcode": "200", "standbycode": "200"}).json())
 
 
-def _hsm_call(stack: DevStack, op: str, data: bytes) -> bytes:
-    """AES-GCM with the stack's master key in a child process (its own SOFTHSM2_CONF)."""
-    code = (
-        "import sys\n"
-        "from keyops.config import Config\n"
-        "from keyops.hsm import Hsm\n"
-        "hsm = Hsm.from_config(Config.load())\n"
-        "op, label, data = sys.argv[1], sys.argv[2], bytes.fromhex(sys.argv[3])\n"
-        "out = hsm.gcm_encrypt(label, data, b'ctx') if op == 'enc' else hsm.gcm_decrypt(label, data, b'ctx')\n"
-        "print(out.hex())\n"
-    )
+def _in_child(stack: DevStack, code: str, *args: str) -> str:
+    """Python code in a child process with the stack's environment (SoftHSM2 binds one token folder per process)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("VAULT_", "KEYOPS_"))}
     env.update(stack.env())
-    proc = subprocess.run([sys.executable, "-c", code, op, MASTER_KEY_LABEL, data.hex()], env=env,
-                          capture_output=True, text=True, timeout=60, check=False)
+    proc = subprocess.run([sys.executable, "-c", code, *args], env=env, capture_output=True, text=True, timeout=60,
+                          check=False)
     assert proc.returncode == 0, proc.stderr
-    return bytes.fromhex(proc.stdout.strip())
+    return proc.stdout.strip()
+
+
+_KEYOPS = "import sys\nfrom keyops.config import Config\nfrom keyops.service import Keyops\nk = Keyops(Config.load())\n"
+
+
+def _ensure_master(stack: DevStack) -> str:
+    """The stack's master key, made through its registry as the first tenant would; its label."""
+    return _in_child(stack, _KEYOPS + "registry, _ = k.ensure_master()\nprint(registry.get(registry.primary).label)\n")
+
+
+def _hsm_call(stack: DevStack, op: str, data: bytes) -> bytes:
+    """AES-GCM with the stack's primary master key in a child process (its own SOFTHSM2_CONF)."""
+    code = _KEYOPS + (
+        "k.ensure_master()\n"
+        "_, master = k.master_wrapper()\n"
+        "op, data = sys.argv[1], bytes.fromhex(sys.argv[2])\n"
+        "print((master.wrap(data, b'ctx') if op == 'enc' else master.unwrap(data, b'ctx')).hex())\n")
+    return bytes.fromhex(_in_child(stack, code, op, data.hex()))
 
 
 def _cli(*argv: str) -> int:
@@ -93,6 +102,17 @@ def test_up_serves_unsealed_openbao_with_mounts_and_audit(stack: DevStack, vault
     assert value not in audit
 
 
+def test_up_makes_the_audit_key_and_turns_the_anchor_on(stack: DevStack, vault_client: Any) -> None:
+    key = vault_client.secrets.transit.read_key(name="keyops_audit", mount_point="transit")["data"]
+    assert key["type"] == "hmac" and key["exportable"] is False and key["allow_plaintext_backup"] is False
+    assert key["deletion_allowed"] is False
+    env = stack.env()
+    assert env["KEYOPS_AUDIT_ANCHOR"] == "auto" and env["KEYOPS_AUDIT_KEY"] == "keyops_audit"
+    config = stack.config()
+    assert (config.audit_anchor, config.audit_key, config.audit_log) == ("auto", "keyops_audit",
+                                                                         str(stack.keyops_audit_log))
+
+
 def test_server_listens_on_loopback_with_raft_storage_on_disk(stack: DevStack, vault_client: Any) -> None:
     cfg = stack.bao_config.read_text()
     assert 'storage "raft"' in cfg
@@ -105,15 +125,29 @@ def test_server_listens_on_loopback_with_raft_storage_on_disk(stack: DevStack, v
     assert [p["node_id"] for p in peers] == ["keyops-dev"]
 
 
-def test_master_key_is_sensitive_and_never_extractable(stack: DevStack, hsm_env: dict[str, str]) -> None:
+def test_master_key_is_sensitive_and_never_extractable(stack: DevStack, hsm_env: dict[str, str],
+                                                       vault_client: Any) -> None:
+    # Made through the registry (by the first tenant): named and identified by its random id.
+    _ensure_master(stack)
+    registry = vault_client.secrets.kv.v2.read_secret_version(path="master", mount_point="keyops",
+                                                              raise_on_deleted_version=True)["data"]["data"]
+    rid = registry["registry_id"]
+    label = f"{MASTER_KEY_PREFIX}-{rid}-v1"
+    assert registry["versions"][0]["label"] == label == stack.status().master_key_label
     lib = pkcs11.lib(hsm_env["KEYOPS_PKCS11_MODULE"])
     token = lib.get_token(token_label="keyops")
     pin = Path(hsm_env["KEYOPS_PKCS11_PIN_FILE"]).read_text().strip()
-    with token.open(user_pin=pin) as session:
+    try:
+        session = token.open(user_pin=pin)
+    except pkcs11.exceptions.UserAlreadyLoggedIn:  # an Hsm of this test process holds the (per-process) login
+        session = token.open()
+    with session:
         keys = list(session.get_objects({pkcs11.Attribute.CLASS: pkcs11.ObjectClass.SECRET_KEY,
-                                         pkcs11.Attribute.LABEL: MASTER_KEY_LABEL}))
+                                         pkcs11.Attribute.LABEL: label}))
         assert len(keys) == 1
         key = keys[0]
+        assert key[pkcs11.Attribute.ID] == bytes.fromhex(rid) + (1).to_bytes(4, "big")
+        assert key[pkcs11.Attribute.DESTROYABLE] is False and key[pkcs11.Attribute.MODIFIABLE] is False
         assert key[pkcs11.Attribute.KEY_TYPE] == pkcs11.KeyType.AES
         assert key[pkcs11.Attribute.VALUE_LEN] == 32
         assert key[pkcs11.Attribute.TOKEN] is True
@@ -184,9 +218,10 @@ def test_env_quotes_paths(tmp_path: Path) -> None:
 
 
 def test_status_of_the_running_stack(stack: DevStack, capsys: pytest.CaptureFixture[str]) -> None:
+    label = _ensure_master(stack)
     st = stack.status()
     assert st.up and st.running and st.initialized and st.sealed is False
-    assert st.hsm_token_present and st.master_key_present
+    assert st.hsm_token_present and st.master_key_present and st.master_key_label == label
     assert st.pid == stack.running_pid()
     code = _cli("dev", "status", "--json", "--state-dir", str(stack.state_dir))
     data = json.loads(capsys.readouterr().out)
@@ -217,7 +252,8 @@ def test_down_then_up_keeps_data_keys_and_port(stack_factory: StackFactory,
         own = stack_factory()
         first = own.up()
         assert first.port != blocker.getsockname()[1]
-    assert first.initialized_now and first.token_created and first.key_created
+    assert first.initialized_now and first.token_created
+    assert not first.key_created and first.master_key_label == ""  # made with its registry, not by dev up
 
     import hvac
 
@@ -238,7 +274,7 @@ def test_down_then_up_keeps_data_keys_and_port(stack_factory: StackFactory,
     again = own.up()
     assert (again.port, again.cluster_port) == (first.port, first.cluster_port)
     assert not again.already_running and not again.initialized_now and again.unsealed_now
-    assert not again.token_created and not again.key_created
+    assert not again.token_created and not again.key_created and again.master_key_label.endswith("-v1")
     client = hvac.Client(url=again.addr, token=own.env()["VAULT_TOKEN"])
     read = client.secrets.kv.v2.read_secret_version(path="restart/probe", mount_point="keyops",
                                                     raise_on_deleted_version=True)

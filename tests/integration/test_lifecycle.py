@@ -161,11 +161,15 @@ def test_master_retire_and_destroy(stack: Any, config: Config, vault_client: Any
         result = destroy(k, None, "master", 1, confirm=True)
 
         assert result.changed and result.state_before == "decrypt_only" and result.state_after == "destroyed"
-        assert not k.hsm.has_key(label)
+        # The key was made non-destroyable: it stays on the token, and the detail says what removing it takes.
+        assert k.hsm.has_key(label) and k.hsm.attributes(label).destroyable is False
+        assert "stays on the token" in result.detail and "security officer" in result.detail
         states = {v["version"]: v["state"] for v in raw_doc(vault_client, MASTER_PATH, iso.mount)["versions"]}
         assert states == {1: "destroyed", 2: "active"}
+        with pytest.raises(KeyStateError, match="master key version 1 is destroyed"):
+            fresh(iso.config).master_wrapper(1)  # keyops never uses it again
         again = destroy(k, None, "master", 1, confirm=True)
-        assert not again.changed and "already destroyed" in again.detail
+        assert not again.changed and "already destroyed" in again.detail and "security officer" in again.detail
         check_secrets(iso.config, tenant, values)
 
 

@@ -68,12 +68,13 @@ def test_master_rotation_rewraps_every_kek(iso: Isolated, vault_client: Any) -> 
     mount = iso.mount
     with Keyops(iso.config) as k:
         versions = {t: kv_version(vault_client, keyring_path(t), mount) for t in made}
+        registry_version = kv_version(vault_client, MASTER_PATH, mount)
         plan = rotate_master(k, dry_run=True)
         assert plan.changed and plan.dry_run and plan.new_version == 2 and plan.rewrapped == 4
         assert sorted(plan.tenants) == sorted(made)
         assert not k.hsm.has_key(k.master_label(2))  # the dry run created nothing
         assert {t: kv_version(vault_client, keyring_path(t), mount) for t in made} == versions
-        assert kv_version(vault_client, MASTER_PATH, mount) == 1
+        assert kv_version(vault_client, MASTER_PATH, mount) == registry_version
 
         result = rotate_master(k)
 
@@ -122,7 +123,8 @@ def test_rerun_finishes_a_claimed_master_version(iso: Isolated, vault_client: An
     mount = iso.mount
     with Keyops(iso.config) as k:
         reg = registry(vault_client, mount)
-        write_doc(vault_client, MASTER_PATH, claim_master_version(reg, k.master_label, utcnow()).to_dict(), mount)
+        claimed = claim_master_version(reg, iso.config.master_key_label, utcnow())
+        write_doc(vault_client, MASTER_PATH, claimed.to_dict(), mount)
         assert registry(vault_client, mount).get(2).state == PENDING
         for tenant, values in made.items():  # the pending version changes nothing for readers
             check_secrets(iso.config, tenant, values)
@@ -174,3 +176,28 @@ def test_a_master_rotation_in_progress_is_not_joined(iso: Isolated, vault_client
     with Keyops(iso.config) as k:
         assert rotate_master(k).new_version == 2
     assert kv_version(vault_client, f"{LOCKS_PATH}/master", iso.mount) == 0
+
+
+def test_a_master_rotation_with_a_wrong_pin_changes_nothing(iso: Isolated, vault_client: Any) -> None:
+    """Issue 8, item 9: the HSM login comes before the lease and the claim; the registry stays byte-identical."""
+    made = populate(iso.config, ("kv",))
+    mount = iso.mount
+    before = raw_doc(vault_client, MASTER_PATH, mount)
+    revision = kv_version(vault_client, MASTER_PATH, mount)
+    env = {k: v for k, v in iso.env.items() if k != "KEYOPS_PKCS11_PIN_FILE"}
+    env["KEYOPS_PKCS11_PIN"] = "not-the-pin"
+
+    done = keyops_main(env, "rotate", "--level", "master")
+
+    assert done.returncode == 22 and "wrong PIN" in done.stderr, done
+    assert "not-the-pin" not in done.stderr + done.stdout
+    assert json.dumps(raw_doc(vault_client, MASTER_PATH, mount), sort_keys=True) == json.dumps(before, sort_keys=True)
+    assert kv_version(vault_client, MASTER_PATH, mount) == revision  # not even rewritten with the same content
+    assert PENDING not in {v["state"] for v in before["versions"]}
+    assert kv_version(vault_client, f"{LOCKS_PATH}/master", mount) == 0  # no lease taken either
+    # With the right PIN the same command rotates at once: nothing was left to finish.
+    again = keyops_main(iso.env, "rotate", "--level", "master", "--json")
+    assert again.returncode == 0, again
+    out = json.loads(again.stdout)["result"]
+    assert (out["old_version"], out["new_version"], out["resumed"]) == (1, 2, False)
+    check_secrets(iso.config, next(iter(made)), next(iter(made.values())))

@@ -43,15 +43,15 @@ def test_app_reads_its_keyring_unwraps_through_transit_and_uses_its_secrets_only
     assert caps["transit/encrypt/keyops-acme"] == {"update"}
     assert caps["keyops/data/secrets/acme/*"] == {"create", "read", "update"}
     assert caps["keyops/metadata/secrets/acme/*"] == {"read", "list"}  # no delete: history stays
-    assert caps["keyops/data/audit/*"] == {"create"}  # add events, never overwrite
     assert caps["keyops/data/master"] == {"read"}
     assert set(caps) == {"keyops/data/tenants/acme/keyring", "keyops/data/tenants/acme/usage",
                          "transit/decrypt/keyops-acme", "transit/encrypt/keyops-acme", "keyops/data/secrets/acme/*",
-                         "keyops/metadata/secrets/acme/*", "keyops/data/audit/*", "keyops/data/master"}
+                         "keyops/metadata/secrets/acme/*", "keyops/data/master"}
+    assert not any("audit" in path for path in caps)  # no audit path, no audit key: apps cannot forge the trail
     granted = ROLES.get("app").granted
     assert not granted & {"rotate", "reencrypt", "retire", "destroy", "policy.write", "tenant.create",
-                          "tenants.list", "master.write", "transit.import", "keyring.write", "secrets.delete",
-                          "history.write", "history.config"}
+                          "tenants.list", "master.write", "transit.import", "audit.write", "audit.read",
+                          "audit.init", "keyring.write", "secrets.delete", "history.write", "history.config"}
 
 
 def _matches(pattern: str, path: str) -> bool:
@@ -135,6 +135,30 @@ def test_rotation_may_rotate_and_reencrypt_every_tenant_but_not_destroy_or_chang
     assert not any(p.startswith(("sys/", "auth/")) for p in caps)
 
 
+def test_the_audit_writers_sign_and_anchor_and_the_auditor_only_verifies() -> None:
+    for role in ("rotation", "security-admin"):
+        caps = caps_of(render_policy(ROLES.get(role), None, MOUNTS))
+        assert caps["transit/hmac/keyops_audit"] == {"update"}
+        assert caps["keyops/data/audit/head/*"] >= {"create", "read", "update"} and "delete" not in \
+            caps["keyops/data/audit/head/*"]
+        assert not any(p.startswith("keyops/metadata/audit") and "delete" in cs for p, cs in caps.items())
+    rotation = caps_of(render_policy(ROLES.get("rotation"), None, MOUNTS))
+    assert rotation["keyops/data/audit/*"] == {"create"}  # adds copies, never reads or rewrites them
+    assert "transit/verify/keyops_audit" not in rotation
+    auditor = caps_of(render_policy(ROLES.get("auditor"), None, MOUNTS))
+    assert auditor["transit/verify/keyops_audit"] == {"update"} and "transit/hmac/keyops_audit" not in auditor
+    assert auditor["keyops/data/audit/*"] == {"read"} and "keyops/data/audit/head/*" not in auditor
+    admin = caps_of(render_policy(ROLES.get("security-admin"), None, MOUNTS))
+    assert admin["transit/keys/keyops_audit"] == {"create", "read", "update"}  # keyops audit init
+
+
+def test_the_audit_key_is_never_a_tenant_key() -> None:
+    assert "transit/hmac/kms_audit" in caps_of(render_policy(ROLES.get("rotation"), None,
+                                                             Mounts(audit_key="kms_audit")))
+    with pytest.raises(InvalidInput, match="audit key name"):
+        Mounts(audit_key="keyops-acme")
+
+
 def test_auditor_policy_changes_nothing() -> None:
     caps = caps_of(render_policy(ROLES.get("auditor"), None, MOUNTS))
     for path, cs in caps.items():
@@ -142,6 +166,8 @@ def test_auditor_policy_changes_nothing() -> None:
             assert cs == {"update"}  # computes an HMAC to search the server's log; stores nothing
         elif path == "sys/audit":
             assert cs == {"read", "sudo"}  # listing audit devices needs sudo
+        elif path == "transit/verify/keyops_audit":
+            assert cs == {"update"}  # checks the audit chain's MACs; makes none
         else:
             assert cs <= {"read", "list"}, path
     assert ROLES.get("auditor").hsm == "never"
@@ -170,10 +196,12 @@ def test_render_is_deterministic_and_per_tenant() -> None:
 
 
 def test_mounts_fill_the_templates() -> None:
-    caps = caps_of(render_policy(ROLES.get("app"), "acme", Mounts(kv="kms/kv", transit="kms-transit",
-                                                                   audit="events")))
+    mounts = Mounts(kv="kms/kv", transit="kms-transit", audit="events")
+    caps = caps_of(render_policy(ROLES.get("app"), "acme", mounts))
     assert "kms/kv/data/tenants/acme/keyring" in caps and "kms-transit/decrypt/keyops-acme" in caps
-    assert "kms/kv/data/events/*" in caps
+    rotation = caps_of(render_policy(ROLES.get("rotation"), None, mounts))
+    assert "kms/kv/data/events/*" in rotation and "kms/kv/data/events/head/*" in rotation
+    assert "kms-transit/hmac/keyops_audit" in rotation
 
 
 @pytest.mark.parametrize("bad", ['kv"} path "sys/*', "kv\n", "a b", "../x", "kv/", "", "a{b}"])

@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import multiprocessing
+import re
 import socket
 from pathlib import Path
 from typing import Any
@@ -14,7 +15,7 @@ import pytest
 from keyops import audit
 from keyops.audit import GENESIS, AuditLog, AuditTrail, verify_log
 from keyops.cli.main import main
-from keyops.errors import AuditChainBroken, AuditError, InvalidInput
+from keyops.errors import AuditChainBroken, AuditError, ConfigError, InvalidInput
 
 
 def write_log(path: Path, n: int, **extra: Any) -> list[dict[str, Any]]:
@@ -275,3 +276,281 @@ def test_cli_verify_and_show(tmp_path: Path, capsys: pytest.CaptureFixture[str])
     assert main(["audit", "verify", "--log", str(log), "--json"]) == AuditChainBroken.exit_code
     answer = json.loads(capsys.readouterr().out)
     assert answer["ok"] is False and answer["problem"]["line"] == 3 and answer["entries"] == 2
+
+
+# --- the keyed, anchored chain (a plain HMAC key and heads in memory) -------------------------------
+
+KEY = audit.HmacKey(b"k" * 32, "test")
+ATTACKER = audit.HmacKey(b"a" * 32, "attacker")  # what someone without the audit key can compute with
+ANCHOR = "unit"
+
+
+def keyed_log(path: Path, heads: audit.MemoryHeads, anchor: str = ANCHOR) -> AuditLog:
+    return AuditLog(path, KEY, heads, anchor)
+
+
+def write_keyed(path: Path, n: int, heads: audit.MemoryHeads, anchor: str = ANCHOR) -> list[dict[str, Any]]:
+    trail = AuditTrail(keyed_log(path, heads, anchor))
+    return [trail(f"op.{i % 3}", tenant=f"t{i % 2}", level="dek", versions=[i], result="ok") for i in range(n)]
+
+
+def verify_keyed(path: Path, heads: audit.MemoryHeads, anchor: str = ANCHOR) -> audit.VerifyResult:
+    return verify_log(path, key=KEY, heads=heads, anchor=anchor)
+
+
+def dumps(entry: dict[str, Any]) -> str:
+    return json.dumps(entry, sort_keys=True, separators=(",", ":")) + "\n"
+
+
+def rechain(entries: list[dict[str, Any]], start: int = 0) -> list[str]:
+    """Re-link and re-MAC every entry from ``start`` on, as an attacker without the audit key would."""
+    for i in range(start, len(entries)):
+        if i:
+            entries[i]["prev"] = entries[i - 1]["mac"]
+        entries[i]["mac"] = ATTACKER.sign(audit.mac_input(entries[i]))
+    return [dumps(e) for e in entries]
+
+
+def test_keyed_entries_chain_mac_and_advance_their_head(tmp_path: Path) -> None:
+    log, heads = tmp_path / "k.jsonl", audit.MemoryHeads()
+    entries = write_keyed(log, 4, heads)
+    assert entries[0]["prev"] == GENESIS and entries[0]["seq"] == 1 and "hash" not in entries[0]
+    assert len({e["chain"] for e in entries}) == 1 and {e["anchor"] for e in entries} == {ANCHOR}
+    for before, after in zip(entries, entries[1:], strict=False):
+        assert after["prev"] == before["mac"] and after["seq"] == before["seq"] + 1
+    assert KEY.verify_many([(audit.mac_input(e), e["mac"]) for e in entries]) == [True] * 4
+    head = heads.read(ANCHOR)
+    assert head is not None and (head[0].seq, head[0].mac, head[0].chain) == (4, entries[-1]["mac"], entries[0]["chain"])
+    assert head[1] == 4  # one check-and-set write per entry
+    result = verify_keyed(log, heads)
+    assert result.ok and result.entries == result.keyed_entries == 4 and result.head_seq == 4
+    assert "keyed chain intact" in result.summary() and "anchored" in result.summary()
+
+
+def _edit(entries: list[dict[str, Any]]) -> list[str]:
+    entries[2]["result"] = "error:forged"
+    return [dumps(e) for e in entries]
+
+
+def _rechained_edit(entries: list[dict[str, Any]]) -> list[str]:
+    entries[2]["tenant"] = "someone-else"
+    return rechain(entries, 2)
+
+
+def _rechained_delete(entries: list[dict[str, Any]]) -> list[str]:
+    del entries[2]
+    for entry in entries[2:]:
+        entry["seq"] -= 1
+    return rechain(entries, 2)
+
+
+def _new_keyed_chain(entries: list[dict[str, Any]]) -> list[str]:
+    for entry in entries:
+        entry["chain"] = "f" * 32
+    entries[0]["prev"] = GENESIS
+    return rechain(entries, 0)
+
+
+def _new_unkeyed_chain(entries: list[dict[str, Any]]) -> list[str]:
+    prev, out = GENESIS, []
+    for entry in entries:
+        for name in ("mac", "chain", "anchor"):
+            entry.pop(name)
+        entry["prev"] = prev
+        entry["hash"] = prev = audit.entry_hash(entry)
+        out.append(dumps(entry))
+    return out
+
+
+def _forged_append(entries: list[dict[str, Any]]) -> list[str]:
+    forged = {**entries[-1], "operation": "destroy", "seq": entries[-1]["seq"] + 1, "prev": entries[-1]["mac"]}
+    forged["mac"] = ATTACKER.sign(audit.mac_input(forged))
+    return [dumps(e) for e in entries] + [dumps(forged)]
+
+
+def _unkeyed_append(entries: list[dict[str, Any]]) -> list[str]:
+    forged = {"operation": "destroy", "seq": entries[-1]["seq"] + 1, "prev": entries[-1]["mac"]}
+    forged["hash"] = audit.entry_hash(forged)
+    return [dumps(e) for e in entries] + [dumps(forged)]
+
+
+@pytest.mark.parametrize(("change", "line", "words"), [
+    (_edit, 3, "does not match its MAC"),
+    (_rechained_edit, 3, "does not match its MAC"),
+    (_rechained_delete, 3, "does not match its MAC"),
+    (_new_keyed_chain, 1, "does not match its MAC"),
+    (_new_unkeyed_chain, 7, "only unkeyed entries"),
+    (_forged_append, 7, "does not match its MAC"),
+    (_unkeyed_append, 7, "unkeyed after the keyed chain began"),
+    (lambda e: [dumps(x) for x in e[:4]], 5, "entries seq 5-6 were cut off"),
+    (lambda e: [dumps(x) for x in e[:5]], 6, "entry seq 6 was cut off"),
+    (lambda e: [], 1, "the log is empty but its head"),
+], ids=["edited", "rechained-edit", "rechained-delete", "new-keyed-chain", "new-unkeyed-chain", "forged-append",
+        "unkeyed-append", "cut-tail", "cut-last", "emptied"])
+def test_keyed_chain_catches_tampering(tmp_path: Path, change: Any, line: int, words: str) -> None:
+    log, heads = tmp_path / "k.jsonl", audit.MemoryHeads()
+    write_keyed(log, 6, heads)
+    log.write_text("".join(change([json.loads(x) for x in lines(log)])))
+    result = verify_keyed(log, heads)
+    assert result.problem is not None, result
+    assert result.problem.line == line and words in result.problem.message, result.problem
+    with pytest.raises(AuditChainBroken, match=f"line {line}"):
+        verify_log(log, key=KEY, heads=heads, anchor=ANCHOR, raise_on_error=True)
+
+
+def test_the_writer_refuses_a_log_behind_its_head(tmp_path: Path) -> None:
+    log, heads = tmp_path / "k.jsonl", audit.MemoryHeads()
+    write_keyed(log, 5, heads)
+    log.write_text("".join(lines(log)[:3]))
+    with pytest.raises(AuditChainBroken, match="entries seq 4-5 were cut off.*nothing was appended"):
+        write_keyed(log, 1, heads)
+    log.write_text("")
+    with pytest.raises(AuditChainBroken, match="the log is empty but its head is at entry seq 5"):
+        write_keyed(log, 1, heads)
+    assert log.read_text() == "" and heads.read(ANCHOR)[0].seq == 5  # type: ignore[index]
+
+
+def test_another_log_with_the_same_anchor_is_refused(tmp_path: Path) -> None:
+    heads = audit.MemoryHeads()
+    write_keyed(tmp_path / "a.jsonl", 2, heads)
+    with pytest.raises(AuditChainBroken, match="empty but its head"):
+        write_keyed(tmp_path / "b.jsonl", 1, heads)
+    write_keyed(tmp_path / "b.jsonl", 1, heads, anchor="other")  # its own anchor: its own chain
+    assert verify_keyed(tmp_path / "b.jsonl", heads, "other").ok
+    # verifying a log against the anchor of another one is a replacement
+    result = verify_keyed(tmp_path / "b.jsonl", heads, ANCHOR)
+    assert result.problem is not None and "belong to the chain anchored at 'other'" in result.problem.message
+
+
+def test_a_keyed_chain_after_unkeyed_entries_authenticates_them(tmp_path: Path) -> None:
+    log, heads = tmp_path / "k.jsonl", audit.MemoryHeads()
+    legacy = write_log(log, 3)
+    keyed = write_keyed(log, 2, heads)
+    assert keyed[0]["prev"] == legacy[-1]["hash"] and keyed[0]["seq"] == 4
+    result = verify_keyed(log, heads)
+    assert result.ok and (result.unkeyed_entries, result.keyed_entries) == (3, 2)
+    assert "first 3 entries are unkeyed (legacy)" in result.summary()
+    entries = [json.loads(x) for x in lines(log)]
+    entries[1]["tenant"] = "someone-else"
+    for i in (1, 2):  # re-chain the unkeyed part, as anyone could
+        entries[i]["prev"] = entries[i - 1]["hash"]
+        entries[i]["hash"] = audit.entry_hash(entries[i])
+    log.write_text("".join(dumps(e) for e in entries))
+    problem = verify_keyed(log, heads).problem
+    assert problem is not None and problem.line == 4 and "does not chain" in problem.message
+
+
+def test_an_unkeyed_log_says_so(tmp_path: Path) -> None:
+    log = tmp_path / "a.jsonl"
+    write_log(log, 2)
+    result = verify_log(log, key=KEY, heads=audit.MemoryHeads(), anchor=ANCHOR)
+    assert result.ok and result.keyed_entries == 0 and "unkeyed SHA-256, legacy" in result.summary()
+    assert "keyed chain starts with the next entry" in result.notes[0]
+    with pytest.raises(AuditError, match="needs the audit key"):
+        heads = audit.MemoryHeads()
+        write_keyed(tmp_path / "k.jsonl", 1, heads)
+        verify_log(tmp_path / "k.jsonl")
+
+
+class FailingHeads(audit.MemoryHeads):
+    fail = False
+
+    def write(self, anchor: str, head: audit.Head, cas: int) -> int:
+        if self.fail:
+            raise audit.KeyopsError("Vault is away")
+        return super().write(anchor, head, cas)
+
+
+def test_a_failed_head_update_is_an_error_and_the_next_entry_anchors(tmp_path: Path) -> None:
+    log, heads = tmp_path / "k.jsonl", FailingHeads()
+    write_keyed(log, 2, heads)
+    heads.fail = True
+    with pytest.raises(AuditError, match="seq 3 was written .* but advancing the head"):
+        write_keyed(log, 1, heads)
+    result = verify_keyed(log, heads)
+    assert result.ok and result.entries == 3 and "entry seq 3 is not anchored yet" in result.notes[0]
+    heads.fail = False
+    write_keyed(log, 1, heads)
+    assert heads.read(ANCHOR)[0].seq == 4 and verify_keyed(log, heads).notes == ()  # type: ignore[index]
+
+
+def test_rotation_archives_the_log_and_the_chain_goes_on(tmp_path: Path) -> None:
+    log, heads = tmp_path / "k.jsonl", audit.MemoryHeads()
+    write_keyed(log, 3, heads)
+    trail = AuditTrail(keyed_log(log, heads))
+    result = trail.rotate(actor="token:x")
+    archive = Path(result.archived)
+    assert result.seq == 4 and result.intact and archive.exists()
+    first = json.loads(lines(log)[0])
+    assert first["operation"] == "audit.rotate" and first["archived_as"] == archive.name and first["seq"] == 4
+    write_keyed(log, 2, heads)
+    for path in (archive, log):
+        checked = verify_keyed(path, heads)
+        assert checked.ok, checked.problem
+    assert "archived by a rotation at seq 3" in verify_keyed(archive, heads).notes[0]
+    assert "continues" in verify_keyed(log, heads).notes[0]
+    archive.write_text("".join(lines(archive)[:2]))  # cutting the archive is caught too
+    assert "entry seq 3 was cut off" in str(verify_keyed(archive, heads).problem)
+    log.write_text("".join(lines(log)[1:]))  # and so is dropping the rotation entry
+    assert "entries seq 1-4 are missing" in str(verify_keyed(log, heads).problem)
+
+
+def test_rotating_a_damaged_log_needs_force_and_keeps_the_damage_visible(tmp_path: Path) -> None:
+    log, heads = tmp_path / "k.jsonl", audit.MemoryHeads()
+    write_keyed(log, 4, heads)
+    log.write_text("".join(lines(log)[:2]))
+    trail = AuditTrail(keyed_log(log, heads))
+    with pytest.raises(AuditChainBroken, match="not rotated.*cut off"):
+        trail.rotate()
+    result = trail.rotate(force=True)
+    assert not result.intact and result.seq == 5
+    assert "cut off" in str(verify_keyed(Path(result.archived), heads).problem)
+    write_keyed(log, 1, heads)
+    assert verify_keyed(log, heads).ok
+
+
+def test_threads_with_their_own_log_objects_keep_one_keyed_chain(tmp_path: Path) -> None:
+    import threading
+
+    log, heads = tmp_path / "k.jsonl", audit.MemoryHeads()
+    workers = [threading.Thread(target=write_keyed, args=(log, 15, heads)) for _ in range(3)]
+    for t in workers:
+        t.start()
+    for t in workers:
+        t.join(60)
+    result = verify_keyed(log, heads)
+    assert result.ok and result.entries == 45 and heads.read(ANCHOR)[0].seq == 45  # type: ignore[index]
+
+
+def test_anchor_names() -> None:
+    assert audit.anchor_name(None, "/a") is None and audit.anchor_name("off", "/a") is None
+    assert audit.anchor_name("prod-rotation", "/a") == "prod-rotation"
+    auto = audit.anchor_name("auto", "/var/log/a.jsonl")
+    assert auto == audit.anchor_name("auto", "/var/log/../log/a.jsonl") != audit.anchor_name("auto", "/b.jsonl")
+    assert auto is not None and re.fullmatch(r"[a-z0-9-]+-[0-9a-f]{16}", auto)
+    with pytest.raises(ConfigError, match="KEYOPS_AUDIT_ANCHOR"):
+        audit.anchor_name("../x", "/a")
+
+
+def test_keys_do_not_leak() -> None:
+    import pickle
+
+    assert "k" * 8 not in repr(KEY)
+    with pytest.raises(TypeError, match="cannot be pickled"):
+        pickle.dumps(KEY)
+    with pytest.raises(ValueError, match="at least 16 bytes"):
+        audit.HmacKey(b"short")
+
+
+def test_sink_from_config_with_an_anchor(tmp_path: Path) -> None:
+    from keyops.config import Config
+
+    trail = audit.sink_from_config(Config(audit_log=str(tmp_path / "a.jsonl"), audit_anchor="auto"))
+    assert trail is not None and trail.log is not None and trail.log.keyed
+    assert isinstance(trail.log.key, audit.TransitHmacKey) and trail.log.key.key_name == "keyops_audit"
+    assert isinstance(trail.log.heads, audit.KvHeads) and trail.log.heads.path("x") == "audit/head/x"
+    with pytest.raises(ConfigError, match="set KEYOPS_AUDIT_LOG too"):
+        audit.sink_from_config(Config(audit_anchor="auto"))
+    with pytest.raises(InvalidInput, match="audit key name"):
+        audit.sink_from_config(Config(audit_log=str(tmp_path / "a.jsonl"), audit_anchor="on",
+                                      audit_key="keyops-acme"))

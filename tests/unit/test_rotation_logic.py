@@ -95,19 +95,51 @@ def test_transit_targets_use_transit_versions_not_kek_numbers() -> None:
 def test_claim_then_promote_master_version() -> None:
     reg = registry("active")
     assert pending_master_version(reg) is None
-    claimed = claim_master_version(reg, lambda v: f"m-v{v}", T0)
+    claimed = claim_master_version(reg, "m", T0)
+    rid = claimed.registry_id
+    assert rid is not None and len(rid) == 16 and reg.registry_id is None  # a legacy registry gets an id
     assert claimed.primary == 1 and pending_master_version(claimed) == 2
-    assert claimed.get(2) == MasterVersion(2, "m-v2", PENDING, format_time(T0))
+    assert claimed.get(2) == MasterVersion(2, f"m-{rid}-v2", PENDING, format_time(T0), rid + "00000002")
+    assert claimed.get(1) == reg.get(1) and not claimed.get(1).owned  # the legacy version keeps its name
     promoted = promote_master_version(claimed, 2)
     assert promoted.primary == 2
     assert {v.version: v.state for v in promoted.versions} == {1: "decrypt_only", 2: "active"}
     assert promote_master_version(promoted, 2) is promoted  # idempotent
     assert MasterRegistry.from_dict(promoted.to_dict()) == promoted
+    assert claim_master_version(promoted, "m", T0).registry_id == rid  # the id never changes
+
+
+def test_first_registry_claims_version_one_under_a_random_id() -> None:
+    a, b = MasterRegistry.first("keyops-master", T0), MasterRegistry.first("keyops-master", T0)
+    assert a.registry_id != b.registry_id  # two Vaults on one token never share names
+    first = a.get(1)
+    assert (a.primary, first.state, first.owned) == (1, PENDING, True)
+    assert first.label == f"keyops-master-{a.registry_id}-v1" and first.key_id == f"{a.registry_id}00000001"
+    promoted = promote_master_version(a, 1)  # the pending primary turns active
+    assert promoted.get(1).state == "active" and promote_master_version(promoted, 1) is promoted
+
+
+def test_a_legacy_registry_document_still_reads() -> None:
+    legacy = {"schema": 1, "primary": 1, "period_days": 365,
+              "versions": [{"version": 1, "label": "keyops-master-v1", "state": "active",
+                            "created_at": "2025-01-01T00:00:00Z"}]}
+    reg = MasterRegistry.from_dict(legacy)
+    assert reg.registry_id is None and reg.get(1).key_id is None and not reg.get(1).owned
+
+
+@pytest.mark.parametrize("change", [{"registry_id": "../x"}, {"registry_id": "ABCDEF0123456789"},
+                                    {"versions": [{"version": 1, "label": "l", "state": "active",
+                                                   "created_at": "t", "key_id": "zz"}]}, {"versions": None}])
+def test_a_malformed_registry_is_refused_by_name(change: dict) -> None:
+    doc = {"schema": 1, "primary": 1, "versions": [{"version": 1, "label": "l", "state": "active",
+                                                    "created_at": "t"}], **change}
+    with pytest.raises(KeyStateError, match="master key registry in Vault is malformed"):
+        MasterRegistry.from_dict(doc)
 
 
 def test_claim_never_reuses_a_destroyed_version_number() -> None:
     reg = registry("destroyed", "decrypt_only", "active")
-    assert claim_master_version(reg, lambda v: f"m-v{v}", T0).versions[-1].version == 4
+    assert claim_master_version(reg, "m", T0).versions[-1].version == 4
 
 
 def test_master_due_by_age_against_the_registry_period() -> None:
