@@ -428,7 +428,7 @@ def test_an_admin_restores_an_overwritten_keyring_by_the_runbook(w: World, stack
 
 
 def test_policy_apply_gives_an_existing_stack_its_history(w: World, stack: DevStack, vault_client: Any,
-                                                          monkeypatch: pytest.MonkeyPatch,
+                                                          tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                           capsys: pytest.CaptureFixture[str]) -> None:
     tenant = new_tenant("acc-old")
     w.root.create_tenant(tenant, Policy(kek_residence="kv"))
@@ -447,7 +447,9 @@ def test_policy_apply_gives_an_existing_stack_its_history(w: World, stack: DevSt
         kv.update_metadata(path=doc, max_versions=0, cas_required=False, mount_point=KV)
     for key, value in stack.env().items():
         monkeypatch.setenv(key, value)
-    monkeypatch.setenv("KEYOPS_AUDIT_LOG", str(w.log))
+    log = tmp_path / "keyops-audit.jsonl"  # this module's log stays unkeyed (its last test verifies it)
+    monkeypatch.setenv("KEYOPS_AUDIT_LOG", str(log))
+    monkeypatch.delenv("KEYOPS_AUDIT_ANCHOR", raising=False)
     args = ["policy", "apply", "--role", "app", "--tenant", tenant]
     kept = rf"\s+{access.DOCUMENT_HISTORY} versions of {KV}/{keyring_path(tenant)} \(was the mount's default; "
     assert main([*args, "--dry-run"]) == 0
@@ -463,7 +465,7 @@ def test_policy_apply_gives_an_existing_stack_its_history(w: World, stack: DevSt
     again = json.loads(capsys.readouterr().out)
     assert again["changed"] is False and {c["action"] for c in again["history"]} == {"unchanged"}
     assert any(e["operation"] == "history.tenant" and e["tenant"] == tenant and e["result"] == "ok"
-               for e in w.events())
+               for e in read_events(log))
 
 
 # --- auditor -----------------------------------------------------------------------------------------

@@ -609,7 +609,6 @@ def test_status_reports_a_corrupted_keyring_on_its_own(stack: Any, config: Confi
                    f"(version {version} of {iso.mount}/{keyring_path(bad)})")
         for key, value in iso.env.items():
             monkeypatch.setenv(key, value)
-        monkeypatch.delenv("KEYOPS_AUDIT_LOG", raising=False)
 
         assert main(["status"]) == 1
         out, err = capsys.readouterr()
