@@ -39,6 +39,7 @@ from keyops.errors import (
     KeyStateError,
     MalformedCiphertext,
     NotFound,
+    PermissionDenied,
     SecretNotFound,
     TenantExists,
     TenantNotFound,
@@ -586,7 +587,12 @@ class Keyops:
         version = self.store.write(keyring_path(tenant), keyring.to_dict(), cas=cas)
         self._keyrings[tenant] = (keyring, version, time.monotonic())
         if cas == 0:
-            access.ensure_history(self, [tenant], master=self.principal.allows("history.config"), mount=False)
+            try:
+                access.ensure_history(self, [tenant], master=self.principal.allows("history.config"), mount=False)
+            except PermissionDenied as exc:
+                # The keyring is made and usable; only its history setting waits for an administrator.
+                _log.warning("KV history of tenant %r not set (%s); run 'keyops policy apply' with a "
+                             "security-admin token", tenant, exc.code)
         return version
 
     def update_keyring(self, tenant: str, change: Callable[[Keyring], Keyring]) -> tuple[Keyring, int]:
