@@ -687,6 +687,7 @@ class Keyops:
             with self.audited("tenant.delete", tenant=tenant, level="kek+dek"):
                 for job in self.store.list(jobs_path(tenant)):
                     self.store.delete_all_versions(f"{jobs_path(tenant)}/{job}")
+                self.store.delete_all_versions(usage_path(tenant))
                 self.store.delete_all_versions(keyring_path(tenant))
                 self._keyrings.pop(tenant, None)
                 self._reservations.pop((tenant, False), None)
@@ -706,11 +707,26 @@ class Keyops:
                           kek=KeyChain(0, ()), dek=KeyChain(0, ()))
         keyring = keyring.add_version("kek", b64e(wrapped), master_version, now,
                                       transit_version=1 if policy.kek_residence == "transit" else None)
+        self._fresh_usage(tenant)
         try:
             version = self.write_keyring(tenant, keyring, cas=0)
         except Conflict as exc:
             raise Conflict(f"tenant {tenant!r} is being created by another process; re-run to see its state") from exc
         return keyring, version
+
+    def _fresh_usage(self, tenant: str) -> None:
+        """An empty usage document, written before the keyring so that the keyring's creation sets its history too.
+
+        One left by an earlier tenant of the same name (deleted by an older
+        keyops) counts another tenant's keys: it is replaced, with check-and-set.
+        """
+        found = self.store.read(usage_path(tenant))
+        if found is not None and found[0] == Usage(tenant).to_dict():
+            return
+        try:
+            self.store.write(usage_path(tenant), Usage(tenant).to_dict(), cas=found[1] if found else 0)
+        except Conflict:
+            pass  # another process creating this tenant wrote it first; only one keyring write can win
 
     def _finish_tenant(self, keyring: Keyring, version: int) -> Keyring:
         tenant = keyring.tenant

@@ -118,6 +118,18 @@ tenants:
       dek_usage: 4096
       dek_usage_cap: 1073741824
       due: []
+problems:
+  description:
+    - Tenants whose status could not be read (for example a corrupted keyring), each on its own; the other
+      tenants are still reported in RV(tenants). The task does not fail for them.
+  returned: always
+  type: list
+  elements: dict
+  sample:
+    - tenant: dd
+      error: keyring_corrupt
+      exit_code: 8
+      message: "keyring of tenant 'dd' has schema '1' (a string); expected the number 1 (...)"
 due:
   description: Everything due now across the tenants reported, with the reason (C(age) or C(usage)).
   returned: always
@@ -148,7 +160,8 @@ def main():
     master = jsonable(found[0].to_dict()) if found else None
     if master is not None:
         master.pop("schema", None)
-    module.exit_json(changed=False, master=master, tenants=tenants, due=due)
+    problems = [jsonable(p) for p in getattr(statuses, "problems", ())]
+    module.exit_json(changed=False, master=master, tenants=tenants, due=due, problems=problems)
 
 
 if __name__ == "__main__":

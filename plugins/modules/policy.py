@@ -101,6 +101,17 @@ policies:
     - {name: keyops-app-acme, action: create}
     - {name: keyops-auditor, action: unchanged}
     - {name: keyops-rotation, action: update}
+history:
+  description:
+    - With O(state=present) and a security-admin token, the KV history kept of each tenant's keyring and usage
+      document, the master registry and the mount's default for secrets (raised to keep enough versions for an
+      administrator to restore one; never lowered), and what was (or would be) done.
+  returned: always
+  type: list
+  elements: dict
+  sample:
+    - {path: keyops/tenants/acme/keyring, action: update, max_versions_before: 0, max_versions: 1000}
+    - {path: keyops/config, action: unchanged, max_versions_before: 100, max_versions: 100}
 created:
   description: Names of the policies created.
   returned: always
@@ -156,9 +167,16 @@ def main():
             result = access.remove_policies(k, policies, dry_run=module.check_mode)
         else:
             result = access.apply_policies(k, policies, dry_run=module.check_mode)
+        # As 'keyops policy apply': KV's history is what lets an administrator undo a bad write.
+        history = access.HistoryResult((), module.check_mode)
+        if p["state"] == "present" and k.principal.allows("history.config"):
+            tenants = p["tenants"] if p["tenants"] is not None else k.list_tenants()
+            history = access.ensure_history(k, tenants, dry_run=module.check_mode)
     changed = [c for c in result.changes if c.action != "unchanged"]
     module.exit_json(
-        changed=result.changed,
+        changed=result.changed or history.changed,
+        history=[{"path": c.path, "action": c.action, "max_versions_before": c.before, "max_versions": c.after}
+                 for c in history.changes],
         policies=[{"name": c.name, "action": c.action} for c in result.changes],
         created=result.names("create"), updated=result.names("update"), removed=result.names("delete"),
         **module.diff({c.name: c.before for c in changed}, {c.name: c.after for c in changed}))

@@ -122,8 +122,11 @@ def test_wrong_pin_is_hsm_login_failed_and_changes_nothing(stack: DevStack, k: K
         assert err.startswith("keyops: error: ") and "wrong PIN" in err and "KEYOPS_PKCS11_PIN" in err, err
         assert "Traceback" not in err and WRONG_PIN not in err
         assert proc.stdout == b""
-    # No keyring, no record, no reservation of DEK uses, no Transit key.
-    assert changed_paths(before, snapshot(vault_client)) == []
+    # No keyring, no record, no reservation of DEK uses, no Transit key; only the audit trail's head
+    # moved on, since each refusal is itself an audited event.
+    changed = changed_paths(before, snapshot(vault_client))
+    assert [p for p in changed if not p.startswith("audit/")] == [], changed
+    assert all(p.startswith("audit/head/") for p in changed), changed
     assert k.get_secret(existing, "s") == b"value"
 
 

@@ -22,8 +22,10 @@ import textwrap
 import uuid
 from typing import Any
 
+import hvac.exceptions
 import pytest
 
+from keyops.access import DOCUMENT_HISTORY
 from keyops.config import Config
 from keyops.devstack import DevStack
 from keyops.errors import KeyInUse, KeyStateError
@@ -31,7 +33,8 @@ from keyops.lifecycle import retire
 from keyops.reencrypt import reencrypt
 from keyops.references import count_dek_references
 from keyops.rotation import rotate
-from keyops.service import Keyops
+from keyops.service import Keyops, usage_path
+from keyops.usage import Usage
 
 pytestmark = pytest.mark.integration
 
@@ -44,7 +47,8 @@ WRITER_TTL, WRITER_TIMEOUT = 12.0, 2
 WRITER = textwrap.dedent("""
     import sys
     from keyops.config import Config
-    from keyops.service import Keyops
+    from keyops.service import Keyops, usage_path
+from keyops.usage import Usage
     tenant = sys.argv[1]
     with Keyops(Config.load(), keyring_ttl=float(sys.argv[2])) as k:
         for line in sys.stdin:
@@ -215,3 +219,17 @@ def test_rewrap_in_the_library_keeps_the_form(config: Config) -> None:
         assert k.rewrap(tenant, new_text, "c") == new_text
         usage: Any = k.read_usage(tenant)[0]
         assert usage.get(1).external >= 2 and usage.get(2).external >= 2  # both counted as handed out
+
+
+def test_a_tenant_is_created_with_its_usage_document_under_history_and_deleted_with_it(config: Config,
+                                                                                     vault_client: Any) -> None:
+    with Keyops(config) as k:
+        tenant = new_tenant(k)
+        path = usage_path(tenant)
+        meta = vault_client.secrets.kv.v2.read_secret_metadata(path=path, mount_point=config.kv_mount)["data"]
+        assert meta["max_versions"] >= DOCUMENT_HISTORY and meta["cas_required"] is True
+        assert k.read_usage(tenant)[0] == Usage(tenant)  # empty until the first encryption
+        k.encrypt(tenant, b"x")
+        assert k.delete_tenant(tenant)
+        with pytest.raises(hvac.exceptions.InvalidPath):
+            vault_client.secrets.kv.v2.read_secret_metadata(path=path, mount_point=config.kv_mount)
