@@ -23,7 +23,7 @@ from collections.abc import Iterator
 import requests
 
 from keyops.config import Config
-from keyops.devstack import HOST, DevStack, bao_binary, free_port
+from keyops.dev.stack import HOST, DevStack, bao_binary, free_port
 
 START_TIMEOUT = 30.0
 

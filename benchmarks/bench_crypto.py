@@ -38,9 +38,9 @@ from typing import Any
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from keyops.config import Config
-from keyops.model import Policy
-from keyops.service import Keyops
-from keyops.vault import make_client
+from keyops.model.keyring import Policy
+from keyops.ops.front import Keyops
+from keyops.backends.vault import make_client
 
 SIZES = (64, 1024, 64 * 1024)
 CONTEXT = b"secret:bench/item"

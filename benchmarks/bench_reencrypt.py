@@ -10,9 +10,9 @@ workers (threads), round after round, interleaved:
 * ``raw``: the ceiling: hvac reads a KV v2 document and writes it back with
   check-and-set on the version read (one read + one CAS write per document),
   over as many 200 B documents, with an hvac client set up as keyops' own
-  (``keyops.vault.make_client``: a pooled ``requests.Session`` with
+  (``keyops.backends.vault.make_client``: a pooled ``requests.Session`` with
   ``trust_env=False``). No listing, no crypto, no checkpoint.
-* ``reencrypt``: ``keyops.reencrypt.reencrypt`` after a DEK rotation, with its
+* ``reencrypt``: ``keyops.ops.reencrypt.reencrypt`` after a DEK rotation, with its
   paginated listing, decryption, encryption, CAS write and checkpoints;
   ``pass`` is the re-encryption pass alone, ``total`` adds the verification
   pass (one more read of every record).
@@ -47,11 +47,11 @@ if __package__ in (None, ""):  # run as a script: make the project importable
 
 from keyops import crypto  # noqa: E402
 from keyops.config import Config  # noqa: E402
-from keyops.devstack import DevStack, free_port  # noqa: E402
-from keyops.progress import ProgressEvent  # noqa: E402
-from keyops.reencrypt import reencrypt  # noqa: E402
-from keyops.service import Keyops, b64e  # noqa: E402
-from keyops.vault import make_client  # noqa: E402
+from keyops.dev.stack import DevStack, free_port  # noqa: E402
+from keyops.ops.progress import ProgressEvent  # noqa: E402
+from keyops.ops.reencrypt import reencrypt  # noqa: E402
+from keyops.ops.front import Keyops, b64e  # noqa: E402
+from keyops.backends.vault import make_client  # noqa: E402
 
 GOAL = 0.7
 TENANT = "bench-reencrypt"
@@ -97,7 +97,7 @@ def timed(name: str, items: int, body: Callable[[], dict[str, int] | None]) -> M
 
 def rotate_dek(k: Keyops, tenant: str) -> int:
     try:
-        from keyops.rotation import rotate
+        from keyops.ops.rotation import rotate
     except ImportError:  # before the rotation module existed: a new primary DEK by hand
         def change(keyring: Any) -> Any:
             version = keyring.dek.latest_version + 1

@@ -20,7 +20,7 @@ What is measured, per size N (fresh tenants each time, on one stack):
 * ``start``: ansible-playbook of a play with one debug task (the floor).
 
 The stack is a real OpenBao (raft storage on disk) and SoftHSM2 token in a
-temporary folder (``keyops.devstack``), stopped at the end. Wall-clock times
+temporary folder (``keyops.dev.stack``), stopped at the end. Wall-clock times
 of the whole ansible-playbook process; the median of ``--repeat`` runs.
 """
 
@@ -77,7 +77,7 @@ def run_playbook(playbook: Path, env: dict[str, str], vars_file: Path | None = N
 
 
 def make_tenants(k: Any, names: list[str], secrets_per_tenant: int) -> None:
-    from keyops.model import Policy
+    from keyops.model.keyring import Policy
 
     for name in names:
         k.create_tenant(name, Policy(kek_period_days=90, dek_period_days=30))
@@ -125,7 +125,7 @@ def main() -> int:
     import hvac
     import requests
 
-    from keyops.devstack import DevStack, free_port
+    from keyops.dev.stack import DevStack, free_port
 
     with tempfile.TemporaryDirectory(prefix="keyops-bench-") as tmp:
         tmpdir = Path(tmp)
@@ -134,7 +134,7 @@ def main() -> int:
         try:
             # SoftHSM2 reads its configuration once per process: set it before the library opens the HSM.
             os.environ["SOFTHSM2_CONF"] = str(stack.softhsm_conf)
-            from keyops.service import Keyops
+            from keyops.ops.front import Keyops
 
             k = Keyops(stack.config())
             session = requests.Session()

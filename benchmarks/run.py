@@ -22,7 +22,7 @@ import cryptography
 
 from benchmarks._stack import dev_mode_openbao, temporary_stack
 from benchmarks.bench_crypto import report, run_crypto
-from keyops.vault import make_client
+from keyops.backends.vault import make_client
 
 
 def machine() -> dict[str, Any]:

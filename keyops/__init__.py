@@ -16,7 +16,7 @@ __all__ = ["Config", "DecryptionError", "Keyops", "KeyopsError", "Policy"]
 __version__ = "0.1.0"
 
 _HOMES = {"Config": "keyops.config", "DecryptionError": "keyops.errors", "KeyopsError": "keyops.errors",
-          "Policy": "keyops.model", "Keyops": "keyops.service"}
+          "Policy": "keyops.model.keyring", "Keyops": "keyops.ops.front"}
 
 
 def __getattr__(name: str) -> Any:

@@ -28,7 +28,7 @@ from typing import Any
 import pytest
 
 from keyops.config import Config
-from keyops.devstack import DevStack, free_port
+from keyops.dev.stack import DevStack, free_port
 
 _INTEGRATION_DIR = Path(__file__).parent / "integration"
 

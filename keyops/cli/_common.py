@@ -8,7 +8,7 @@ import sys
 from typing import Any
 
 from keyops.config import Config
-from keyops.service import Keyops
+from keyops.ops.front import Keyops
 
 
 def open_keyops() -> Keyops:

@@ -10,7 +10,7 @@ from keyops import audit
 from keyops.cli._common import add_json_flag, open_keyops, print_json
 from keyops.config import Config
 from keyops.errors import AuditChainBroken, ConfigError
-from keyops.vault import VaultStore, vault_errors
+from keyops.backends.vault import VaultStore, vault_errors
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:

@@ -18,7 +18,7 @@ import shlex
 import sys
 from typing import Any
 
-from keyops.devstack import DEFAULT_PORT, PORT_ENV, STATE_DIR_ENV, DevStack, default_state_dir
+from keyops.dev.stack import DEFAULT_PORT, PORT_ENV, STATE_DIR_ENV, DevStack, default_state_dir
 
 #: Exit code of ``keyops dev status`` when the stack is not up.
 EXIT_NOT_RUNNING = 3

@@ -18,7 +18,7 @@ import sys
 
 from keyops.cli._common import add_json_flag, open_keyops, print_json
 from keyops.cli.rotate import EXIT_DONE, EXIT_NOTHING_TO_DO
-from keyops.lifecycle import LifecycleResult, destroy, retire
+from keyops.ops.lifecycle import LifecycleResult, destroy, retire
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:

@@ -1,4 +1,4 @@
-"""``keyops``: the command line. Thin over ``keyops.service``.
+"""``keyops``: the command line. Thin over ``keyops.ops.front``.
 
 One domain error type is turned into exit codes here, at the edge: each
 ``KeyopsError`` subclass carries its ``exit_code``; messages go to stderr.

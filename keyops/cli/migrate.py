@@ -7,7 +7,7 @@
 Each source secret becomes a keyops record, is checked to decrypt back to the
 original, and only then is the source replaced by a marker; the original
 stays in the source's KV version history until ``--purge-source`` destroys
-those versions (see ``keyops.migrate``). Exit codes (the table of ``keyops
+those versions (see ``keyops.ops.migrate``). Exit codes (the table of ``keyops
 rotate``): 0 done (with ``--dry-run``: something would change), 3 nothing to
 do, 7 some secrets were skipped (listed; e.g. a keyops secret of that name
 holds another value), otherwise the error's ``exit_code``.
@@ -20,7 +20,7 @@ import argparse
 from keyops.cli._common import add_json_flag, open_keyops, print_json
 from keyops.cli.reencrypt import EXIT_DONE, EXIT_NOTHING_TO_DO, progress_bar
 from keyops.errors import Conflict
-from keyops.migrate import DEFAULT_BATCH_SIZE, DEFAULT_WORKERS, SOURCE_KINDS, MigrationResult, migrate
+from keyops.ops.migrate import DEFAULT_BATCH_SIZE, DEFAULT_WORKERS, SOURCE_KINDS, MigrationResult, migrate
 
 EXIT_SKIPPED = Conflict.exit_code
 

@@ -10,7 +10,7 @@ from keyops.cli._common import add_json_flag, open_keyops, print_json
 from keyops.config import Config
 from keyops.errors import InvalidInput
 from keyops.files import write_file_atomic
-from keyops.service import Keyops
+from keyops.ops.front import Keyops
 
 HSM_WORDS = {"never": "no", "kv-residence": "for residence kv", "always": "yes"}
 

@@ -18,8 +18,8 @@ import sys
 from collections.abc import Iterator
 
 from keyops.cli._common import add_json_flag, open_keyops, print_json
-from keyops.progress import ProgressBar
-from keyops.reencrypt import DEFAULT_BATCH_SIZE, DEFAULT_WORKERS, ReencryptResult, reencrypt
+from keyops.ops.progress import ProgressBar
+from keyops.ops.reencrypt import DEFAULT_BATCH_SIZE, DEFAULT_WORKERS, ReencryptResult, reencrypt
 
 EXIT_DONE = 0
 EXIT_NOTHING_TO_DO = 3  # the same table as keyops rotate/retire/destroy

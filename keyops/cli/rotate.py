@@ -32,7 +32,7 @@ from typing import Any
 
 from keyops.cli._common import add_json_flag, open_keyops, print_json
 from keyops.errors import InvalidInput
-from keyops.rotation import (
+from keyops.ops.rotation import (
     DueRotationReport,
     MasterRotationResult,
     RotationResult,

@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 
 from keyops.cli._common import add_json_flag, open_keyops, print_json
-from keyops.model import DEFAULT_DEK_USAGE_CAP, Policy
-from keyops.service import Keyops
+from keyops.model.keyring import DEFAULT_DEK_USAGE_CAP, Policy
+from keyops.ops.front import Keyops
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:

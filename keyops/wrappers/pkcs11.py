@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from keyops.hsm import Hsm
+from keyops.backends.hsm import Hsm
 
 
 class Pkcs11Wrapper:

@@ -11,7 +11,7 @@ import base64
 import re
 
 from keyops.errors import DecryptionError, VaultError
-from keyops.vault import VaultStore
+from keyops.backends.vault import VaultStore
 
 _TRANSIT_CIPHERTEXT = re.compile(r"vault:v([1-9][0-9]{0,9}):([A-Za-z0-9+/]+={0,2})")
 # Transit's answers for a blob that is not one of its ciphertexts, or does not authenticate.

@@ -30,7 +30,7 @@ try:
     from keyops.audit import sink_from_config
     from keyops.config import Config
     from keyops.errors import ConfigError, Conflict, HsmUnavailable, KeyopsError, VaultSealed, VaultUnreachable
-    from keyops.service import Keyops
+    from keyops.ops.front import Keyops
 except ImportError:
     KEYOPS_IMPORT_ERROR = traceback.format_exc()
     # The modules fail with missing_required_lib before they could need these.

@@ -149,7 +149,7 @@ from ansible_collections.keyops.kms.plugins.module_utils._connection import Keyo
 from ansible_collections.keyops.kms.plugins.module_utils._views import jsonable, master_view
 
 try:
-    from keyops import rotation
+    from keyops.ops import rotation
 except ImportError:
     pass  # KeyopsModule reports the missing library
 

@@ -209,7 +209,7 @@ from ansible_collections.keyops.kms.plugins.module_utils._connection import Keyo
 from ansible_collections.keyops.kms.plugins.module_utils._views import jsonable
 
 try:
-    from keyops.migrate import migrate
+    from keyops.ops.migrate import migrate
 except ImportError:
     pass  # KeyopsModule reports the missing library
 

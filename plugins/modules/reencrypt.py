@@ -179,7 +179,7 @@ from ansible_collections.keyops.kms.plugins.module_utils._connection import Keyo
 
 try:
     from keyops.errors import KeyopsError
-    from keyops.reencrypt import reencrypt, reencrypt_tenants
+    from keyops.ops.reencrypt import reencrypt, reencrypt_tenants
 except ImportError:
     pass  # KeyopsModule reports the missing library
 

@@ -185,7 +185,7 @@ summary:
 from ansible_collections.keyops.kms.plugins.module_utils._connection import KeyopsModule
 
 try:
-    from keyops import rotation
+    from keyops.ops import rotation
     from keyops.errors import KeyopsError
 except ImportError:
     pass  # KeyopsModule reports the missing library

@@ -148,7 +148,7 @@ from ansible_collections.keyops.kms.plugins.module_utils._views import keyring_v
 
 try:
     from keyops.errors import TenantNotFound
-    from keyops.model import Policy
+    from keyops.model.keyring import Policy
 except ImportError:
     pass  # KeyopsModule reports the missing library
 

@@ -186,7 +186,7 @@ notes:
 from ansible_collections.keyops.kms.plugins.module_utils._connection import KeyopsModule
 
 try:
-    from keyops.transit_keys import TransitKeySpec, apply, parse_duration
+    from keyops.ops.transit_keys import TransitKeySpec, apply, parse_duration
 except ImportError:
     pass  # KeyopsModule reports the missing library
 

@@ -18,8 +18,8 @@ import pytest
 from _plays import apply_play, check_play
 
 from keyops.config import Config
-from keyops.model import Policy
-from keyops.service import Keyops, keyring_path, secret_path
+from keyops.model.keyring import Policy
+from keyops.ops.front import Keyops, keyring_path, secret_path
 
 pytestmark = pytest.mark.integration
 

@@ -22,10 +22,10 @@ import pytest
 import requests
 from _plays import apply_play, check_play
 
-from keyops import rotation
+from keyops.ops import rotation
 from keyops.config import Config
-from keyops.model import Policy, utcnow
-from keyops.service import Keyops, keyring_path, secret_path
+from keyops.model.keyring import Policy, utcnow
+from keyops.ops.front import Keyops, keyring_path, secret_path
 
 pytestmark = pytest.mark.integration
 

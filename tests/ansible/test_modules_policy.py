@@ -17,7 +17,7 @@ from _plays import apply_play, check_play, play
 
 from keyops import access
 from keyops.config import Config
-from keyops.service import Keyops
+from keyops.ops.front import Keyops
 
 pytestmark = pytest.mark.integration
 

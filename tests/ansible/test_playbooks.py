@@ -24,7 +24,7 @@ from typing import Any
 import pytest
 
 from keyops import crypto
-from keyops.service import Keyops
+from keyops.ops.front import Keyops
 from keyops.wrappers import AeadWrapper
 
 pytestmark = pytest.mark.integration
@@ -295,8 +295,7 @@ def test_status_fails_for_a_declared_tenant_that_does_not_exist(playbook: Callab
 
 def test_reencrypt_moves_secrets_to_the_primary_dek_after_a_manual_rotation(
         playbook: Callable[..., Any], vault_client: Any, keyops: Keyops) -> None:
-    from keyops import rotation
-
+    from keyops.ops import rotation
     tenants = declare(("kv", "standard", ["a", "b"]), ("kv", "standard", ["c"]))
     playbook("site", extra_vars(tenants))
     name = tenants[0]["name"]

@@ -14,8 +14,8 @@ from typing import Any
 import pytest
 import yaml
 
-from keyops.model import Policy
-from keyops.names import validate_secret_name, validate_tenant
+from keyops.model.keyring import Policy
+from keyops.model.names import validate_secret_name, validate_tenant
 
 REPO = Path(__file__).resolve().parents[2]
 INVENTORIES = ("dev", "staging", "prod")

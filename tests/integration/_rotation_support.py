@@ -24,8 +24,8 @@ import hvac.exceptions
 import requests
 
 from keyops.config import Config
-from keyops.service import Keyops, secret_context, secret_path
-from keyops.vault import VaultStore
+from keyops.ops.front import Keyops, secret_context, secret_path
+from keyops.backends.vault import VaultStore
 
 KV = "keyops"
 

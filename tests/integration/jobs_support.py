@@ -18,8 +18,8 @@ from typing import Any
 
 from keyops import crypto
 from keyops.config import Config
-from keyops.devstack import DevStack
-from keyops.service import Keyops, b64e
+from keyops.dev.stack import DevStack
+from keyops.ops.front import Keyops, b64e
 
 KV = "keyops"
 
@@ -41,7 +41,7 @@ def fill(k: Keyops, tenant: str, values: Mapping[str, bytes], workers: int = 8) 
 def rotate_dek(k: Keyops, tenant: str) -> int:
     """A new primary DEK; the rotation engineer's ``rotate`` when present."""
     try:
-        from keyops.rotation import rotate
+        from keyops.ops.rotation import rotate
     except ImportError:
         def change(keyring: Any) -> Any:
             version = keyring.dek.latest_version + 1

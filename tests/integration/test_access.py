@@ -26,14 +26,17 @@ import hvac.exceptions
 import pytest
 import requests
 
-from keyops import access, crypto, lifecycle, reencrypt, rotation
+from keyops import access, crypto
+from keyops.ops import lifecycle
+from keyops.ops import reencrypt
+from keyops.ops import rotation
 from keyops.audit import AuditLog, AuditTrail, read_events, verify_log
 from keyops.cli.main import main
 from keyops.config import Config
-from keyops.devstack import DevStack, bao_binary
+from keyops.dev.stack import DevStack, bao_binary
 from keyops.errors import ConfigError, InvalidInput, KeyringCorrupt, NotPermitted, PermissionDenied
-from keyops.model import Policy
-from keyops.service import Keyops, keyring_path, secret_path, transit_key_name
+from keyops.model.keyring import Policy
+from keyops.ops.front import Keyops, keyring_path, secret_path, transit_key_name
 from keyops.wrappers import AeadWrapper
 
 pytestmark = pytest.mark.integration
@@ -279,7 +282,7 @@ def test_rotation_has_no_policy_or_destroy_rights(w: World, vault_client: Any) -
 
 
 def _as_keyops(call: Callable[[], Any]) -> Any:
-    from keyops.vault import vault_errors
+    from keyops.backends.vault import vault_errors
 
     with vault_errors("direct request"):
         return call()

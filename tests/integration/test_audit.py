@@ -21,10 +21,10 @@ from keyops import access
 from keyops.audit import AuditLog, AuditTrail, KvSink, read_events, verify_log
 from keyops.cli.main import main
 from keyops.config import Config
-from keyops.devstack import DevStack
+from keyops.dev.stack import DevStack
 from keyops.errors import AuditChainBroken, PermissionDenied
-from keyops.model import Policy
-from keyops.service import Keyops
+from keyops.model.keyring import Policy
+from keyops.ops.front import Keyops
 
 pytestmark = pytest.mark.integration
 
@@ -266,7 +266,6 @@ def test_a_writer_refuses_to_append_to_a_cut_log(anchored: Path) -> None:
 def test_only_the_writer_roles_hold_the_chain_key_and_its_head(anchored: Path, config: Config,
                                                                vault_client: Any) -> None:
     from keyops import audit
-
     tenant = new_tenant("aud-roles")
     with Keyops(config) as root:
         root.create_tenant(tenant, Policy(kek_residence="transit"))

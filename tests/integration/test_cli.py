@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from keyops.cli.main import build_parser, main
-from keyops.devstack import DevStack, free_port
+from keyops.dev.stack import DevStack, free_port
 from keyops.errors import ConfigError, DecryptionError, InvalidInput, SecretNotFound, TenantExists, TenantNotFound
 
 pytestmark = pytest.mark.integration

@@ -34,8 +34,8 @@ from jobs_support import (
     unique,
 )
 from keyops.config import Config
-from keyops.migrate import MARKER_FIELD
-from keyops.service import Keyops
+from keyops.ops.migrate import MARKER_FIELD
+from keyops.ops.front import Keyops
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

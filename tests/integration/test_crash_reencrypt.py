@@ -33,8 +33,8 @@ from jobs_support import (
     values_for,
 )
 from keyops.config import Config
-from keyops.reencrypt import JOB_FIELD
-from keyops.service import Keyops
+from keyops.ops.reencrypt import JOB_FIELD
+from keyops.ops.front import Keyops
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

@@ -49,9 +49,9 @@ from _rotation_support import (
 )
 
 from keyops.config import Config
-from keyops.model import Policy
-from keyops.rotation import LOCKS_PATH, rotate, stale_dek_versions, stale_kek_versions
-from keyops.service import MASTER_PATH, Keyops, MasterRegistry, transit_key_name
+from keyops.model.keyring import Policy
+from keyops.ops.rotation import LOCKS_PATH, rotate, stale_dek_versions, stale_kek_versions
+from keyops.ops.front import MASTER_PATH, Keyops, MasterRegistry, transit_key_name
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

@@ -19,8 +19,8 @@ import pytest
 from keyops import crypto
 from keyops.config import Config
 from keyops.errors import DecryptionError, KeyNotFound, MalformedCiphertext
-from keyops.model import Keyring, Policy
-from keyops.service import Keyops, keyring_path, secret_path
+from keyops.model.keyring import Keyring, Policy
+from keyops.ops.front import Keyops, keyring_path, secret_path
 
 pytestmark = pytest.mark.integration
 

@@ -19,7 +19,7 @@ import pytest
 import requests
 
 from keyops.config import Config
-from keyops.devstack import DevStack
+from keyops.dev.stack import DevStack
 from keyops.errors import (
     ConfigError,
     DecryptionError,
@@ -35,8 +35,8 @@ from keyops.errors import (
     VaultSealed,
     VaultUnreachable,
 )
-from keyops.model import Policy
-from keyops.service import Keyops, keyring_path
+from keyops.model.keyring import Policy
+from keyops.ops.front import Keyops, keyring_path
 
 pytestmark = pytest.mark.integration
 

@@ -16,11 +16,12 @@ from collections.abc import Iterator
 
 import pytest
 
-from keyops import crypto, service
+from keyops import crypto
+from keyops.ops import front as service
 from keyops.config import Config
 from keyops.errors import DecryptionError, InvalidInput, KeyopsError, KeyStateError, UsageCapReached
-from keyops.model import Policy
-from keyops.service import Keyops, b64e
+from keyops.model.keyring import Policy
+from keyops.ops.front import Keyops, b64e
 
 pytestmark = pytest.mark.integration
 

@@ -22,7 +22,7 @@ from pkcs11.mechanisms import GCMParams
 
 from keyops.config import Config
 from keyops.errors import HsmError, HsmKeyNotOwned
-from keyops.hsm import PERMANENT, Hsm
+from keyops.backends.hsm import PERMANENT, Hsm
 
 pytestmark = pytest.mark.integration
 

@@ -27,14 +27,15 @@ from _rotation_support import isolated_mount
 from _rotation_support import raw_doc as support_raw_doc
 from pkcs11 import Attribute, KeyType, MechanismFlag, ObjectClass
 
-from keyops import crypto, lifecycle
+from keyops import crypto
+from keyops.ops import lifecycle
 from keyops.cli.main import main
 from keyops.config import Config
 from keyops.errors import Conflict, InvalidInput, KeyringCorrupt, SecretNotFound, TenantExists
-from keyops.model import Policy
-from keyops.reencrypt import reencrypt
-from keyops.rotation import rotate
-from keyops.service import Keyops, keyring_path, secret_path, transit_key_name, usage_path
+from keyops.model.keyring import Policy
+from keyops.ops.reencrypt import reencrypt
+from keyops.ops.rotation import rotate
+from keyops.ops.front import Keyops, keyring_path, secret_path, transit_key_name, usage_path
 
 pytestmark = pytest.mark.integration
 

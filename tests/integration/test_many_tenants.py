@@ -7,10 +7,10 @@ from _rotation_support import new_tenant
 
 from keyops.config import Config
 from keyops.errors import InvalidInput, TenantNotFound
-from keyops.model import Policy
-from keyops.reencrypt import reencrypt_tenants
-from keyops.rotation import rotate
-from keyops.service import Keyops, secret_path
+from keyops.model.keyring import Policy
+from keyops.ops.reencrypt import reencrypt_tenants
+from keyops.ops.rotation import rotate
+from keyops.ops.front import Keyops, secret_path
 
 pytestmark = pytest.mark.integration
 
@@ -41,8 +41,8 @@ def test_reencrypt_tenants_moves_each_and_reports_failures_in_place(config: Conf
 
 
 def test_finished_jobs_are_pruned_and_running_ones_kept(config: Config) -> None:
-    from keyops.jobs import KEEP_FINISHED_JOBS, Checkpoint, job_path, list_jobs, read_job
-    from keyops.reencrypt import reencrypt
+    from keyops.ops.jobs import KEEP_FINISHED_JOBS, Checkpoint, job_path, list_jobs, read_job
+    from keyops.ops.reencrypt import reencrypt
 
     with Keyops(config) as k:
         tenant = new_tenant("jobs")

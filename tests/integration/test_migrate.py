@@ -27,10 +27,10 @@ from jobs_support import (
 )
 from keyops.config import Config
 from keyops.errors import DecryptionError, InvalidInput, JobFailed
-from keyops.migrate import MARKER_FIELD, ORIGIN_FIELD, Skipped, migrate, purge_sources
-from keyops.model import Policy
-from keyops.progress import ProgressEvent
-from keyops.service import Keyops
+from keyops.ops.migrate import MARKER_FIELD, ORIGIN_FIELD, Skipped, migrate, purge_sources
+from keyops.model.keyring import Policy
+from keyops.ops.progress import ProgressEvent
+from keyops.ops.front import Keyops
 
 pytestmark = pytest.mark.integration
 

@@ -37,10 +37,10 @@ import pytest
 
 from keyops import crypto
 from keyops.config import Config
-from keyops.devstack import DevStack, free_port
+from keyops.dev.stack import DevStack, free_port
 from keyops.errors import KeyopsError
-from keyops.model import Policy
-from keyops.service import Keyops, b64d, keyring_path
+from keyops.model.keyring import Policy
+from keyops.ops.front import Keyops, b64d, keyring_path
 from keyops.wrappers import AeadWrapper
 
 pytestmark = pytest.mark.integration

@@ -28,10 +28,10 @@ from jobs_support import (
 )
 from keyops.config import Config
 from keyops.errors import InvalidInput, JobFailed, TenantNotFound
-from keyops.model import Policy
-from keyops.progress import ProgressEvent
-from keyops.reencrypt import JOB_FIELD, ReencryptResult, reencrypt
-from keyops.service import Keyops, secret_context
+from keyops.model.keyring import Policy
+from keyops.ops.progress import ProgressEvent
+from keyops.ops.reencrypt import JOB_FIELD, ReencryptResult, reencrypt
+from keyops.ops.front import Keyops, secret_context
 
 NAMES = [f"app/db/user-{i:03d}" for i in range(25)] + [f"api-{i:03d}" for i in range(20)] + ["a", "a-b", "a0", "z/z"]
 

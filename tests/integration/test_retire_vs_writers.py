@@ -27,14 +27,14 @@ import pytest
 
 from keyops.access import DOCUMENT_HISTORY
 from keyops.config import Config
-from keyops.devstack import DevStack
+from keyops.dev.stack import DevStack
 from keyops.errors import KeyInUse, KeyStateError
-from keyops.lifecycle import retire
-from keyops.reencrypt import reencrypt
-from keyops.references import count_dek_references
-from keyops.rotation import rotate
-from keyops.service import Keyops, usage_path
-from keyops.usage import Usage
+from keyops.ops.lifecycle import retire
+from keyops.ops.reencrypt import reencrypt
+from keyops.ops.references import count_dek_references
+from keyops.ops.rotation import rotate
+from keyops.ops.front import Keyops, usage_path
+from keyops.model.usage import Usage
 
 pytestmark = pytest.mark.integration
 
@@ -47,8 +47,8 @@ WRITER_TTL, WRITER_TIMEOUT = 12.0, 2
 WRITER = textwrap.dedent("""
     import sys
     from keyops.config import Config
-    from keyops.service import Keyops, usage_path
-from keyops.usage import Usage
+    from keyops.ops.front import Keyops, usage_path
+from keyops.model.usage import Usage
     tenant = sys.argv[1]
     with Keyops(Config.load(), keyring_ttl=float(sys.argv[2])) as k:
         for line in sys.stdin:

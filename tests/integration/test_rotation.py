@@ -35,9 +35,9 @@ from _rotation_support import (
 from keyops import crypto
 from keyops.config import Config
 from keyops.errors import Conflict, InvalidInput, TenantNotFound
-from keyops.model import Policy, utcnow
-from keyops.rotation import LOCKS_PATH, RotationResult, rotate
-from keyops.service import Keyops, keyring_path, secret_path, transit_key_name
+from keyops.model.keyring import Policy, utcnow
+from keyops.ops.rotation import LOCKS_PATH, RotationResult, rotate
+from keyops.ops.front import Keyops, keyring_path, secret_path, transit_key_name
 
 pytestmark = pytest.mark.integration
 

@@ -26,9 +26,9 @@ from _rotation_support import (
 )
 
 from keyops.config import Config
-from keyops.model import Policy, utcnow
-from keyops.rotation import DueRotationReport, MasterRotationResult, RotationResult, _with_new_transit_kek, rotate_due
-from keyops.service import MASTER_PATH, Keyops, keyring_path, transit_key_name, usage_path
+from keyops.model.keyring import Policy, utcnow
+from keyops.ops.rotation import DueRotationReport, MasterRotationResult, RotationResult, _with_new_transit_kek, rotate_due
+from keyops.ops.front import MASTER_PATH, Keyops, keyring_path, transit_key_name, usage_path
 
 pytestmark = pytest.mark.integration
 

@@ -12,9 +12,9 @@ import pytest
 from _rotation_support import new_tenant
 
 from keyops.config import Config
-from keyops.model import Policy
-from keyops.rotation import rotate
-from keyops.service import Keyops, transit_key_name
+from keyops.model.keyring import Policy
+from keyops.ops.rotation import rotate
+from keyops.ops.front import Keyops, transit_key_name
 
 pytestmark = pytest.mark.integration
 

@@ -1,4 +1,4 @@
-"""Pure logic of keyops.jobs: checkpoints, job ids, sorted paginated listing, the batch pipeline.
+"""Pure logic of keyops.ops.jobs: checkpoints, job ids, sorted paginated listing, the batch pipeline.
 
 The listing is driven by a small in-memory stand-in for the server's LIST
 endpoint (a plain object, no mocking library), which implements OpenBao's
@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from keyops.errors import Conflict, InvalidInput, JobFailed, VaultSealed
-from keyops.jobs import (
+from keyops.ops.jobs import (
     Checkpoint,
     batched,
     count_names,
@@ -25,7 +25,7 @@ from keyops.jobs import (
     validate_job_id,
     validate_pool,
 )
-from keyops.vault import CallCounter
+from keyops.backends.vault import CallCounter
 
 NOW = dt.datetime(2025, 1, 2, 3, 4, 5, tzinfo=dt.timezone.utc)
 

@@ -1,4 +1,4 @@
-"""keyops.progress: events, their rate and ETA, and the terminal bar (with a hand-driven clock)."""
+"""keyops.ops.progress: events, their rate and ETA, and the terminal bar (with a hand-driven clock)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import io
 
 import pytest
 
-from keyops.progress import PhaseClock, ProgressBar, ProgressEvent, format_duration, render
+from keyops.ops.progress import PhaseClock, ProgressBar, ProgressEvent, format_duration, render
 
 
 def _event(done: int, total: int = 100, resumed_from: int = 0, elapsed: float = 10.0, phase: str = "reencrypt") \

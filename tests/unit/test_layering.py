@@ -7,7 +7,7 @@ import sys
 
 
 def test_pure_modules_import_no_backend() -> None:
-    code = ("import sys, keyops.crypto, keyops.model, keyops.names, keyops.usage; "
+    code = ("import sys, keyops.crypto, keyops.model.keyring, keyops.model.names, keyops.model.usage; "
             "print(sorted(m for m in ('hvac', 'requests', 'pkcs11') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
@@ -15,7 +15,7 @@ def test_pure_modules_import_no_backend() -> None:
 
 def test_public_names_resolve() -> None:
     import keyops
-    from keyops.service import Keyops
+    from keyops.ops.front import Keyops
 
     assert keyops.Keyops is Keyops
     assert all(getattr(keyops, name) is not None for name in keyops.__all__)

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from keyops.errors import InvalidInput, KeyNotFound, KeyStateError
-from keyops.model import (
+from keyops.model.keyring import (
     DUE_USAGE_FRACTION,
     MAX_DEK_USAGE_CAP,
     MAX_TOMBSTONES,

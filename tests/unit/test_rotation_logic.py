@@ -14,8 +14,8 @@ import pytest
 
 from keyops.cli.main import main
 from keyops.errors import ConfigError, ConfirmationRequired, InvalidInput, KeyInUse, KeyStateError
-from keyops.model import KeyChain, Keyring, Policy, format_time
-from keyops.rotation import (
+from keyops.model.keyring import KeyChain, Keyring, Policy, format_time
+from keyops.ops.rotation import (
     PENDING,
     DueFailure,
     DueRotationReport,
@@ -31,7 +31,7 @@ from keyops.rotation import (
     stale_kek_versions,
     transit_targets,
 )
-from keyops.service import MasterRegistry, MasterVersion
+from keyops.ops.front import MasterRegistry, MasterVersion
 
 T0 = dt.datetime(2025, 1, 1, tzinfo=dt.timezone.utc)
 

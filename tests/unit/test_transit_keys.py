@@ -1,4 +1,4 @@
-"""The pure planning of declarative Transit keys (keyops.transit_keys.plan): no server."""
+"""The pure planning of declarative Transit keys (keyops.ops.transit_keys.plan): no server."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import dataclasses
 import pytest
 
 from keyops.errors import InvalidInput, KeyStateError
-from keyops.transit_keys import TransitKeySpec, TransitKeyView, parse_duration, plan
+from keyops.ops.transit_keys import TransitKeySpec, TransitKeyView, parse_duration, plan
 
 
 def key(**changes: object) -> TransitKeyView:
@@ -150,6 +150,6 @@ def test_view_from_response_keeps_no_key_material() -> None:
 ])
 def test_config_requests_keep_every_intermediate_state_valid(current: TransitKeyView, config: dict[str, object],
                                                              requests: list[dict[str, object]]) -> None:
-    from keyops.transit_keys import config_requests
+    from keyops.ops.transit_keys import config_requests
 
     assert config_requests(current, config) == requests

@@ -8,7 +8,7 @@ import json
 import pytest
 
 from keyops.errors import InvalidInput, KeyStateError
-from keyops.usage import Usage, VersionUsage, seconds_until
+from keyops.model.usage import Usage, VersionUsage, seconds_until
 
 T0 = dt.datetime(2026, 5, 1, 12, 0, 0, tzinfo=dt.timezone.utc)
 

@@ -35,7 +35,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from keyops.errors import InvalidInput, KeyStateError
-from keyops.model import format_time, parse_time
+from keyops.model.keyring import format_time, parse_time
 
 SCHEMA = 1
 

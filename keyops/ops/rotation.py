@@ -37,7 +37,7 @@ Master key
        registry id ‖ N+1); a key already on the token under that name is
        refused before the claim, never adopted.
     2. The HSM key is created (idempotent by label and CKA_ID), permanent for
-       PIN holders where the token allows (see ``keyops.hsm``).
+       PIN holders where the token allows (see ``keyops.backends.hsm``).
     3. It becomes primary; version N turns ``decrypt_only`` (one write).
     4. Every KEK version (the escrow copies of residence ``transit`` included)
        of every tenant is re-wrapped under it, one write per keyring.
@@ -75,10 +75,10 @@ from typing import Any, Literal
 
 from keyops import crypto
 from keyops.errors import Conflict, InvalidInput, KeyopsError, KeyStateError, NotFound, TenantNotFound
-from keyops.model import TENANT_LEVELS, Keyring, age_days, due_rotations, format_time
-from keyops.jobs import MAX_WORKERS
-from keyops.names import validate_count, validate_tenant, validate_version
-from keyops.service import (
+from keyops.model.keyring import TENANT_LEVELS, Keyring, age_days, due_rotations, format_time
+from keyops.ops.jobs import MAX_WORKERS
+from keyops.model.names import validate_count, validate_tenant, validate_version
+from keyops.ops.front import (
     MASTER_PATH,
     MASTER_PENDING,
     Keyops,

@@ -4,7 +4,7 @@ Master keys are AES-256 token objects, sensitive and never extractable, and
 (where the token supports PKCS#11 v2.40) neither destroyable, modifiable nor
 copyable by a holder of the user PIN. They are found by label and CKA_ID
 (``<prefix>-<registry id>-v<N>`` and registry id ‖ version: see
-``keyops.service.MasterRegistry``), so two registries sharing a token never
+``keyops.ops.front.MasterRegistry``), so two registries sharing a token never
 use each other's keys, and used only through the token's CKM_AES_GCM, so
 their material never leaves the HSM.
 
@@ -41,7 +41,7 @@ from keyops.errors import (
     HsmLoginFailed,
     HsmUnavailable,
 )
-from keyops.vault import CallCounter
+from keyops.backends.vault import CallCounter
 
 NONCE_SIZE = 12
 TOKEN_RETRY_DELAYS = (0.05, 0.1, 0.2)
@@ -56,7 +56,7 @@ PERMANENT: dict[Attribute, bool] = {Attribute.DESTROYABLE: False, Attribute.MODI
 # How a token that predates these attributes (PKCS#11 < v2.40) refuses them.
 _TEMPLATE_REFUSED = (p11e.AttributeTypeInvalid, p11e.AttributeValueInvalid, p11e.TemplateInconsistent,
                      p11e.AttributeReadOnly)
-_log = logging.getLogger("keyops.hsm")
+_log = logging.getLogger("keyops.backends.hsm")
 
 # Failures of CKM_AES_GCM decryption that mean "not authentic" rather than "HSM broken".
 _NOT_AUTHENTIC = (p11e.EncryptedDataInvalid, p11e.EncryptedDataLenRange, p11e.GeneralError,

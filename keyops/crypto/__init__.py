@@ -32,7 +32,7 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from keyops.errors import DecryptionError, InvalidInput, MalformedCiphertext
-from keyops.names import MAX_NAME_LEN, validate_tenant
+from keyops.model.names import MAX_NAME_LEN, validate_tenant
 
 FORMAT_VERSION = 1
 TEXT_PREFIX = "keyops:v1:"

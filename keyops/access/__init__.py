@@ -39,12 +39,12 @@ from typing import TYPE_CHECKING, Any
 
 from keyops.config import DEFAULT_AUDIT_KEY
 from keyops.errors import ConfigError, InvalidInput, NotFound, NotPermitted, PermissionDenied
-from keyops.names import validate_tenant
-from keyops.vault import vault_errors
+from keyops.model.names import validate_tenant
+from keyops.backends.vault import vault_errors
 
 if TYPE_CHECKING:  # pragma: no cover
-    from keyops.service import Keyops
-    from keyops.vault import VaultStore
+    from keyops.ops.front import Keyops
+    from keyops.backends.vault import VaultStore
 
 __all__ = [
     "DOCUMENT_HISTORY",

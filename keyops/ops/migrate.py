@@ -37,7 +37,7 @@ that many newer versions, or raise ``max_versions`` on the mount first.
 If an application changes the source between 1 and 4, the marker write
 loses, and the secret is migrated again from its new value. A source that
 already holds a marker is done, so a second run changes nothing; a killed
-run resumes from its checkpoint (``keyops.jobs``) and finds the secrets it
+run resumes from its checkpoint (``keyops.ops.jobs``) and finds the secrets it
 had finished marked. A keyops record of the same name that holds another
 value and did not come from this source is never overwritten: the secret is
 reported as skipped (``exists``) and its source is left as it was.
@@ -65,7 +65,7 @@ from keyops.errors import (
     NotFound,
     VaultError,
 )
-from keyops.jobs import (
+from keyops.ops.jobs import (
     Checkpoint,
     JobRun,
     count_names,
@@ -78,11 +78,11 @@ from keyops.jobs import (
     validate_job_id,
     validate_pool,
 )
-from keyops.model import Keyring, format_time
-from keyops.names import validate_secret_name, validate_tenant
-from keyops.progress import PhaseClock, ProgressCallback
-from keyops.service import CAS_RETRIES, Keyops, secret_context, secret_path, transit_key_name
-from keyops.vault import vault_errors
+from keyops.model.keyring import Keyring, format_time
+from keyops.model.names import validate_secret_name, validate_tenant
+from keyops.ops.progress import PhaseClock, ProgressCallback
+from keyops.ops.front import CAS_RETRIES, Keyops, secret_context, secret_path, transit_key_name
+from keyops.backends.vault import vault_errors
 
 KIND = "migrate"
 Kind = Literal["auto", "plaintext", "transit"]

@@ -32,7 +32,7 @@ State folder layout (``.keyops/`` in the current directory by default)::
     softhsm/softhsm2.conf softhsm/tokens/ softhsm/user-pin softhsm/so-pin
 
 HSM work runs in a short-lived child interpreter (``python -m
-keyops.devstack``) because SoftHSM2 reads ``SOFTHSM2_CONF`` once per process,
+keyops.dev.stack``) because SoftHSM2 reads ``SOFTHSM2_CONF`` once per process,
 at ``C_Initialize``: the calling process may already use another token
 folder (a test session, a second stack), and stays free to choose its own.
 """
@@ -611,7 +611,7 @@ log_level     = "info"
         env = dict(os.environ, SOFTHSM2_CONF=str(self.softhsm_conf))
         try:
             proc = subprocess.run(  # noqa: S603 - our own interpreter and module
-                [sys.executable, "-m", "keyops.devstack", "hsm", action], input=json.dumps(request),
+                [sys.executable, "-m", "keyops.dev.stack", "hsm", action], input=json.dumps(request),
                 capture_output=True, text=True, env=env, timeout=HSM_TIMEOUT, check=False)
         except (OSError, subprocess.TimeoutExpired) as exc:
             raise DevStackError(f"the SoftHSM2 helper failed to run: {type(exc).__name__}") from exc
@@ -825,7 +825,7 @@ def _die_with_parent() -> None:  # pragma: no cover - runs in the child between 
         pass
 
 
-# --- the HSM helper, run as `python -m keyops.devstack hsm ensure|status` ------------------
+# --- the HSM helper, run as `python -m keyops.dev.stack hsm ensure|status` ------------------
 
 
 def _hsm_main(action: str, request: dict[str, Any]) -> dict[str, Any]:
@@ -883,7 +883,7 @@ def _master_key_state(request: dict[str, Any]) -> dict[str, Any]:
     import pkcs11.exceptions as p11e
 
     from keyops.errors import KeyopsError
-    from keyops.service import Keyops
+    from keyops.ops.front import Keyops
 
     if "vault_addr" not in request:
         return {"key_present": False}
@@ -926,7 +926,7 @@ def _c_init_token(module: str, slot_id: int, so_pin: str, label: str) -> int:
 
 def _main(argv: list[str]) -> int:
     if len(argv) != 2 or argv[0] != "hsm" or argv[1] not in {"ensure", "status"}:
-        print("usage: python -m keyops.devstack hsm ensure|status  (request as JSON on stdin)", file=sys.stderr)
+        print("usage: python -m keyops.dev.stack hsm ensure|status  (request as JSON on stdin)", file=sys.stderr)
         return 2
     try:
         answer = _hsm_main(argv[1], json.loads(sys.stdin.read()))

@@ -13,8 +13,8 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 from keyops import crypto
-from keyops.model import Keyring
-from keyops.service import Keyops
+from keyops.model.keyring import Keyring
+from keyops.ops.front import Keyops
 
 DEFAULT_WORKERS = 4
 

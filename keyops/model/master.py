@@ -23,10 +23,10 @@ from collections.abc import Mapping
 from typing import Any
 
 from keyops.errors import KeyStateError
-from keyops.model import format_time
+from keyops.model.keyring import format_time
 
 #: The state of a master version claimed in the registry whose HSM key may not exist yet
-#: (by a master rotation, see ``keyops.rotation``, or by the registry's first creation).
+#: (by a master rotation, see ``keyops.ops.rotation``, or by the registry's first creation).
 MASTER_PENDING = "pending"
 #: Bytes of randomness in a registry id: two registries sharing a token never pick the same.
 REGISTRY_ID_BYTES = 8
@@ -73,7 +73,7 @@ class MasterRegistry:
 
     States: ``active`` (the primary), ``decrypt_only``, ``retired``,
     ``destroyed``; and ``pending`` for a version claimed but not yet made
-    primary (see ``keyops.rotation``), or a first version not yet created.
+    primary (see ``keyops.ops.rotation``), or a first version not yet created.
 
     ``registry_id`` is random, made with the registry; every HSM key the
     registry creates carries it in its label (``<prefix>-<registry id>-v<N>``)

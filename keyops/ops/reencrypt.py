@@ -8,7 +8,7 @@ record already under the target DEK (or a newer one) is left alone.
 
 The walk goes through the tenant's names in sorted order, a listing page per
 batch, with a bounded pool of workers; a checkpoint in
-``tenants/<tenant>/jobs/<id>`` (see ``keyops.jobs``) records the last name of
+``tenants/<tenant>/jobs/<id>`` (see ``keyops.ops.jobs``) records the last name of
 the last finished batch. A killed run resumes after it: records of the
 batches that were in flight are found under the target DEK and skipped, and
 the ``reencrypted_by`` field this job writes into each record lets the
@@ -16,7 +16,7 @@ resumed run count them as its own, so counts stay exact and nothing is
 rewritten twice.
 
 After the pass, a verification pass reads every record again and counts
-references per DEK version (``keyops.references``). Records that an
+references per DEK version (``keyops.ops.references``). Records that an
 application wrote meanwhile with an older DEK (a process still spending a
 reservation made before the rotation) are moved then. The result names the
 old DEK versions that nothing refers to any more: candidates for
@@ -33,7 +33,7 @@ from typing import Any
 
 from keyops import crypto
 from keyops.errors import Conflict, InvalidInput, KeyopsError, KeyStateError
-from keyops.jobs import (
+from keyops.ops.jobs import (
     MAX_WORKERS,
     Checkpoint,
     JobRun,
@@ -47,11 +47,11 @@ from keyops.jobs import (
     validate_job_id,
     validate_pool,
 )
-from keyops.model import Keyring
-from keyops.names import validate_count, validate_tenant
-from keyops.progress import PhaseClock, ProgressCallback
-from keyops.references import dek_reference_names
-from keyops.service import CAS_RETRIES, Keyops, secret_context, secret_path
+from keyops.model.keyring import Keyring
+from keyops.model.names import validate_count, validate_tenant
+from keyops.ops.progress import PhaseClock, ProgressCallback
+from keyops.ops.references import dek_reference_names
+from keyops.ops.front import CAS_RETRIES, Keyops, secret_context, secret_path
 
 KIND = "reencrypt"
 #: Record field naming the re-encryption job that wrote the record.

@@ -25,7 +25,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any, Literal
 
 from keyops.errors import InvalidInput, KeyNotFound, KeyStateError
-from keyops.names import validate_tenant
+from keyops.model.names import validate_tenant
 
 SCHEMA = 1
 Level = Literal["master", "kek", "dek"]
@@ -104,7 +104,7 @@ class KeyVersion:
     wrapped: str  # base64 of the wrapper's blob
     parent_version: int  # master version (KEK) or KEK version (DEK) that wraps it
     state_changed_at: str | None = None
-    uses: int = 0  # DEK: encryptions reserved before usage moved to its own document (keyops.usage); read only
+    uses: int = 0  # DEK: encryptions reserved before usage moved to its own document (keyops.model.usage); read only
     transit_version: int | None = None  # KEK of residence transit: its version in the Transit key
 
     def to_dict(self) -> dict[str, Any]:
@@ -301,7 +301,7 @@ def due_rotations(keyring: Keyring, now: dt.datetime, primary_dek_uses: int | No
     """What the tenant's policy says should rotate now.
 
     ``primary_dek_uses``: the primary DEK's reserved uses from the tenant's
-    usage document (``keyops.usage``); without it, the count the keyring
+    usage document (``keyops.model.usage``); without it, the count the keyring
     itself kept before usage moved out of it.
     """
     out: list[Due] = []

@@ -4,7 +4,7 @@ A version is retired or destroyed only when nothing refers to it:
 
 * a DEK version: no process can still encrypt under it, and no secret
   record refers to it. First the version is fenced in the tenant's usage
-  document (``keyops.usage``: no reservation of it is granted any more),
+  document (``keyops.model.usage``: no reservation of it is granted any more),
   then the leases of reservations already granted are waited out (a
   long-lived writer stops encrypting under it, and its last write lands),
   and only then are the records read and counted (their ciphertexts name
@@ -51,19 +51,19 @@ from keyops.errors import (
     KeyStateError,
     NotFound,
 )
-from keyops.model import LEVELS, STATES, Keyring, format_time
-from keyops.names import validate_tenant, validate_version
-from keyops.references import count_dek_references, count_kek_references, count_master_references
-from keyops.rotation import CAS_ATTEMPTS, PENDING, sync_transit_key
-from keyops.service import MASTER_PATH, Keyops, MasterRegistry
-from keyops.usage import seconds_until
+from keyops.model.keyring import LEVELS, STATES, Keyring, format_time
+from keyops.model.names import validate_tenant, validate_version
+from keyops.ops.references import count_dek_references, count_kek_references, count_master_references
+from keyops.ops.rotation import CAS_ATTEMPTS, PENDING, sync_transit_key
+from keyops.ops.front import MASTER_PATH, Keyops, MasterRegistry
+from keyops.model.usage import seconds_until
 
 #: Clocks of the hosts that write and the host that retires may differ this much.
 LEASE_SKEW_SECONDS = 2.0
 #: A lease longer than this (a garbled usage document, or a writer with an absurd deadline)
 #: is not waited out: retire refuses, naming when to try again.
 MAX_LEASE_WAIT_SECONDS = 600.0
-_log = logging.getLogger("keyops.lifecycle")
+_log = logging.getLogger("keyops.ops.lifecycle")
 
 Action = Literal["retire", "destroy"]
 _TARGET: dict[str, str] = {"retire": "retired", "destroy": "destroyed"}

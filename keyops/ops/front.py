@@ -47,15 +47,15 @@ from keyops.errors import (
     VaultSealed,
     VaultUnreachable,
 )
-from keyops.hsm import Hsm
-from keyops.master import (  # noqa: F401 - MasterVersion and MASTER_PERIOD_DAYS are part of this module's API
+from keyops.backends.hsm import Hsm
+from keyops.model.master import (  # noqa: F401 - MasterVersion and MASTER_PERIOD_DAYS are part of this module's API
     FIRST_MASTER_WAIT,
     MASTER_PENDING,
     MASTER_PERIOD_DAYS,
     MasterRegistry,
     MasterVersion,
 )
-from keyops.model import (
+from keyops.model.keyring import (
     DUE_USAGE_FRACTION,
     Due,
     KeyChain,
@@ -67,9 +67,9 @@ from keyops.model import (
     next_due,
     utcnow,
 )
-from keyops.names import validate_secret_name, validate_tenant
-from keyops.usage import Usage
-from keyops.vault import CallCounter, VaultStore
+from keyops.model.names import validate_secret_name, validate_tenant
+from keyops.model.usage import Usage
+from keyops.backends.vault import CallCounter, VaultStore
 from keyops.wrappers import AeadWrapper, KeyWrapper, Pkcs11Wrapper, TransitWrapper
 
 MASTER_PATH = "master"
@@ -87,7 +87,7 @@ MAX_RESERVATION = 1 << 20
 #: interpreter takes the locked path for every encryption instead.
 _LOCK_FREE_USES = getattr(sys, "_is_gil_enabled", lambda: True)()
 _monotonic = time.monotonic
-_log = logging.getLogger("keyops.service")
+_log = logging.getLogger("keyops.ops.front")
 
 
 def _wall() -> dt.datetime:
@@ -327,7 +327,7 @@ class Keyops:
         self._keys = _LruCache(cache_size)
         self._keyrings: dict[str, tuple[Keyring, int, float]] = {}
         self._reservations: dict[tuple[str, bool], _Reservation] = {}
-        #: Names this object's leases in usage documents (``keyops.usage``); no meaning beyond that.
+        #: Names this object's leases in usage documents (``keyops.model.usage``); no meaning beyond that.
         self.holder = uuid.uuid4().hex[:12]
         self._fast: dict[str, _FastTenant] = {}
         self._master_seen: tuple[MasterRegistry, float] | None = None

@@ -77,7 +77,7 @@ from keyops.errors import (
 
 if TYPE_CHECKING:  # pragma: no cover
     from keyops.config import Config
-    from keyops.vault import VaultStore
+    from keyops.backends.vault import VaultStore
 
 __all__ = [
     "ANCHOR_AUTO",
@@ -271,7 +271,7 @@ class TransitHmacKey(_VaultPart):
     def __init__(self, key_name: str = DEFAULT_AUDIT_KEY, store: VaultStore | None = None,
                  connect: Callable[[], VaultStore] | None = None) -> None:
         super().__init__(store, connect)
-        from keyops.transit_keys import validate_key_name
+        from keyops.ops.transit_keys import validate_key_name
 
         self.key_name = validate_key_name(key_name)
 
@@ -289,7 +289,7 @@ class TransitHmacKey(_VaultPart):
 
     def sign(self, data: bytes) -> str:
         from keyops.errors import VaultError
-        from keyops.vault import vault_errors
+        from keyops.backends.vault import vault_errors
 
         store = self._vault()
         store.calls.add("transit.hmac")
@@ -305,7 +305,7 @@ class TransitHmacKey(_VaultPart):
 
     def verify_many(self, items: Sequence[tuple[bytes, str]]) -> list[bool]:
         from keyops.errors import VaultError
-        from keyops.vault import vault_errors
+        from keyops.backends.vault import vault_errors
 
         out = [False] * len(items)
         asked = [i for i, (_, mac) in enumerate(items) if isinstance(mac, str) and _TRANSIT_MAC_RE.fullmatch(mac)]
@@ -1234,7 +1234,6 @@ class AuditTrail:
             if self._store is None:
                 return True
             from keyops import access
-
             try:
                 principal = access.lookup_principal(
                     self._store, access.load_roles(getattr(self._store.config, "roles_file", None)))
@@ -1319,8 +1318,8 @@ def ensure_audit_key(store: VaultStore, key_name: str = DEFAULT_AUDIT_KEY) -> bo
     An existing key must be of type ``hmac``, not exportable and without plaintext backup: whoever
     could export it could forge entries.
     """
-    from keyops.transit_keys import validate_key_name
-    from keyops.vault import vault_errors
+    from keyops.ops.transit_keys import validate_key_name
+    from keyops.backends.vault import vault_errors
 
     validate_key_name(key_name)
     info = store.transit_read_key(key_name)

@@ -36,10 +36,10 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Generic, TypeVar
 
 from keyops.errors import Conflict, InvalidInput, JobFailed, KeyopsError, NotFound, PermissionDenied
-from keyops.names import validate_count
-from keyops.model import format_time, utcnow
-from keyops.service import Keyops, jobs_path
-from keyops.vault import VaultStore, vault_errors
+from keyops.model.names import validate_count
+from keyops.model.keyring import format_time, utcnow
+from keyops.ops.front import Keyops, jobs_path
+from keyops.backends.vault import VaultStore, vault_errors
 
 JOB_SCHEMA = 1
 KINDS = ("reencrypt", "migrate")

@@ -1,0 +1,1 @@
+"""The operations layer: the ``Keyops`` front and the jobs every face (CLI, modules, servers) calls."""
