@@ -101,7 +101,7 @@ def rotate_dek(k: Keyops, tenant: str) -> int:
     except ImportError:  # before the rotation module existed: a new primary DEK by hand
         def change(keyring: Any) -> Any:
             version = keyring.dek.latest_version + 1
-            wrapped = k._kek_wrapper(keyring, keyring.kek.primary).wrap(
+            wrapped = k.hierarchy.kek_wrapper(keyring, keyring.kek.primary).wrap(
                 crypto.generate_key(), crypto.key_context(tenant, "dek", version))
             return keyring.add_version("dek", b64e(wrapped), keyring.kek.primary, k.clock())
 

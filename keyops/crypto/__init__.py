@@ -45,6 +45,22 @@ MAX_CONTEXT_LEN = 4096
 _B64_RE = re.compile(r"\A[A-Za-z0-9+/]*={0,2}\Z")
 
 
+def b64e(data: bytes) -> str:
+    """The one base64 of keyops' documents: standard alphabet, padded."""
+    return base64.b64encode(data).decode("ascii")
+
+
+def b64d(text: str) -> bytes:
+    """A stored wrapped key: anything but canonical base64 is tampered with, so not authentic."""
+    try:
+        raw = base64.b64decode(text.encode("ascii"), validate=True)
+    except ValueError:  # binascii.Error, UnicodeEncodeError
+        raise DecryptionError() from None
+    if base64.b64encode(raw).decode("ascii") != text:
+        raise DecryptionError()  # non-zero unused bits: a flipped bit must not go unnoticed
+    return raw
+
+
 def generate_key() -> bytes:
     """A fresh AES-256 key from the OS CSPRNG."""
     return AESGCM.generate_key(bit_length=256)

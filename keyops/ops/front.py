@@ -9,7 +9,6 @@ path costs no HSM and no Vault call.
 
 from __future__ import annotations
 
-import base64
 import collections
 import contextlib
 import dataclasses
@@ -20,17 +19,14 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import padding, rsa
-from cryptography.hazmat.primitives.keywrap import aes_key_wrap_with_padding
-
 from keyops import access, crypto
+from keyops.backends.hsm import Hsm
+from keyops.backends.vault import CallCounter, VaultStore
 from keyops.config import Config
 from keyops.errors import (
-    AuthenticationFailed,
     Conflict,
     DecryptionError,
     InvalidInput,
@@ -40,39 +36,48 @@ from keyops.errors import (
     MalformedCiphertext,
     NotFound,
     PermissionDenied,
-    SecretNotFound,
-    TenantExists,
     TenantNotFound,
     UsageCapReached,
-    VaultSealed,
-    VaultUnreachable,
 )
-from keyops.backends.hsm import Hsm
-from keyops.model.master import (  # noqa: F401 - MasterVersion and MASTER_PERIOD_DAYS are part of this module's API
-    FIRST_MASTER_WAIT,
-    MASTER_PENDING,
-    MASTER_PERIOD_DAYS,
-    MasterRegistry,
-    MasterVersion,
+from keyops.hierarchy import Hierarchy
+from keyops.model.keyring import Keyring, Policy, utcnow
+from keyops.model.master import MASTER_PERIOD_DAYS, MasterRegistry, MasterVersion
+from keyops.model.names import validate_tenant
+from keyops.model.paths import (
+    MASTER_PATH,
+    jobs_path,
+    keyring_path,
+    secret_context,
+    secret_path,
+    transit_key_name,
+    usage_path,
 )
-from keyops.model.keyring import (
-    DUE_USAGE_FRACTION,
-    Due,
-    KeyChain,
-    Keyring,
-    Policy,
-    age_days,
-    due_rotations,
-    format_time,
-    next_due,
-    utcnow,
-)
-from keyops.model.names import validate_secret_name, validate_tenant
 from keyops.model.usage import Usage
-from keyops.backends.vault import CallCounter, VaultStore
-from keyops.wrappers import AeadWrapper, KeyWrapper, Pkcs11Wrapper, TransitWrapper
+from keyops.ops import master_keys
+from keyops.ops import secrets as secret_ops
+from keyops.ops import status as status_ops
+from keyops.ops import tenants as tenant_ops
+from keyops.ops.results import (
+    LevelStatus,
+    SecretRecord,
+    SecretResult,
+    StatusReport,
+    TenantProblem,
+    TenantResult,
+    TenantStatus,
+    VersionStatus,
+)
+from keyops.wrappers import Pkcs11Wrapper
 
-MASTER_PATH = "master"
+#: Names other modules (and the tests) import from the front.
+__all__ = [
+    "MASTER_PATH", "MASTER_PERIOD_DAYS", "RESTORE_ADVICE", "Keyops", "LevelStatus", "MasterRegistry",
+    "MasterVersion", "SecretRecord", "SecretResult", "StatusReport", "TenantProblem", "TenantResult",
+    "TenantStatus", "VersionStatus", "b64e", "jobs_path", "keyring_path", "secret_context", "secret_path",
+    "transit_key_name", "usage_path",
+]
+b64e = crypto.b64e
+
 #: What to do about a keyring keyops refuses (KeyringCorrupt).
 RESTORE_ADVICE = ("an administrator restores a good version from KV's history: see 'Restoring a keyring' "
                   "in docs/access.md")
@@ -92,160 +97,6 @@ _log = logging.getLogger("keyops.ops.front")
 
 def _wall() -> dt.datetime:
     return dt.datetime.now(dt.timezone.utc)
-
-
-def keyring_path(tenant: str) -> str:
-    return f"tenants/{tenant}/keyring"
-
-
-def usage_path(tenant: str) -> str:
-    return f"tenants/{tenant}/usage"
-
-
-def jobs_path(tenant: str) -> str:
-    return f"tenants/{tenant}/jobs"
-
-
-def secret_path(tenant: str, name: str) -> str:
-    return f"secrets/{tenant}/{name}"
-
-
-def transit_key_name(tenant: str) -> str:
-    return f"keyops-{tenant}"
-
-
-def secret_context(name: str) -> bytes:
-    return b"secret:" + name.encode("utf-8")
-
-
-def b64e(data: bytes) -> str:
-    return base64.b64encode(data).decode("ascii")
-
-
-def b64d(text: str) -> bytes:
-    """A stored wrapped key: anything but canonical base64 is tampered with, so not authentic."""
-    try:
-        raw = base64.b64decode(text.encode("ascii"), validate=True)
-    except ValueError:  # binascii.Error, UnicodeEncodeError
-        raise DecryptionError() from None
-    if base64.b64encode(raw).decode("ascii") != text:
-        raise DecryptionError()  # non-zero unused bits: a flipped bit must not go unnoticed
-    return raw
-
-
-# --- results (no key material in any of them) ------------------------------------------
-
-
-@dataclasses.dataclass(frozen=True)
-class VersionStatus:
-    version: int
-    state: str
-    created_at: str
-    age_days: float
-    parent_version: int
-    uses: int | None = None  # DEK: encryptions reserved (an upper bound of those done)
-    external_uses: int | None = None  # DEK: the part of them handed to callers outside keyops' store
-
-
-@dataclasses.dataclass(frozen=True)
-class LevelStatus:
-    level: str
-    primary: int
-    period_days: int
-    next_due: str
-    versions: tuple[VersionStatus, ...]
-    # For monitoring: alert on these without parsing dates.
-    primary_age_days: float = 0.0
-    seconds_until_due: int = 0  # negative once the primary is older than its period
-    state_counts: Mapping[str, int] = dataclasses.field(default_factory=dict)
-
-
-@dataclasses.dataclass(frozen=True)
-class TenantStatus:
-    tenant: str
-    residence: str
-    policy: Mapping[str, Any]
-    created_at: str
-    kek: LevelStatus
-    dek: LevelStatus
-    dek_usage: int
-    dek_usage_cap: int
-    due: tuple[Due, ...]
-    # For monitoring: usage against cap, and the soonest rotation (0 when one is due now).
-    dek_usage_ratio: float = 0.0
-    dek_usage_due_ratio: float = DUE_USAGE_FRACTION
-    seconds_until_due: int = 0
-    is_due: bool = False
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-
-@dataclasses.dataclass(frozen=True)
-class TenantResult:
-    tenant: str
-    changed: bool
-    keyring: Keyring | None
-
-    @property
-    def kek_version(self) -> int | None:
-        return self.keyring.kek.primary if self.keyring else None
-
-    @property
-    def dek_version(self) -> int | None:
-        return self.keyring.dek.primary if self.keyring else None
-
-
-@dataclasses.dataclass(frozen=True)
-class SecretResult:
-    tenant: str
-    name: str
-    changed: bool
-    version: int | None  # KV version of the record
-    dek_version: int | None
-
-
-@dataclasses.dataclass(frozen=True)
-class SecretRecord:
-    """A stored record as read, with the KV version needed for check-and-set."""
-
-    tenant: str
-    name: str
-    ciphertext: str
-    dek_version: int
-    kv_version: int
-
-
-# --- caches -----------------------------------------------------------------------------
-
-
-class _LruCache:
-    def __init__(self, maxsize: int) -> None:
-        self.maxsize = maxsize
-        self._data: collections.OrderedDict[Any, Any] = collections.OrderedDict()
-        self._lock = threading.Lock()
-
-    def get(self, key: Any) -> Any:
-        with self._lock:
-            value = self._data.get(key)
-            if value is not None:
-                self._data.move_to_end(key)
-            return value
-
-    def put(self, key: Any, value: Any) -> None:
-        with self._lock:
-            self._data[key] = value
-            self._data.move_to_end(key)
-            while len(self._data) > self.maxsize:
-                self._data.popitem(last=False)
-
-    def discard_tenant(self, tenant: str) -> None:
-        with self._lock:
-            for key in [k for k in self._data if k[0] == tenant]:
-                del self._data[key]
-
-    def __len__(self) -> int:
-        return len(self._data)
 
 
 @dataclasses.dataclass
@@ -324,13 +175,12 @@ class Keyops:
         self._principal: access.Principal | None = None
         if audit is not None and hasattr(audit, "attach"):
             audit.attach(self.store)  # the audit trail's KV copies use this caller's token
-        self._keys = _LruCache(cache_size)
+        self.hierarchy = Hierarchy(self, cache_size)
         self._keyrings: dict[str, tuple[Keyring, int, float]] = {}
         self._reservations: dict[tuple[str, bool], _Reservation] = {}
         #: Names this object's leases in usage documents (``keyops.model.usage``); no meaning beyond that.
         self.holder = uuid.uuid4().hex[:12]
         self._fast: dict[str, _FastTenant] = {}
-        self._master_seen: tuple[MasterRegistry, float] | None = None
         self._tenant_locks: collections.defaultdict[str, threading.Lock] = collections.defaultdict(threading.Lock)
         self._lock = threading.Lock()
 
@@ -364,6 +214,14 @@ class Keyops:
                 self.update_usage(tenant, lambda u: u.release(self.holder))
             except KeyopsError as exc:
                 _log.info("the leases of tenant %r run out by themselves: %s", tenant, exc.code)
+
+    def forget_tenant(self, tenant: str) -> None:
+        """Drop everything this process holds of ``tenant`` (after its deletion)."""
+        self._keyrings.pop(tenant, None)
+        self._fast.pop(tenant, None)
+        self._reservations.pop((tenant, False), None)
+        self._reservations.pop((tenant, True), None)
+        self.hierarchy.forget_tenant(tenant)
 
     def __enter__(self) -> Keyops:
         return self
@@ -433,117 +291,17 @@ class Keyops:
         if found is None:
             return None
         registry = MasterRegistry.from_dict(found[0])
-        self._master_seen = (registry, time.monotonic())
+        self.hierarchy.saw_master(registry)
         return registry, found[1]
 
     def master_label(self, version: int) -> str:
-        """The HSM label of master ``version``: as registered, else as this registry would name it."""
-        seen = self._master_seen[0] if self._master_seen is not None else None
-        if seen is None or all(mv.version != version for mv in seen.versions):
-            found = self.read_master()
-            seen = found[0] if found else None
-        for mv in seen.versions if seen is not None else ():
-            if mv.version == version:
-                return mv.label
-        registry_id = seen.registry_id if seen is not None and seen.registry_id else "<new registry id>"
-        return f"{self.config.master_key_label}-{registry_id}-v{version}"
+        return master_keys.master_label(self, version)
 
     def ensure_master(self, dry_run: bool = False) -> tuple[MasterRegistry, bool]:
-        """The master key exists on the token and is registered in KV. Returns (registry, changed).
-
-        A new registry gets a random id, and its first version is claimed
-        (``pending``) before its HSM key is made, then turned active: a crash in
-        between leaves a claim that the next call finishes, never an HSM key
-        that no registry knows. A key already on the token under the new name
-        is refused, never adopted (``HsmKeyNotOwned``).
-        """
-        found = self.read_master()
-        if found is None:
-            registry = MasterRegistry.first(self.config.master_key_label, self.clock())
-            if dry_run:
-                return registry.replace_version(dataclasses.replace(registry.get(1), state="active")), True
-            with self.audited("master.create", level="master", versions=[1]) as event:
-                first = registry.get(1)
-                # Logs in first: a wrong PIN or a look-alike key fails before anything is written.
-                self.hsm.check_unused(first.label, bytes.fromhex(first.key_id or ""))
-                try:
-                    revision = self.store.write(MASTER_PATH, registry.to_dict(), cas=0)
-                except Conflict:
-                    # Registered by a concurrent process (first tenants created in parallel): use theirs.
-                    event["changed"] = False
-                    found = self.read_master()
-                    if found is None:
-                        raise
-                else:
-                    return self._activate_first_master(registry, revision), True
-        registry, revision = found
-        if registry.get(registry.primary).state == MASTER_PENDING:
-            if dry_run:
-                return registry, True
-            registry, created = self._await_first_master(registry, revision)
-            if created:
-                return registry, True
-        primary = registry.get(registry.primary)
-        if self.hsm.has_key(primary.label, primary.key_id_bytes):
-            return registry, False
-        raise KeyStateError(f"master key {primary.label!r} is registered in Vault but missing from HSM token "
-                            f"{self.config.pkcs11_token_label!r}; point keyops at the right token")
-
-    def _await_first_master(self, registry: MasterRegistry, revision: int) -> tuple[MasterRegistry, bool]:
-        """The first master version, claimed by another process: wait for it; finish a claim left by a crash."""
-        claimed_at = registry.get(registry.primary).created_at
-        wait = min(FIRST_MASTER_WAIT, max(0.0, FIRST_MASTER_WAIT - age_days(claimed_at, self.clock()) * 86400))
-        deadline = time.monotonic() + wait
-        while time.monotonic() < deadline:
-            time.sleep(0.1)
-            found = self.read_master()
-            if found is None:
-                raise Conflict("the master key registry vanished while its first key was being made; re-run")
-            registry, revision = found
-            if registry.get(registry.primary).state != MASTER_PENDING:
-                return registry, False
-        with self.audited("master.create", level="master", versions=[registry.primary], resumed=True):
-            return self._activate_first_master(registry, revision), True
-
-    def _activate_first_master(self, registry: MasterRegistry, revision: int) -> MasterRegistry:
-        mv = registry.get(registry.primary)
-        if mv.key_id is None:
-            raise KeyStateError(f"the pending first master version {mv.version} has no key id; inspect the registry")
-        # Still pending: nothing is wrapped by it, so a key half-made by a killed creation may be replaced.
-        self.hsm.ensure_key(mv.label, key_id=bytes.fromhex(mv.key_id), replace_unusable=True)
-        active = registry.replace_version(dataclasses.replace(mv, state="active"))
-        try:
-            self.store.write(MASTER_PATH, active.to_dict(), cas=revision)
-        except Conflict:
-            found = self.read_master()
-            if found is not None and found[0].get(found[0].primary).state == "active":
-                return found[0]
-            raise Conflict("the master key registry changed while its first key was being made; re-run") from None
-        self._master_seen = (active, time.monotonic())
-        return active
+        return master_keys.ensure_master(self, dry_run=dry_run)
 
     def master_wrapper(self, version: int | None = None) -> tuple[int, Pkcs11Wrapper]:
-        """The master key ``version`` (default: the primary, always read fresh) as a wrapper.
-
-        A named version's label and key id never change, so unwrapping may use
-        the registry read in the last ``keyring_ttl`` seconds: a process
-        unwrapping the KEKs of many tenants reads it once, not once per tenant.
-        """
-        seen = self._master_seen
-        if version is not None and seen is not None and time.monotonic() - seen[1] < self.keyring_ttl:
-            for mv in seen[0].versions:
-                if mv.version == version and mv.state in ("active", "decrypt_only"):
-                    self.authorize("master.read")
-                    return version, Pkcs11Wrapper(self.hsm, mv.label, mv.key_id_bytes)
-        found = self.read_master()
-        if found is None:
-            raise NotFound("no master key is registered; run 'keyops dev up' or the master_key module first")
-        registry = found[0]
-        version = registry.primary if version is None else version
-        mv = registry.get(version)
-        if mv.state not in ("active", "decrypt_only"):
-            raise KeyStateError(f"master key version {version} is {mv.state}")
-        return version, Pkcs11Wrapper(self.hsm, mv.label, mv.key_id_bytes)
+        return self.hierarchy.master_wrapper(version)
 
     # --- keyrings -------------------------------------------------------------------------
 
@@ -608,7 +366,8 @@ class Keyops:
                 continue
         raise Conflict(f"keyring of tenant {tenant!r} kept changing under {CAS_RETRIES} attempts; retry later")
 
-    def _cached_keyring(self, tenant: str) -> Keyring:
+    def cached_keyring(self, tenant: str) -> Keyring:
+        """The tenant's keyring as read in the last ``keyring_ttl`` seconds, else read now."""
         cached = self._keyrings.get(tenant)
         if cached is not None and time.monotonic() - cached[2] < self.keyring_ttl:
             return cached[0]
@@ -622,220 +381,21 @@ class Keyops:
         return self.read_keyring(tenant)[0]
 
     def create_tenant(self, tenant: str, policy: Policy | None = None, dry_run: bool = False) -> TenantResult:
-        """Create the tenant's keyring with its first KEK and DEK.
-
-        Idempotent: an existing complete keyring with the same policy is
-        ``changed=False``; one with another policy raises ``TenantExists``
-        (use ``update_policy``). A keyring left half-made by a crash is
-        completed.
-        """
-        tenant = validate_tenant(tenant)
-        self.authorize("tenant.create", tenant)
-        policy = policy or Policy()
-        try:
-            keyring, version = self.read_keyring(tenant)
-        except TenantNotFound:
-            keyring, version = None, 0
-        if keyring is not None and not keyring.dek.empty:
-            if keyring.policy != policy:
-                raise TenantExists(f"tenant {tenant!r} exists with another policy; update it with "
-                                   "'keyops tenant update' (or the tenant module) instead")
-            return TenantResult(tenant, False, keyring)
-        if dry_run:
-            return TenantResult(tenant, True, keyring)
-        with self.audited("tenant.create", tenant=tenant, level="kek+dek") as event:
-            if keyring is None:
-                keyring, version = self._create_kek_first(tenant, policy)
-            elif keyring.policy != policy:
-                raise TenantExists(f"tenant {tenant!r} is half-made with another policy; re-run with its policy")
-            keyring = self._finish_tenant(keyring, version)
-            event["versions"] = {"kek": keyring.kek.primary, "dek": keyring.dek.primary}
-        return TenantResult(tenant, True, keyring)
+        return tenant_ops.create_tenant(self, tenant, policy=policy, dry_run=dry_run)
 
     def update_policy(self, tenant: str, policy: Policy, dry_run: bool = False) -> TenantResult:
-        """Change periods and usage cap. The residence is fixed once a tenant exists."""
-        self.authorize("tenant.update", validate_tenant(tenant))
-        keyring, version = self.read_keyring(tenant)
-        if policy.kek_residence != keyring.policy.kek_residence:
-            raise InvalidInput(f"tenant {tenant!r} has KEK residence {keyring.policy.kek_residence!r}; the "
-                               "residence cannot change in place (create a new tenant and migrate)")
-        if policy == keyring.policy:
-            return TenantResult(tenant, False, keyring)
-        new = dataclasses.replace(keyring, policy=policy)
-        if dry_run:
-            return TenantResult(tenant, True, new)
-        with self.audited("tenant.update_policy", tenant=tenant, level="policy"):
-            self.write_keyring(tenant, new, cas=version)
-        return TenantResult(tenant, True, new)
+        return tenant_ops.update_policy(self, tenant, policy, dry_run=dry_run)
 
     def delete_tenant(self, tenant: str, dry_run: bool = False) -> bool:
-        """Remove an empty tenant's keyring. Refuses while the tenant has secrets.
-
-        The Transit key (residence transit) is left in place: deleting it is an
-        explicit Transit operation, since it cannot be undone.
-        """
-        self.authorize("tenant.delete", validate_tenant(tenant))
-        try:
-            self.read_keyring(tenant)
-        except TenantNotFound:
-            return False
-        remaining = self.list_secrets(tenant)
-        if remaining:
-            raise KeyStateError(f"tenant {tenant!r} still has {len(remaining)} secrets; delete or migrate them "
-                                "before removing its keyring")
-        if not dry_run:
-            with self.audited("tenant.delete", tenant=tenant, level="kek+dek"):
-                for job in self.store.list(jobs_path(tenant)):
-                    self.store.delete_all_versions(f"{jobs_path(tenant)}/{job}")
-                self.store.delete_all_versions(usage_path(tenant))
-                self.store.delete_all_versions(keyring_path(tenant))
-                self._keyrings.pop(tenant, None)
-                self._reservations.pop((tenant, False), None)
-                self._reservations.pop((tenant, True), None)
-                self._keys.discard_tenant(tenant)
-        return True
-
-    def _create_kek_first(self, tenant: str, policy: Policy) -> tuple[Keyring, int]:
-        # Step 1: the KEK, wrapped by the master key, is stored before anything
-        # else, so that a crash later never leaves a key we cannot recover.
-        self.ensure_master()
-        master_version, master = self.master_wrapper()
-        kek = crypto.generate_key()
-        now = self.clock()
-        wrapped = master.wrap(kek, crypto.key_context(tenant, "kek", 1))
-        keyring = Keyring(tenant=tenant, policy=policy, created_at=format_time(now),
-                          kek=KeyChain(0, ()), dek=KeyChain(0, ()))
-        keyring = keyring.add_version("kek", b64e(wrapped), master_version, now,
-                                      transit_version=1 if policy.kek_residence == "transit" else None)
-        self._fresh_usage(tenant)
-        try:
-            version = self.write_keyring(tenant, keyring, cas=0)
-        except Conflict as exc:
-            raise Conflict(f"tenant {tenant!r} is being created by another process; re-run to see its state") from exc
-        return keyring, version
-
-    def _fresh_usage(self, tenant: str) -> None:
-        """An empty usage document, written before the keyring so that the keyring's creation sets its history too.
-
-        One left by an earlier tenant of the same name (deleted by an older
-        keyops) counts another tenant's keys: it is replaced, with check-and-set.
-        """
-        found = self.store.read(usage_path(tenant))
-        if found is not None and found[0] == Usage(tenant).to_dict():
-            return
-        try:
-            self.store.write(usage_path(tenant), Usage(tenant).to_dict(), cas=found[1] if found else 0)
-        except Conflict:
-            pass  # another process creating this tenant wrote it first; only one keyring write can win
-
-    def _finish_tenant(self, keyring: Keyring, version: int) -> Keyring:
-        tenant = keyring.tenant
-        kek_version = keyring.kek.primary
-        if keyring.policy.kek_residence == "transit":
-            self._ensure_transit_kek(keyring, kek_version)
-        dek = crypto.generate_key()
-        wrapper = self._kek_wrapper(keyring, kek_version)
-        wrapped = wrapper.wrap(dek, crypto.key_context(tenant, "dek", 1))
-        new = keyring.add_version("dek", b64e(wrapped), kek_version, self.clock())
-        try:
-            self.write_keyring(tenant, new, cas=version)
-        except Conflict as exc:
-            raise Conflict(f"tenant {tenant!r} is being created by another process; re-run to see its state") from exc
-        return new
+        return tenant_ops.delete_tenant(self, tenant, dry_run=dry_run)
 
     # --- KEKs -----------------------------------------------------------------------------
-
-    def unwrap_kek(self, keyring: Keyring, kek_version: int) -> bytes:
-        """The KEK's bytes, unwrapped by the master key (an HSM call unless cached)."""
-        kv = keyring.kek.get(kek_version)
-        cache_key = (keyring.tenant, "kek", kek_version, kv.wrapped)
-        cached = self._keys.get(cache_key)
-        if cached is not None:
-            return cached
-        with self.audited("kek.unwrap", tenant=keyring.tenant, level="kek", versions=[kek_version]):
-            _, master = self.master_wrapper(kv.parent_version)
-            kek = master.unwrap(b64d(kv.wrapped), crypto.key_context(keyring.tenant, "kek", kek_version))
-        self._keys.put(cache_key, kek)
-        return kek
-
-    def _kek_wrapper(self, keyring: Keyring, kek_version: int) -> KeyWrapper:
-        kv = keyring.kek.get(kek_version)
-        if keyring.policy.kek_residence == "transit":
-            return TransitWrapper(self.store, transit_key_name(keyring.tenant), kv.transit_version or kek_version)
-        return AeadWrapper(self.unwrap_kek(keyring, kek_version))
-
-    def _ensure_transit_kek(self, keyring: Keyring, kek_version: int) -> None:
-        """Import the KEK into the tenant's Transit key unless it is there already.
-
-        An existing version is checked to hold our KEK (Transit encrypts a
-        probe, we decrypt it locally), so a crash between import and keyring
-        write is recovered and a foreign key of the same name is refused.
-        """
-        tenant = keyring.tenant
-        name = transit_key_name(tenant)
-        kv = keyring.kek.get(kek_version)
-        tv = kv.transit_version or kek_version
-        kek = self.unwrap_kek(keyring, kek_version)
-        info = self.store.transit_read_key(name)
-        latest = int(info["latest_version"]) if info else 0
-        if latest >= tv:
-            self._check_transit_version(name, tv, kek)
-            return
-        if latest != tv - 1:
-            raise KeyStateError(f"Transit key {name!r} is at version {latest}, but KEK version {kek_version} "
-                                f"expects Transit version {tv}; inspect the key before continuing")
-        if info is not None and not info.get("imported_key", True):
-            raise KeyStateError(f"Transit key {name!r} exists but was not imported by keyops; remove it or "
-                                "rename the tenant's Transit key")
-        self.store.transit_import(name, _byok_ciphertext(self.store.transit_wrapping_key(), kek),
-                                  new_version=latest > 0)
-        self._check_transit_version(name, tv, kek)
-
-    def _check_transit_version(self, name: str, transit_version: int, kek: bytes) -> None:
-        probe_ctx = b"keyops-transit-probe"
-        ct = self.store.transit_encrypt(name, b"keyops probe", probe_ctx, key_version=transit_version)
-        try:
-            body = base64.b64decode(ct.split(":", 2)[2])
-            crypto.AeadKey(kek).open(body, probe_ctx)
-        except (DecryptionError, ValueError, IndexError) as exc:
-            raise KeyStateError(f"Transit key {name!r} version {transit_version} does not hold this tenant's "
-                                "KEK; it was made by something else") from exc
 
     # --- DEKs -----------------------------------------------------------------------------
 
     def dek(self, tenant: str, version: int) -> crypto.AeadKey:
-        """The unwrapped DEK ``version``: from the cache, else unwrapped through its KEK."""
-        keyring = self._cached_keyring(tenant)
-        try:
-            kv = keyring.dek.get(version)
-        except NotFound:
-            keyring = self.read_keyring(tenant)[0]
-            kv = keyring.dek.get(version)
-        if not kv.usable_for_decrypt:
-            raise KeyStateError(f"DEK version {version} of tenant {tenant!r} is {kv.state}; "
-                                "it no longer decrypts")
-        key = self._keys.get((tenant, "dek", version, kv.wrapped))
-        if key is None:  # a cache miss only: never one event per encryption
-            try:
-                key = self._unwrap_dek(keyring, version)
-            except KeyopsError:
-                # The cached keyring may be older than a KEK rotation of another
-                # process, which re-wrapped every DEK (and may have raised Transit's
-                # min_decryption_version): re-read once before failing.
-                fresh = self.read_keyring(tenant)[0]
-                if fresh.dek.get(version).wrapped == kv.wrapped:
-                    raise
-                return self.dek(tenant, version)
-        return key
-
-    def _unwrap_dek(self, keyring: Keyring, version: int) -> crypto.AeadKey:
-        kv = keyring.dek.get(version)
-        with self.audited("dek.unwrap", tenant=keyring.tenant, level="dek", versions=[version]):
-            wrapper = self._kek_wrapper(keyring, kv.parent_version)
-            raw = wrapper.unwrap(b64d(kv.wrapped), crypto.key_context(keyring.tenant, "dek", version))
-        key = crypto.AeadKey(raw)
-        self._keys.put((keyring.tenant, "dek", version, kv.wrapped), key)
-        return key
+        """The unwrapped DEK ``version`` (see ``keyops.hierarchy``)."""
+        return self.hierarchy.dek(tenant, version)
 
     def _take_use(self, tenant: str, external: bool) -> int:
         """One encryption of the primary DEK; reserves a block of uses when out, or when the lease ended.
@@ -866,7 +426,7 @@ class Keyops:
         self.authorize("usage.reserve", tenant)
         # Unwrap the primary DEK first: a process that cannot use it (wrong PIN,
         # HSM or Transit refusing) must fail without spending a reservation.
-        self.dek(tenant, self._cached_keyring(tenant).dek.primary)
+        self.dek(tenant, self.cached_keyring(tenant).dek.primary)
         block = _next_block(previous)
         lease = self.keyring_ttl
         for _ in range(CAS_RETRIES):
@@ -943,7 +503,7 @@ class Keyops:
         if not kv.usable_for_decrypt:
             return bk
         if st is None or st.src is not src:
-            if len(self._fast) >= self._keys.maxsize:
+            if len(self._fast) >= self.hierarchy.cache_size:
                 self._fast.clear()
             st = _FastTenant(tenant, src, self.keyring_ttl)
             self._fast[tenant] = st
@@ -1012,7 +572,7 @@ class Keyops:
         tenant = validate_tenant(tenant)
         ct = ciphertext if isinstance(ciphertext, crypto.Ciphertext) else crypto.Ciphertext.parse(ciphertext)
         plaintext = self.decrypt(tenant, ct, context)  # authentic for this tenant and context, whatever follows
-        if ct.dek_version >= self._cached_keyring(tenant).dek.primary:
+        if ct.dek_version >= self.cached_keyring(tenant).dek.primary:
             # The cached keyring may predate a rotation: decide on a fresh one.
             if ct.dek_version >= self.read_keyring(tenant)[0].dek.primary:
                 return ciphertext
@@ -1051,172 +611,28 @@ class Keyops:
     # --- secrets ----------------------------------------------------------------------------
 
     def read_record(self, tenant: str, name: str) -> SecretRecord | None:
-        tenant, name = validate_tenant(tenant), validate_secret_name(name)
-        self.authorize("secrets.read", tenant)
-        found = self.store.read(secret_path(tenant, name))
-        if found is None:
-            return None
-        data, version = found
-        try:
-            return SecretRecord(tenant, name, str(data["ciphertext"]), int(data["dek_version"]), version)
-        except (KeyError, TypeError, ValueError) as exc:
-            raise InvalidInput(f"secret {name!r} of tenant {tenant!r} is not a keyops record") from exc
+        return secret_ops.read_record(self, tenant, name)
 
     def write_record(self, tenant: str, name: str, ct: crypto.Ciphertext, cas: int,
                      extra: Mapping[str, Any] | None = None) -> int:
-        """Write a record with check-and-set. ``extra``: provenance fields (which job wrote it, from where)."""
-        self.authorize("secrets.write", tenant)
-        record: dict[str, Any] = dict(extra or {})
-        record.update({"schema": RECORD_SCHEMA, "ciphertext": ct.to_text(), "dek_version": ct.dek_version,
-                       "updated_at": format_time(self.clock())})
-        return self.store.write(secret_path(tenant, name), record, cas=cas)
+        return secret_ops.write_record(self, tenant, name, ct, cas, extra=extra)
 
     def get_secret(self, tenant: str, name: str) -> bytes:
-        record = self.read_record(tenant, name)
-        if record is None:
-            self._cached_keyring(tenant)  # TenantNotFound when it is the tenant that is missing
-            raise SecretNotFound(f"tenant {tenant!r} has no secret {name!r}")
-        return self.decrypt(tenant, record.ciphertext, secret_context(name))
+        return secret_ops.get_secret(self, tenant, name)
 
     def put_secret(self, tenant: str, name: str, value: bytes | str, dry_run: bool = False) -> SecretResult:
-        """Store ``value`` encrypted; no write (``changed=False``) when it is already stored."""
-        tenant, name = validate_tenant(tenant), validate_secret_name(name)
-        value = value.encode("utf-8") if isinstance(value, str) else bytes(value)
-        self.authorize("secrets.write", tenant)
-        self._cached_keyring(tenant)  # a clear TenantNotFound before anything else
-        for _ in range(CAS_RETRIES):
-            record = self.read_record(tenant, name)
-            if record is not None and self.decrypt(tenant, record.ciphertext, secret_context(name)) == value:
-                return SecretResult(tenant, name, False, record.kv_version, record.dek_version)
-            if dry_run:
-                return SecretResult(tenant, name, True, record.kv_version if record else None, None)
-            ct = self.encrypt_record(tenant, value, secret_context(name))
-            try:
-                with self.audited("secret.write", tenant=tenant, name=name, level="dek", versions=[ct.dek_version]):
-                    version = self.write_record(tenant, name, ct, cas=record.kv_version if record else 0)
-            except Conflict:
-                continue
-            return SecretResult(tenant, name, True, version, ct.dek_version)
-        raise Conflict(f"secret {name!r} of tenant {tenant!r} kept changing; retry later")
+        return secret_ops.put_secret(self, tenant, name, value, dry_run=dry_run)
 
     def list_secrets(self, tenant: str, prefix: str = "") -> list[str]:
-        tenant = validate_tenant(tenant)
-        self.authorize("secrets.read", tenant)
-        self._cached_keyring(tenant)
-        out: list[str] = []
-        pending = [prefix.strip("/")]
-        while pending:
-            folder = pending.pop()
-            path = f"secrets/{tenant}/{folder}".rstrip("/")
-            for key in self.store.list(path):
-                full = f"{folder}/{key}".lstrip("/") if folder else key
-                if key.endswith("/"):
-                    pending.append(full.rstrip("/"))
-                else:
-                    out.append(full)
-        return sorted(out)
+        return secret_ops.list_secrets(self, tenant, prefix=prefix)
 
     def delete_secret(self, tenant: str, name: str, dry_run: bool = False) -> bool:
-        """Remove the record and its history. False when there was nothing to delete."""
-        tenant, name = validate_tenant(tenant), validate_secret_name(name)
-        self.authorize("secrets.delete", tenant)
-        if self.read_record(tenant, name) is None:
-            return False
-        if not dry_run:
-            with self.audited("secret.delete", tenant=tenant, name=name, level="dek"):
-                self.store.delete_all_versions(secret_path(tenant, name))
-        return True
+        return secret_ops.delete_secret(self, tenant, name, dry_run=dry_run)
 
     # --- status -----------------------------------------------------------------------------
 
     def tenant_status(self, tenant: str, keyring: Keyring | None = None) -> TenantStatus:
-        keyring = keyring or self.read_keyring(tenant)[0]
-        usage = self.read_usage(keyring.tenant)[0]
-        now = self.clock()
-
-        def level(name: str) -> LevelStatus:
-            chain = keyring.chain(name)
-            versions = tuple(
-                VersionStatus(kv.version, kv.state, kv.created_at, round(age_days(kv.created_at, now), 2),
-                              kv.parent_version, usage.uses(kv.version, kv.uses) if name == "dek" else None,
-                              usage.get(kv.version).external if name == "dek" else None)
-                for kv in chain.versions)
-            until = int((next_due(keyring, name) - now).total_seconds()) if not chain.empty else 0
-            return LevelStatus(name, chain.primary, keyring.policy.period_days(name),
-                               format_time(next_due(keyring, name)) if not chain.empty else "", versions,
-                               primary_age_days=round(age_days(chain.primary_key.created_at, now), 4)
-                               if not chain.empty else 0.0,
-                               seconds_until_due=until,
-                               state_counts=dict(collections.Counter(kv.state for kv in chain.versions)))
-
-        if keyring.dek.empty:
-            raise KeyStateError(f"tenant {tenant!r} is half-made (no DEK yet); re-run 'keyops tenant create'")
-        primary = keyring.dek.primary_key
-        uses, cap = usage.uses(primary.version, primary.uses), keyring.policy.dek_usage_cap
-        kek, dek, due = level("kek"), level("dek"), tuple(due_rotations(keyring, now, primary_dek_uses=uses))
-        return TenantStatus(
-            tenant=keyring.tenant, residence=keyring.policy.kek_residence, policy=keyring.policy.to_dict(),
-            created_at=keyring.created_at, kek=kek, dek=dek, dek_usage=uses, dek_usage_cap=cap, due=due,
-            dek_usage_ratio=round(uses / cap, 6),
-            seconds_until_due=0 if due else max(0, min(kek.seconds_until_due, dek.seconds_until_due)),
-            is_due=bool(due))
+        return status_ops.tenant_status(self, tenant, keyring=keyring)
 
     def status(self, tenant: str | None = None) -> StatusReport:
-        """The status of ``tenant``, or of every tenant: each tenant's failure on its own.
-
-        With a tenant named, its error is raised. Across every tenant, one
-        tenant that cannot be read (a corrupted keyring, a half-made tenant,
-        a refused path) becomes a ``TenantProblem`` of the report and the
-        others are still reported; a tenant listed without a keyring (removed
-        meanwhile) is left out. Failures of Vault itself (unreachable, sealed,
-        bad credentials) concern every tenant and are raised.
-        """
-        if tenant:
-            return StatusReport((self.tenant_status(validate_tenant(tenant)),))
-        statuses: list[TenantStatus] = []
-        problems: list[TenantProblem] = []
-        for name in self.list_tenants():
-            try:
-                statuses.append(self.tenant_status(name))
-            except TenantNotFound:
-                continue
-            except (VaultUnreachable, VaultSealed, AuthenticationFailed):
-                raise
-            except KeyopsError as exc:
-                problems.append(TenantProblem(name, exc.code, exc.exit_code, str(exc)))
-        return StatusReport(tuple(statuses), tuple(problems))
-
-
-@dataclasses.dataclass(frozen=True)
-class TenantProblem:
-    """Why one tenant's status could not be read (the message names the tenant and what to do)."""
-
-    tenant: str
-    error: str  # the KeyopsError code
-    exit_code: int
-    message: str
-
-
-@dataclasses.dataclass(frozen=True)
-class StatusReport(Sequence[TenantStatus]):
-    """The tenants' statuses (a sequence of ``TenantStatus``) and the tenants that could not be read."""
-
-    tenants: tuple[TenantStatus, ...]
-    problems: tuple[TenantProblem, ...] = ()
-
-    def __getitem__(self, index: Any) -> Any:
-        return self.tenants[index]
-
-    def __len__(self) -> int:
-        return len(self.tenants)
-
-
-def _byok_ciphertext(wrapping_key_pem: str, key: bytes) -> str:
-    """Transit's BYOK format: RSA-OAEP(SHA-256) of an ephemeral AES-256 key, then AES-KWP of ``key``."""
-    public = serialization.load_pem_public_key(wrapping_key_pem.encode("ascii"))
-    if not isinstance(public, rsa.RSAPublicKey):
-        raise KeyStateError("Transit's wrapping key is not an RSA key")
-    ephemeral = crypto.generate_key()
-    wrapped_ephemeral = public.encrypt(
-        ephemeral, padding.OAEP(mgf=padding.MGF1(hashes.SHA256()), algorithm=hashes.SHA256(), label=None))
-    return b64e(wrapped_ephemeral + aes_key_wrap_with_padding(ephemeral, key))
+        return status_ops.status(self, tenant=tenant)

@@ -467,7 +467,7 @@ class _Migration:
             return None
         for kv in keyring.kek.versions:
             if (kv.transit_version or kv.version) == transit_version and kv.usable_for_decrypt:
-                return crypto.AeadKey(self.k.unwrap_kek(keyring, kv.version))
+                return self.k.hierarchy.kek_aead(keyring, kv.version)
         return None
 
 

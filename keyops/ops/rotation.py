@@ -78,16 +78,10 @@ from keyops.errors import Conflict, InvalidInput, KeyopsError, KeyStateError, No
 from keyops.model.keyring import TENANT_LEVELS, Keyring, age_days, due_rotations, format_time
 from keyops.ops.jobs import MAX_WORKERS
 from keyops.model.names import validate_count, validate_tenant, validate_version
-from keyops.ops.front import (
-    MASTER_PATH,
-    MASTER_PENDING,
-    Keyops,
-    MasterRegistry,
-    MasterVersion,
-    b64d,
-    b64e,
-    transit_key_name,
-)
+from keyops.crypto import b64d, b64e
+from keyops.model.master import MASTER_PENDING, MasterRegistry, MasterVersion
+from keyops.model.paths import MASTER_PATH, transit_key_name
+from keyops.ops.front import Keyops
 from keyops.wrappers import AeadWrapper, KeyWrapper, Pkcs11Wrapper
 
 #: Attempts at a check-and-set write that loses to writes which are not rotations.
@@ -522,7 +516,7 @@ def _lost_race(tenant: str, level: str, start: int, now_primary: int, expect: in
 def _with_new_dek(k: Keyops, keyring: Keyring) -> Keyring:
     tenant, kek_version = keyring.tenant, keyring.kek.primary
     version = keyring.dek.latest_version + 1
-    wrapper = k._kek_wrapper(keyring, kek_version)
+    wrapper = k.hierarchy.kek_wrapper(keyring, kek_version)
     wrapped = wrapper.wrap(crypto.generate_key(), crypto.key_context(tenant, "dek", version))
     return keyring.add_version("dek", b64e(wrapped), kek_version, k.clock())
 
@@ -562,13 +556,13 @@ def _with_new_transit_kek(k: Keyops, keyring: Keyring) -> Keyring:
 def _rewrap_deks(k: Keyops, keyring: Keyring, new_wrapper: KeyWrapper | None = None) -> Keyring:
     """Every DEK version not under the primary KEK, unwrapped by its KEK and wrapped by the primary (in memory)."""
     tenant, primary = keyring.tenant, keyring.kek.primary
-    new_wrapper = new_wrapper or k._kek_wrapper(keyring, primary)
+    new_wrapper = new_wrapper or k.hierarchy.kek_wrapper(keyring, primary)
     old_wrappers: dict[int, KeyWrapper] = {}
     for version in stale_dek_versions(keyring):
         kv = keyring.dek.get(version)
         context = crypto.key_context(tenant, "dek", version)
         if kv.parent_version not in old_wrappers:
-            old_wrappers[kv.parent_version] = k._kek_wrapper(keyring, kv.parent_version)
+            old_wrappers[kv.parent_version] = k.hierarchy.kek_wrapper(keyring, kv.parent_version)
         raw = old_wrappers[kv.parent_version].unwrap(b64d(kv.wrapped), context)
         wrapped = new_wrapper.wrap(raw, context)
         keyring = keyring.replace_version(
@@ -585,7 +579,7 @@ def _finish_kek(k: Keyops, keyring: Keyring, revision: int) -> tuple[Keyring, in
         if not stale_dek_versions(keyring):
             break
         if transit and not in_transit:
-            k._ensure_transit_kek(keyring, primary)  # idempotent: imports, or verifies with a probe
+            k.hierarchy.ensure_transit_kek(keyring, primary)  # idempotent: imports, or verifies with a probe
             in_transit = True
         new = _rewrap_deks(k, keyring)
         try:
@@ -602,7 +596,7 @@ def _finish_kek(k: Keyops, keyring: Keyring, revision: int) -> tuple[Keyring, in
                        "re-run to finish the KEK rotation")
     if transit:
         if not in_transit:
-            k._ensure_transit_kek(keyring, primary)  # the DEKs were re-wrapped by an earlier run
+            k.hierarchy.ensure_transit_kek(keyring, primary)  # the DEKs were re-wrapped by an earlier run
         sync_transit_key(k, keyring)
     return keyring, revision
 

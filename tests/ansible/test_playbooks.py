@@ -92,9 +92,9 @@ def key_material(k: Keyops, tenant: str) -> list[str]:
     keyring = k.read_keyring(tenant)[0]
     out: list[bytes] = []
     for kek in keyring.kek.versions:
-        out.append(k.unwrap_kek(keyring, kek.version))
+        out.append(k.hierarchy._kek(keyring, kek.version))
     for dek in keyring.dek.versions:
-        kek = k.unwrap_kek(keyring, dek.parent_version)
+        kek = k.hierarchy._kek(keyring, dek.parent_version)
         out.append(AeadWrapper(kek).unwrap(base64.b64decode(dek.wrapped),
                                            crypto.key_context(tenant, "dek", dek.version)))
     return [form for key in out for form in (base64.b64encode(key).decode(), key.hex())]

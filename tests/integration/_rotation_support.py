@@ -223,7 +223,7 @@ class PathCountingStore(VaultStore):
 def escrow_unwraps(k: Keyops, tenant: str) -> bytes:
     """The primary KEK's escrow copy (KeyVersion.wrapped) unwrapped by the HSM master key it names."""
     keyring = k.read_keyring(tenant)[0]
-    return k.unwrap_kek(keyring, keyring.kek.primary)
+    return k.hierarchy._kek(keyring, keyring.kek.primary)
 
 
 def b64(data: bytes) -> str:

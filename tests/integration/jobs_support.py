@@ -45,7 +45,7 @@ def rotate_dek(k: Keyops, tenant: str) -> int:
     except ImportError:
         def change(keyring: Any) -> Any:
             version = keyring.dek.latest_version + 1
-            wrapper = k._kek_wrapper(keyring, keyring.kek.primary)
+            wrapper = k.hierarchy.kek_wrapper(keyring, keyring.kek.primary)
             wrapped = wrapper.wrap(crypto.generate_key(), crypto.key_context(tenant, "dek", version))
             return keyring.add_version("dek", b64e(wrapped), keyring.kek.primary, k.clock())
 

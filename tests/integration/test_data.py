@@ -71,7 +71,7 @@ def add_dek_version(k: Keyops, tenant: str) -> int:
     def change(kr: Keyring) -> Keyring:
         kek_version = kr.kek.primary
         version = kr.dek.latest_version + 1
-        wrapped = k._kek_wrapper(kr, kek_version).wrap(crypto.generate_key(),
+        wrapped = k.hierarchy.kek_wrapper(kr, kek_version).wrap(crypto.generate_key(),
                                                        crypto.key_context(tenant, "dek", version))
         return kr.add_version("dek", base64.b64encode(wrapped).decode(), kek_version, k.clock())
 
@@ -225,7 +225,7 @@ def test_wrapped_kek_copied_into_another_tenant(k: Keyops, config: Config, vault
     with Keyops(config) as fresh:
         keyring = fresh.get_tenant(b)
         with pytest.raises(DecryptionError):
-            fresh.unwrap_kek(keyring, 1)  # the HSM refuses: the context names tenant b
+            fresh.hierarchy._kek(keyring, 1)  # the HSM refuses: the context names tenant b
         if residence == "kv":
             with pytest.raises(DecryptionError):
                 fresh.encrypt(b, b"x")
@@ -256,7 +256,7 @@ def test_wrapped_dek_moved_to_the_kek_level(k: Keyops, config: Config, vault_cli
     write_doc(vault_client, keyring_path(tenant), forged)
     with Keyops(config) as fresh:
         with pytest.raises(DecryptionError):
-            fresh.unwrap_kek(fresh.get_tenant(tenant), 1)
+            fresh.hierarchy._kek(fresh.get_tenant(tenant), 1)
 
 
 # --- flipped bits ----------------------------------------------------------------------------------------------
@@ -337,5 +337,5 @@ def test_flipped_bit_in_the_transit_escrow_copy(k: Keyops, uncached: Keyops, vau
         doc["kek"]["versions"][0]["wrapped"] = base64.b64encode(flip_bit(blob, i * 8 + i % 8)).decode()
         write_doc(vault_client, path, doc)
         with pytest.raises(DecryptionError):
-            uncached.unwrap_kek(uncached.get_tenant(tenant), 1)
+            uncached.hierarchy._kek(uncached.get_tenant(tenant), 1)
     write_doc(vault_client, path, original)

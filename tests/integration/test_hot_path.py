@@ -52,7 +52,7 @@ def add_dek_version(k: Keyops, tenant: str) -> int:
     """A new primary DEK written straight to the keyring (no rotation code involved)."""
     keyring, version = k.read_keyring(tenant)
     new = keyring.dek.latest_version + 1
-    wrapped = k._kek_wrapper(keyring, keyring.kek.primary).wrap(crypto.generate_key(),
+    wrapped = k.hierarchy.kek_wrapper(keyring, keyring.kek.primary).wrap(crypto.generate_key(),
                                                                  crypto.key_context(tenant, "dek", new))
     k.write_keyring(tenant, keyring.add_version("dek", b64e(wrapped), keyring.kek.primary, k.clock()), cas=version)
     return new

@@ -35,6 +35,7 @@ from keyops.errors import Conflict, InvalidInput, KeyringCorrupt, SecretNotFound
 from keyops.model.keyring import Policy
 from keyops.ops.reencrypt import reencrypt
 from keyops.ops.rotation import rotate
+from keyops.ops import tenants as tenant_ops
 from keyops.ops.front import Keyops, keyring_path, secret_path, transit_key_name, usage_path
 
 pytestmark = pytest.mark.integration
@@ -165,7 +166,7 @@ def test_keyring_document_as_stored(k: Keyops, vault_client: Any, tenants: dict[
     # The KEK (escrow copy for transit) is wrapped by the HSM master key: 12 + 32 + 16 bytes.
     assert len(base64.b64decode(kek["wrapped"])) == 60
     keyring = k.get_tenant(tenant)
-    assert len(k.unwrap_kek(keyring, 1)) == 32
+    assert len(k.hierarchy._kek(keyring, 1)) == 32
     wrapped_dek = base64.b64decode(dek["wrapped"])
     if residence == "transit":
         assert kek["transit_version"] == 1
@@ -189,7 +190,7 @@ def test_transit_key_is_imported_and_not_exportable(k: Keyops, vault_client: Any
     with pytest.raises(hvac.exceptions.VaultError, match="exporting is disallowed"):  # no backup either
         vault_client.secrets.transit.backup_key(name=transit_key_name(tenant))
     # Transit holds exactly the KEK whose escrow copy is in KV: Transit encrypts, the escrowed KEK decrypts.
-    kek = k.unwrap_kek(k.get_tenant(tenant), 1)
+    kek = k.hierarchy._kek(k.get_tenant(tenant), 1)
     probe = vault_client.secrets.transit.encrypt_data(
         name=transit_key_name(tenant), plaintext=b64(b"probe"), associated_data=b64(b"aad"))["data"]["ciphertext"]
     assert probe.startswith("vault:v1:")
@@ -484,7 +485,7 @@ def test_create_tenant_resumes_a_half_made_keyring(k: Keyops, vault_client: Any,
     """A crash after the KEK was stored (first write) is finished by running create_tenant again."""
     tenant = new_tenant(f"half-{residence}")
     policy = Policy(kek_residence=residence)
-    k._create_kek_first(tenant, policy)
+    tenant_ops._create_kek_first(k, tenant, policy)
     doc, version = raw_doc(vault_client, keyring_path(tenant))
     assert doc["dek"]["versions"] == [] and len(doc["kek"]["versions"]) == 1
     kek_wrapped = doc["kek"]["versions"][0]["wrapped"]
@@ -507,8 +508,8 @@ def test_create_tenant_resumes_after_the_transit_import(k: Keyops, vault_client:
     """Crash between the BYOK import and the DEK write: the imported key is recognised, not imported again."""
     tenant = new_tenant("half-imp")
     policy = Policy(kek_residence="transit")
-    keyring, _ = k._create_kek_first(tenant, policy)
-    k._ensure_transit_kek(keyring, 1)
+    keyring, _ = tenant_ops._create_kek_first(k, tenant, policy)
+    k.hierarchy.ensure_transit_kek(keyring, 1)
     assert vault_client.secrets.transit.read_key(name=transit_key_name(tenant))["data"]["latest_version"] == 1
     result = k.create_tenant(tenant, policy)
     assert result.changed and result.dek_version == 1

@@ -40,7 +40,8 @@ from keyops.config import Config
 from keyops.dev.stack import DevStack, free_port
 from keyops.errors import KeyopsError
 from keyops.model.keyring import Policy
-from keyops.ops.front import Keyops, b64d, keyring_path
+from keyops.crypto import b64d
+from keyops.ops.front import Keyops, keyring_path
 from keyops.wrappers import AeadWrapper
 
 pytestmark = pytest.mark.integration
@@ -220,14 +221,14 @@ def _every_key(k: Keyops, scanner: Scanner, counts: collections.Counter[str], mu
             continue
         for kv in keyring.kek.versions:
             try:
-                scanner.add(f"KEK {tenant} v{kv.version}", k.unwrap_kek(keyring, kv.version))
+                scanner.add(f"KEK {tenant} v{kv.version}", k.hierarchy._kek(keyring, kv.version))
                 counts["kek"] += 1
             except KeyopsError:
                 counts["kek not unwrapped"] += 1
                 assert tenant not in must
         for kv in keyring.dek.versions:
             try:
-                wrapper = k._kek_wrapper(keyring, kv.parent_version)
+                wrapper = k.hierarchy.kek_wrapper(keyring, kv.parent_version)
                 raw = wrapper.unwrap(b64d(kv.wrapped), crypto.key_context(tenant, "dek", kv.version))
                 scanner.add(f"DEK {tenant} v{kv.version}", raw)
                 counts["dek"] += 1
@@ -311,7 +312,7 @@ def leak_run(stack: DevStack, config: Config, vault_client: Any, tmp_path_factor
         tr_ct = k.encrypt(tr_tenant, p[5], "ctx")
         keyring, version = k.read_keyring(kv_tenant)
         tr_keyring = k.get_tenant(tr_tenant)
-        kek = k.unwrap_kek(keyring, 1)
+        kek = k.hierarchy._kek(keyring, 1)
         weak_token = vault_client.auth.token.create(policies=["default"], ttl="10m")["auth"]["client_token"]
         scanner.add("weak token", weak_token)
         pin_file = tmp / "pin"
@@ -337,13 +338,13 @@ def leak_run(stack: DevStack, config: Config, vault_client: Any, tmp_path_factor
             lambda: k.write_keyring(kv_tenant, keyring, cas=version - 1 if version > 1 else version + 5),
             lambda: k.encrypt(capped, p[5]),
             lambda: AeadWrapper(kek).unwrap(dek_blob, crypto.key_context(kv_tenant, "dek", 2)),
-            lambda: k._kek_wrapper(tr_keyring, 1).unwrap(dek_blob, crypto.key_context(tr_tenant, "dek", 1)),
+            lambda: k.hierarchy.kek_wrapper(tr_keyring, 1).unwrap(dek_blob, crypto.key_context(tr_tenant, "dek", 1)),
             lambda: k.master_wrapper()[1].unwrap(b64d(keyring.kek.get(1).wrapped),
                                                  crypto.key_context(tr_tenant, "kek", 1)),
             lambda: Keyops(config.replace(vault_token=weak_token, vault_token_file=None)).store.read(
                 keyring_path(kv_tenant)),
             lambda: Keyops(config.replace(vault_addr=f"http://127.0.0.1:{free_port()}")).get_secret(kv_tenant, "x"),
-            lambda: Keyops(config.replace(pkcs11_pin=WRONG_PIN)).unwrap_kek(keyring, 1),
+            lambda: Keyops(config.replace(pkcs11_pin=WRONG_PIN)).hierarchy._kek(keyring, 1),
             lambda: Config.load(env={"KEYOPS_PKCS11_PIN_FILE": str(pin_file)}).resolve_pkcs11_pin(),
             lambda: Config.load(env={}, config_file=toml),
         ])

@@ -359,7 +359,7 @@ def test_rotation_emits_one_audit_event_without_key_material(config: Config) -> 
         rotate(k, tenant, "kek", dry_run=True)  # a dry run is no key operation: no event
         seen = list(events)
         keyring = k.read_keyring(tenant)[0]
-        kek = k.unwrap_kek(keyring, 2)
+        kek = k.hierarchy._kek(keyring, 2)
     rotations = [fields for op, fields in seen if op == "rotate"]
     assert len(rotations) == 1
     fields = rotations[0]

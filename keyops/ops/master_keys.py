@@ -1,0 +1,114 @@
+"""The master key: its registry in KV and its keys on the HSM token."""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from typing import TYPE_CHECKING
+
+
+from keyops.errors import (
+    Conflict,
+    KeyStateError,
+)
+from keyops.model.keyring import (
+    age_days,
+)
+from keyops.model.master import FIRST_MASTER_WAIT, MASTER_PENDING, MasterRegistry
+from keyops.model.paths import (
+    MASTER_PATH,
+)
+
+
+if TYPE_CHECKING:  # pragma: no cover
+    from keyops.ops.front import Keyops
+
+
+def master_label(k: Keyops, version: int) -> str:
+    """The HSM label of master ``version``: as registered, else as this registry would name it."""
+    seen = k.hierarchy.seen_master
+    if seen is None or all(mv.version != version for mv in seen.versions):
+        found = k.read_master()
+        seen = found[0] if found else None
+    for mv in seen.versions if seen is not None else ():
+        if mv.version == version:
+            return mv.label
+    registry_id = seen.registry_id if seen is not None and seen.registry_id else "<new registry id>"
+    return f"{k.config.master_key_label}-{registry_id}-v{version}"
+
+
+def ensure_master(k: Keyops, dry_run: bool = False) -> tuple[MasterRegistry, bool]:
+    """The master key exists on the token and is registered in KV. Returns (registry, changed).
+
+    A new registry gets a random id, and its first version is claimed
+    (``pending``) before its HSM key is made, then turned active: a crash in
+    between leaves a claim that the next call finishes, never an HSM key
+    that no registry knows. A key already on the token under the new name
+    is refused, never adopted (``HsmKeyNotOwned``).
+    """
+    found = k.read_master()
+    if found is None:
+        registry = MasterRegistry.first(k.config.master_key_label, k.clock())
+        if dry_run:
+            return registry.replace_version(dataclasses.replace(registry.get(1), state="active")), True
+        with k.audited("master.create", level="master", versions=[1]) as event:
+            first = registry.get(1)
+            # Logs in first: a wrong PIN or a look-alike key fails before anything is written.
+            k.hsm.check_unused(first.label, bytes.fromhex(first.key_id or ""))
+            try:
+                revision = k.store.write(MASTER_PATH, registry.to_dict(), cas=0)
+            except Conflict:
+                # Registered by a concurrent process (first tenants created in parallel): use theirs.
+                event["changed"] = False
+                found = k.read_master()
+                if found is None:
+                    raise
+            else:
+                return _activate_first_master(k, registry, revision), True
+    registry, revision = found
+    if registry.get(registry.primary).state == MASTER_PENDING:
+        if dry_run:
+            return registry, True
+        registry, created = _await_first_master(k, registry, revision)
+        if created:
+            return registry, True
+    primary = registry.get(registry.primary)
+    if k.hsm.has_key(primary.label, primary.key_id_bytes):
+        return registry, False
+    raise KeyStateError(f"master key {primary.label!r} is registered in Vault but missing from HSM token "
+                        f"{k.config.pkcs11_token_label!r}; point keyops at the right token")
+
+
+def _await_first_master(k: Keyops, registry: MasterRegistry, revision: int) -> tuple[MasterRegistry, bool]:
+    """The first master version, claimed by another process: wait for it; finish a claim left by a crash."""
+    claimed_at = registry.get(registry.primary).created_at
+    wait = min(FIRST_MASTER_WAIT, max(0.0, FIRST_MASTER_WAIT - age_days(claimed_at, k.clock()) * 86400))
+    deadline = time.monotonic() + wait
+    while time.monotonic() < deadline:
+        time.sleep(0.1)
+        found = k.read_master()
+        if found is None:
+            raise Conflict("the master key registry vanished while its first key was being made; re-run")
+        registry, revision = found
+        if registry.get(registry.primary).state != MASTER_PENDING:
+            return registry, False
+    with k.audited("master.create", level="master", versions=[registry.primary], resumed=True):
+        return _activate_first_master(k, registry, revision), True
+
+
+def _activate_first_master(k: Keyops, registry: MasterRegistry, revision: int) -> MasterRegistry:
+    mv = registry.get(registry.primary)
+    if mv.key_id is None:
+        raise KeyStateError(f"the pending first master version {mv.version} has no key id; inspect the registry")
+    # Still pending: nothing is wrapped by it, so a key half-made by a killed creation may be replaced.
+    k.hsm.ensure_key(mv.label, key_id=bytes.fromhex(mv.key_id), replace_unusable=True)
+    active = registry.replace_version(dataclasses.replace(mv, state="active"))
+    try:
+        k.store.write(MASTER_PATH, active.to_dict(), cas=revision)
+    except Conflict:
+        found = k.read_master()
+        if found is not None and found[0].get(found[0].primary).state == "active":
+            return found[0]
+        raise Conflict("the master key registry changed while its first key was being made; re-run") from None
+    k.hierarchy.saw_master(active)
+    return active

@@ -1,0 +1,116 @@
+"""Secret records: encrypted values stored in KV, written with check-and-set."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+
+from keyops import crypto
+from keyops.errors import (
+    Conflict,
+    InvalidInput,
+    SecretNotFound,
+)
+from keyops.model.keyring import (
+    format_time,
+)
+from keyops.model.names import validate_secret_name, validate_tenant
+from keyops.model.paths import (
+    secret_context,
+    secret_path,
+)
+
+from keyops.ops.results import (
+    SecretRecord,
+    SecretResult,
+)
+
+if TYPE_CHECKING:  # pragma: no cover
+    from keyops.ops.front import Keyops
+
+RECORD_SCHEMA = 1
+CAS_RETRIES = 8
+
+
+def read_record(k: Keyops, tenant: str, name: str) -> SecretRecord | None:
+    tenant, name = validate_tenant(tenant), validate_secret_name(name)
+    k.authorize("secrets.read", tenant)
+    found = k.store.read(secret_path(tenant, name))
+    if found is None:
+        return None
+    data, version = found
+    try:
+        return SecretRecord(tenant, name, str(data["ciphertext"]), int(data["dek_version"]), version)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise InvalidInput(f"secret {name!r} of tenant {tenant!r} is not a keyops record") from exc
+
+
+def write_record(k: Keyops, tenant: str, name: str, ct: crypto.Ciphertext, cas: int,
+                 extra: Mapping[str, Any] | None = None) -> int:
+    """Write a record with check-and-set. ``extra``: provenance fields (which job wrote it, from where)."""
+    k.authorize("secrets.write", tenant)
+    record: dict[str, Any] = dict(extra or {})
+    record.update({"schema": RECORD_SCHEMA, "ciphertext": ct.to_text(), "dek_version": ct.dek_version,
+                   "updated_at": format_time(k.clock())})
+    return k.store.write(secret_path(tenant, name), record, cas=cas)
+
+
+def get_secret(k: Keyops, tenant: str, name: str) -> bytes:
+    record = k.read_record(tenant, name)
+    if record is None:
+        k.cached_keyring(tenant)  # TenantNotFound when it is the tenant that is missing
+        raise SecretNotFound(f"tenant {tenant!r} has no secret {name!r}")
+    return k.decrypt(tenant, record.ciphertext, secret_context(name))
+
+
+def put_secret(k: Keyops, tenant: str, name: str, value: bytes | str, dry_run: bool = False) -> SecretResult:
+    """Store ``value`` encrypted; no write (``changed=False``) when it is already stored."""
+    tenant, name = validate_tenant(tenant), validate_secret_name(name)
+    value = value.encode("utf-8") if isinstance(value, str) else bytes(value)
+    k.authorize("secrets.write", tenant)
+    k.cached_keyring(tenant)  # a clear TenantNotFound before anything else
+    for _ in range(CAS_RETRIES):
+        record = k.read_record(tenant, name)
+        if record is not None and k.decrypt(tenant, record.ciphertext, secret_context(name)) == value:
+            return SecretResult(tenant, name, False, record.kv_version, record.dek_version)
+        if dry_run:
+            return SecretResult(tenant, name, True, record.kv_version if record else None, None)
+        ct = k.encrypt_record(tenant, value, secret_context(name))
+        try:
+            with k.audited("secret.write", tenant=tenant, name=name, level="dek", versions=[ct.dek_version]):
+                version = k.write_record(tenant, name, ct, cas=record.kv_version if record else 0)
+        except Conflict:
+            continue
+        return SecretResult(tenant, name, True, version, ct.dek_version)
+    raise Conflict(f"secret {name!r} of tenant {tenant!r} kept changing; retry later")
+
+
+def list_secrets(k: Keyops, tenant: str, prefix: str = "") -> list[str]:
+    tenant = validate_tenant(tenant)
+    k.authorize("secrets.read", tenant)
+    k.cached_keyring(tenant)
+    out: list[str] = []
+    pending = [prefix.strip("/")]
+    while pending:
+        folder = pending.pop()
+        path = f"secrets/{tenant}/{folder}".rstrip("/")
+        for key in k.store.list(path):
+            full = f"{folder}/{key}".lstrip("/") if folder else key
+            if key.endswith("/"):
+                pending.append(full.rstrip("/"))
+            else:
+                out.append(full)
+    return sorted(out)
+
+
+def delete_secret(k: Keyops, tenant: str, name: str, dry_run: bool = False) -> bool:
+    """Remove the record and its history. False when there was nothing to delete."""
+    tenant, name = validate_tenant(tenant), validate_secret_name(name)
+    k.authorize("secrets.delete", tenant)
+    if k.read_record(tenant, name) is None:
+        return False
+    if not dry_run:
+        with k.audited("secret.delete", tenant=tenant, name=name, level="dek"):
+            k.store.delete_all_versions(secret_path(tenant, name))
+    return True
