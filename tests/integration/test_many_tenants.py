@@ -60,3 +60,25 @@ def test_finished_jobs_are_pruned_and_running_ones_kept(config: Config) -> None:
         assert len(finished) == KEEP_FINISHED_JOBS
         assert all(read_job(k, tenant, j)[0].state == "done" for j in finished)
         assert k.get_secret(tenant, "s") == b"v"
+
+
+def test_provisioning_many_tenants_unwraps_each_kek_once(config: Config) -> None:
+    """KEKs and DEKs are cached apart: DEKs never evict the KEKs a provisioning run still needs.
+
+    With one shared cache of 24 entries, 20 tenants (a KEK and a DEK each) overflowed it and KEKs were
+    unwrapped again; with a cache per level, each tenant's KEK is unwrapped by the HSM exactly once (to
+    wrap its first DEK), and using every tenant afterwards costs no further unwrap.
+    """
+    tenants = [new_tenant("prov") for _ in range(20)]
+    with Keyops(config, cache_size=24) as k:
+        k.ensure_master()
+        k.calls.reset()
+        for tenant in tenants:
+            k.create_tenant(tenant)
+        for tenant in tenants:
+            k.put_secret(tenant, "s", tenant.encode())
+        for tenant in tenants:
+            assert k.get_secret(tenant, "s") == tenant.encode()
+        calls = k.calls.snapshot()
+    assert calls.get("hsm.decrypt", 0) == len(tenants), calls
+    assert calls.get("hsm.encrypt", 0) == len(tenants), calls  # one KEK wrap per tenant
