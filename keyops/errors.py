@@ -89,6 +89,16 @@ class Conflict(KeyopsError):
     exit_code = 7
 
 
+class CheckAndSetFailed(Conflict):
+    """A check-and-set write lost: another writer changed the document since it was read.
+
+    The one kind of conflict that reading again and deciding again can
+    resolve (``keyops.ops.cas``); other conflicts (a rotation in progress,
+    a lost race that changed what is wanted) are reported as they are.
+    Reported exactly as ``Conflict`` (same code and exit code).
+    """
+
+
 class KeyStateError(KeyopsError):
     """A key version is not in a state that allows the requested operation."""
 

@@ -23,6 +23,7 @@ from keyops.config import Config
 from keyops.errors import (
     AuthenticationFailed,
     ConfigError,
+    CheckAndSetFailed,
     Conflict,
     InvalidInput,
     NotFound,
@@ -77,7 +78,7 @@ def vault_errors(what: str, addr: str = "") -> Iterator[None]:
         raise NotFound(f"{what}: not found in Vault") from exc
     except hvac.exceptions.InvalidRequest as exc:
         if _CAS_MISMATCH in str(exc):
-            raise Conflict(f"{what}: another writer changed it first (check-and-set); "
+            raise CheckAndSetFailed(f"{what}: another writer changed it first (check-and-set); "
                            "re-read and retry") from exc
         raise VaultError(f"{what}: Vault refused the request: {_first_error(exc)}") from exc
     except hvac.exceptions.VaultError as exc:

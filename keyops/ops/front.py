@@ -27,7 +27,6 @@ from keyops.backends.hsm import Hsm
 from keyops.backends.vault import CallCounter, VaultStore
 from keyops.config import Config
 from keyops.errors import (
-    Conflict,
     DecryptionError,
     InvalidInput,
     KeyopsError,
@@ -54,6 +53,7 @@ from keyops.model.paths import (
 )
 from keyops.model.usage import Usage
 from keyops.ops import master_keys
+from keyops.ops.cas import CAS_ATTEMPTS, retry_on_conflict, update_document
 from keyops.ops import secrets as secret_ops
 from keyops.ops import status as status_ops
 from keyops.ops import tenants as tenant_ops
@@ -82,7 +82,7 @@ b64e = crypto.b64e
 RESTORE_ADVICE = ("an administrator restores a good version from KV's history: see 'Restoring a keyring' "
                   "in docs/access.md")
 RECORD_SCHEMA = 1
-CAS_RETRIES = 8
+CAS_RETRIES = CAS_ATTEMPTS  # the one retry policy (keyops.ops.cas), under the name other modules import
 #: First block of DEK uses a process reserves; it doubles up to the maximum,
 #: so a busy process writes the keyring rarely and an idle one wastes little.
 FIRST_RESERVATION = 4096
@@ -355,16 +355,9 @@ class Keyops:
 
     def update_keyring(self, tenant: str, change: Callable[[Keyring], Keyring]) -> tuple[Keyring, int]:
         """Read, change, write with check-and-set; retry on a lost race."""
-        for _ in range(CAS_RETRIES):
-            keyring, version = self.read_keyring(tenant)
-            new = change(keyring)
-            if new == keyring:
-                return keyring, version
-            try:
-                return new, self.write_keyring(tenant, new, cas=version)
-            except Conflict:
-                continue
-        raise Conflict(f"keyring of tenant {tenant!r} kept changing under {CAS_RETRIES} attempts; retry later")
+        return update_document(lambda: self.read_keyring(tenant),
+                               lambda new, version: self.write_keyring(tenant, new, cas=version), change,
+                               f"the keyring of tenant {tenant!r}")
 
     def cached_keyring(self, tenant: str) -> Keyring:
         """The tenant's keyring as read in the last ``keyring_ttl`` seconds, else read now."""
@@ -429,7 +422,8 @@ class Keyops:
         self.dek(tenant, self.cached_keyring(tenant).dek.primary)
         block = _next_block(previous)
         lease = self.keyring_ttl
-        for _ in range(CAS_RETRIES):
+
+        def attempt() -> _Reservation:
             started = _monotonic()
             usage, cas = self.read_usage(tenant)
             keyring = self.read_keyring(tenant)[0]
@@ -445,15 +439,12 @@ class Keyops:
             if end <= start:
                 raise UsageCapReached(f"DEK version {primary.version} of tenant {tenant!r} reached its usage cap; "
                                       f"rotate the DEK: keyops rotate --tenant {tenant} --level dek")
-            try:
-                self.store.write(usage_path(tenant), new.to_dict(), cas=cas)
-            except Conflict:
-                continue
-            r = _Reservation(primary.version, start, end, block, started + lease, itertools.count(start), external)
-            self._reservations[(tenant, external)] = r
-            return r
-        raise Conflict(f"the usage document of tenant {tenant!r} kept changing under {CAS_RETRIES} attempts; "
-                       "retry later")
+            self.store.write(usage_path(tenant), new.to_dict(), cas=cas)
+            return _Reservation(primary.version, start, end, block, started + lease, itertools.count(start), external)
+
+        r = retry_on_conflict(attempt, f"the usage document of tenant {tenant!r}")
+        self._reservations[(tenant, external)] = r
+        return r
 
     def read_usage(self, tenant: str) -> tuple[Usage, int]:
         """The tenant's usage document and its KV version (0: none yet)."""
@@ -466,17 +457,9 @@ class Keyops:
 
     def update_usage(self, tenant: str, change: Callable[[Usage], Usage]) -> tuple[Usage, int]:
         """Read, change, write the usage document with check-and-set; retry on a lost race."""
-        for _ in range(CAS_RETRIES):
-            usage, version = self.read_usage(tenant)
-            new = change(usage)
-            if new == usage:
-                return usage, version
-            try:
-                return new, self.store.write(usage_path(tenant), new.to_dict(), cas=version)
-            except Conflict:
-                continue
-        raise Conflict(f"the usage document of tenant {tenant!r} kept changing under {CAS_RETRIES} attempts; "
-                       "retry later")
+        return update_document(lambda: self.read_usage(tenant),
+                               lambda new, version: self.store.write(usage_path(tenant), new.to_dict(), cas=version),
+                               change, f"the usage document of tenant {tenant!r}")
 
     def _bound_key(self, tenant: str, version: int, encrypting: bool | None = None) -> crypto.BoundKey:
         """DEK ``version`` bound to the tenant (``dek`` checks its state), entered in the fast path.

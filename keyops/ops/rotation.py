@@ -80,15 +80,13 @@ from keyops.ops.jobs import MAX_WORKERS
 from keyops.model.names import validate_count, validate_tenant, validate_version
 from keyops.crypto import b64d, b64e
 from keyops.model.master import MASTER_PENDING, MasterRegistry, MasterVersion
-from keyops.model.paths import MASTER_PATH, transit_key_name
+from keyops.model.paths import LOCKS_PATH, MASTER_PATH, transit_key_name
+from keyops.ops.cas import CAS_ATTEMPTS, retry_on_conflict
 from keyops.ops.front import Keyops
 from keyops.wrappers import AeadWrapper, KeyWrapper, Pkcs11Wrapper
 
-#: Attempts at a check-and-set write that loses to writes which are not rotations.
-CAS_ATTEMPTS = 8
 PENDING = MASTER_PENDING
 _DECRYPTING = ("active", "decrypt_only")
-LOCKS_PATH = "locks"
 #: How long a rotation's lease lasts unless renewed; a crashed holder on another host blocks this long.
 LEASE_SECONDS = 120.0
 #: Tenants handled at once by ``rotate_due``: each costs a few Vault round
@@ -264,7 +262,7 @@ class _Lease:
                 "since": format_time(dt.datetime.now(dt.timezone.utc)), "expires_at": now + self.seconds}
 
     def acquire(self) -> None:
-        for _ in range(CAS_ATTEMPTS):
+        def attempt() -> int:
             found = self.k.store.read(self.path)
             cas = 0
             if found is not None:
@@ -275,13 +273,10 @@ class _Lease:
                         f"{holder.get('host')!r}, since {holder.get('since')}); this run changed nothing. Re-run "
                         f"when it has finished (the lease of a crashed run on another host expires "
                         f"{max(0, int(float(holder.get('expires_at', 0)) - time.time()))} s from now)")
-            try:
-                self.version = self.k.store.write(self.path, self._doc(), cas=cas)
-            except Conflict:
-                continue
-            self.renew_at = time.time() + self.seconds / 3
-            return
-        raise Conflict(f"could not take the lease of {self.path}: it kept changing; retry later")
+            return self.k.store.write(self.path, self._doc(), cas=cas)
+
+        self.version = retry_on_conflict(attempt, f"the lease of {self.path}")
+        self.renew_at = time.time() + self.seconds / 3
 
     def renew(self) -> None:
         """Extend the lease when a third of it has passed (cheap to call often)."""
@@ -780,18 +775,19 @@ def _activate_master(k: Keyops, registry: MasterRegistry, revision: int,
     # Still pending: nothing is wrapped by it yet, so a key left half-made by a
     # killed creation may be replaced.
     k.hsm.ensure_key(mv.label, key_id=bytes.fromhex(mv.key_id or ""), replace_unusable=True)
-    for _ in range(CAS_ATTEMPTS):
+    current = [(registry, revision)]
+
+    def attempt() -> tuple[MasterRegistry, int]:
+        registry, revision = current.pop() if current else _read_registry(k)  # fresh after a lost race
+        if registry.get(version).state not in (PENDING, "active"):
+            raise KeyStateError(f"master key version {version} turned {registry.get(version).state} while "
+                                "it was being made primary; inspect the registry")
         promoted = promote_master_version(registry, version)
         if promoted == registry:
             return registry, revision
-        try:
-            return promoted, k.store.write(MASTER_PATH, promoted.to_dict(), cas=revision)
-        except Conflict:
-            registry, revision = _read_registry(k)
-            if registry.get(version).state not in (PENDING, "active"):
-                raise KeyStateError(f"master key version {version} turned {registry.get(version).state} while "
-                                    "it was being made primary; inspect the registry") from None
-    raise Conflict("the master key registry kept changing; re-run to finish the master rotation")
+        return promoted, k.store.write(MASTER_PATH, promoted.to_dict(), cas=revision)
+
+    return retry_on_conflict(attempt, "the master key registry (re-run to finish the master rotation)")
 
 
 def _name_legacy_claim(k: Keyops, registry: MasterRegistry, revision: int,
@@ -845,22 +841,20 @@ def _rewrap_all_keks(k: Keyops, registry: MasterRegistry, lease: _Lease) -> tupl
             keyring, revision = k.read_keyring(tenant)
         except TenantNotFound:
             continue  # removed meanwhile
-        for _ in range(CAS_ATTEMPTS):
+        current = [(keyring, revision)]
+
+        def attempt(tenant: str = tenant, current: list[tuple[Keyring, int]] = current) -> int:
+            keyring, revision = current.pop() if current else k.read_keyring(tenant)  # fresh after a lost race
             stale = stale_kek_versions(keyring, primary)
-            if not stale:
-                break
-            new = _rewrap_keks(keyring, stale, wrappers, primary)
-            try:
-                k.write_keyring(tenant, new, cas=revision)
-            except Conflict:
-                keyring, revision = k.read_keyring(tenant)
-                continue
+            if stale:
+                k.write_keyring(tenant, _rewrap_keks(keyring, stale, wrappers, primary), cas=revision)
+            return len(stale)
+
+        done = retry_on_conflict(attempt, f"the keyring of tenant {tenant!r} (its KEKs being re-wrapped; re-run "
+                                          "the master rotation to finish it)")
+        if done:
             tenants.append(tenant)
-            count += len(stale)
-            break
-        else:
-            raise Conflict(f"the keyring of tenant {tenant!r} kept changing while its KEKs were re-wrapped; "
-                           "re-run the master rotation to finish it")
+            count += done
     return tenants, count
 
 

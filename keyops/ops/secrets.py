@@ -8,7 +8,6 @@ from typing import TYPE_CHECKING, Any
 
 from keyops import crypto
 from keyops.errors import (
-    Conflict,
     InvalidInput,
     SecretNotFound,
 )
@@ -19,8 +18,10 @@ from keyops.model.names import validate_secret_name, validate_tenant
 from keyops.model.paths import (
     secret_context,
     secret_path,
+    secrets_path,
 )
 
+from keyops.ops.cas import retry_on_conflict
 from keyops.ops.results import (
     SecretRecord,
     SecretResult,
@@ -30,7 +31,6 @@ if TYPE_CHECKING:  # pragma: no cover
     from keyops.ops.front import Keyops
 
 RECORD_SCHEMA = 1
-CAS_RETRIES = 8
 
 
 def read_record(k: Keyops, tenant: str, name: str) -> SecretRecord | None:
@@ -70,20 +70,19 @@ def put_secret(k: Keyops, tenant: str, name: str, value: bytes | str, dry_run: b
     value = value.encode("utf-8") if isinstance(value, str) else bytes(value)
     k.authorize("secrets.write", tenant)
     k.cached_keyring(tenant)  # a clear TenantNotFound before anything else
-    for _ in range(CAS_RETRIES):
+
+    def attempt() -> SecretResult:
         record = k.read_record(tenant, name)
         if record is not None and k.decrypt(tenant, record.ciphertext, secret_context(name)) == value:
             return SecretResult(tenant, name, False, record.kv_version, record.dek_version)
         if dry_run:
             return SecretResult(tenant, name, True, record.kv_version if record else None, None)
         ct = k.encrypt_record(tenant, value, secret_context(name))
-        try:
-            with k.audited("secret.write", tenant=tenant, name=name, level="dek", versions=[ct.dek_version]):
-                version = k.write_record(tenant, name, ct, cas=record.kv_version if record else 0)
-        except Conflict:
-            continue
+        with k.audited("secret.write", tenant=tenant, name=name, level="dek", versions=[ct.dek_version]):
+            version = k.write_record(tenant, name, ct, cas=record.kv_version if record else 0)
         return SecretResult(tenant, name, True, version, ct.dek_version)
-    raise Conflict(f"secret {name!r} of tenant {tenant!r} kept changing; retry later")
+
+    return retry_on_conflict(attempt, f"secret {name!r} of tenant {tenant!r}")
 
 
 def list_secrets(k: Keyops, tenant: str, prefix: str = "") -> list[str]:
@@ -94,7 +93,7 @@ def list_secrets(k: Keyops, tenant: str, prefix: str = "") -> list[str]:
     pending = [prefix.strip("/")]
     while pending:
         folder = pending.pop()
-        path = f"secrets/{tenant}/{folder}".rstrip("/")
+        path = f"{secrets_path(tenant)}/{folder}".rstrip("/")
         for key in k.store.list(path):
             full = f"{folder}/{key}".lstrip("/") if folder else key
             if key.endswith("/"):

@@ -31,7 +31,7 @@ from keyops import crypto
 from keyops.ops import lifecycle
 from keyops.cli.main import main
 from keyops.config import Config
-from keyops.errors import Conflict, InvalidInput, KeyringCorrupt, SecretNotFound, TenantExists
+from keyops.errors import CheckAndSetFailed, Conflict, InvalidInput, KeyringCorrupt, SecretNotFound, TenantExists
 from keyops.model.keyring import Policy
 from keyops.ops.reencrypt import reencrypt
 from keyops.ops.rotation import rotate
@@ -309,7 +309,8 @@ def test_two_writers_with_the_same_cas_cannot_both_win(config: Config, vault_cli
         assert kinds == ["lost", "won"], (round_, outcomes)
         (winner,) = [o for o in outcomes if o[0] == "won"]
         (loser,) = [o for o in outcomes if o[0] == "lost"]
-        assert type(loser[1]) is Conflict and "check-and-set" in str(loser[1])
+        assert type(loser[1]) is CheckAndSetFailed and "check-and-set" in str(loser[1])
+        assert isinstance(loser[1], Conflict) and loser[1].code == "conflict"  # reported as a Conflict
         doc, stored_version = raw_doc(vault_client, keyring_path(tenant))
         assert stored_version == version + 1 == winner[1]
         assert doc == winner[2].to_dict()  # the winner's document, whole
