@@ -27,6 +27,7 @@ server would allow helps nobody.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import importlib.resources
 import os
@@ -936,12 +937,13 @@ def denial(principal: Principal, operation: str, tenant: str | None) -> NotPermi
     if principal.allows(operation, tenant):
         return None
     target = f" on tenant {tenant!r}" if tenant and OPERATIONS[operation].tenant_scoped else ""
-    holders = sorted(role for role, granted in _ROLE_HINTS.items() if operation in granted)
+    holders = sorted(role for role, granted in _role_hints().items() if operation in granted)
     hint = f"; roles that grant it: {', '.join(holders)}" if holders else ""
     return NotPermitted(f"not permitted: {principal.describe()} may not {operation}{target} "
                         f"({OPERATIONS[operation].description}){hint}")
 
 
+@functools.cache
 def _role_hints() -> dict[str, frozenset[str]]:
     try:
         return {r.name: r.granted for r in load_roles(env={})}
@@ -949,5 +951,4 @@ def _role_hints() -> dict[str, frozenset[str]]:
         return {}
 
 
-_ROLE_HINTS = _role_hints()
 
