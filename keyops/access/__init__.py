@@ -37,14 +37,14 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from keyops.backends.vault import vault_errors
 from keyops.config import DEFAULT_AUDIT_KEY
 from keyops.errors import ConfigError, InvalidInput, NotFound, NotPermitted, PermissionDenied
 from keyops.model.names import validate_tenant
-from keyops.backends.vault import vault_errors
 
 if TYPE_CHECKING:  # pragma: no cover
-    from keyops.ops.front import Keyops
     from keyops.backends.vault import VaultStore
+    from keyops.ops.front import Keyops
 
 __all__ = [
     "DOCUMENT_HISTORY",

@@ -76,8 +76,8 @@ from keyops.errors import (
 )
 
 if TYPE_CHECKING:  # pragma: no cover
-    from keyops.config import Config
     from keyops.backends.vault import VaultStore
+    from keyops.config import Config
 
 __all__ = [
     "ANCHOR_AUTO",
@@ -142,7 +142,7 @@ def entry_hash(entry: Mapping[str, Any]) -> str:
 
 
 def now_text() -> str:
-    return dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 def clean_fields(fields: Mapping[str, Any]) -> dict[str, Any]:
@@ -288,8 +288,8 @@ class TransitHmacKey(_VaultPart):
                           "'keyops dev up' does it for the dev stack), or name yours with KEYOPS_AUDIT_KEY")
 
     def sign(self, data: bytes) -> str:
-        from keyops.errors import VaultError
         from keyops.backends.vault import vault_errors
+        from keyops.errors import VaultError
 
         store = self._vault()
         store.calls.add("transit.hmac")
@@ -304,8 +304,8 @@ class TransitHmacKey(_VaultPart):
         return str(resp["data"]["hmac"])
 
     def verify_many(self, items: Sequence[tuple[bytes, str]]) -> list[bool]:
-        from keyops.errors import VaultError
         from keyops.backends.vault import vault_errors
+        from keyops.errors import VaultError
 
         out = [False] * len(items)
         asked = [i for i, (_, mac) in enumerate(items) if isinstance(mac, str) and _TRANSIT_MAC_RE.fullmatch(mac)]
@@ -704,7 +704,7 @@ class AuditLog:
             return RotateResult(str(archive), end_seq + 1, problem is None)
 
     def _archive_path(self) -> Path:
-        stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+        stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
         suffix = self.path.suffix or ".jsonl"
         stem = self.path.name[:-len(self.path.suffix)] if self.path.suffix else self.path.name
         for n in range(1, 1000):
@@ -1057,7 +1057,7 @@ def verify_log(path: str | os.PathLike[str], *, key: ChainKey | None = None, hea
 def read_events(path: str | os.PathLike[str]) -> Iterator[dict[str, Any]]:
     """Every parseable entry, in file order (use ``verify_log`` to know they are authentic)."""
     try:
-        fh = Path(path).open("rb")
+        fh = Path(path).open("rb")  # noqa: SIM115 - opened alone, so that only open's OSError gets this message
     except OSError as exc:
         raise AuditError(f"the audit log {str(path)!r} cannot be read ({exc.strerror})") from exc
     with fh:
@@ -1076,7 +1076,7 @@ _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 
 def parse_time_filter(text: str, now: dt.datetime | None = None) -> dt.datetime:
     """``2024-05-01``, ``2024-05-01T12:00:00Z`` or a duration back from now such as ``90m``, ``2h``, ``7d``."""
-    now = now or dt.datetime.now(dt.timezone.utc)
+    now = now or dt.datetime.now(dt.UTC)
     text = text.strip()
     match = _RELATIVE.fullmatch(text)
     if match:
@@ -1086,7 +1086,7 @@ def parse_time_filter(text: str, now: dt.datetime | None = None) -> dt.datetime:
     except ValueError as exc:
         raise InvalidInput(f"time {text[:40]!r} must be ISO 8601 (2024-05-01T12:00:00Z) or a duration "
                            "back from now (30m, 2h, 7d)") from exc
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=dt.timezone.utc)
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=dt.UTC)
 
 
 def _event_time(entry: Mapping[str, Any]) -> dt.datetime | None:
@@ -1318,8 +1318,8 @@ def ensure_audit_key(store: VaultStore, key_name: str = DEFAULT_AUDIT_KEY) -> bo
     An existing key must be of type ``hmac``, not exportable and without plaintext backup: whoever
     could export it could forge entries.
     """
-    from keyops.ops.transit_keys import validate_key_name
     from keyops.backends.vault import vault_errors
+    from keyops.ops.transit_keys import validate_key_name
 
     validate_key_name(key_name)
     info = store.transit_read_key(key_name)

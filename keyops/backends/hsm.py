@@ -32,6 +32,7 @@ import pkcs11.exceptions as p11e
 from pkcs11 import Attribute, KeyType, Mechanism, ObjectClass
 from pkcs11.mechanisms import GCMParams
 
+from keyops.backends.vault import CallCounter
 from keyops.config import Config
 from keyops.errors import (
     DecryptionError,
@@ -41,7 +42,6 @@ from keyops.errors import (
     HsmLoginFailed,
     HsmUnavailable,
 )
-from keyops.backends.vault import CallCounter
 
 NONCE_SIZE = 12
 TOKEN_RETRY_DELAYS = (0.05, 0.1, 0.2)

@@ -92,10 +92,7 @@ def vault_errors(what: str, addr: str = "") -> Iterator[None]:
 
 def _first_error(exc: hvac.exceptions.VaultError) -> str:
     errors = getattr(exc, "errors", None)
-    if errors:
-        text = "; ".join(str(e) for e in errors)
-    else:
-        text = str(exc)
+    text = "; ".join(str(e) for e in errors) if errors else str(exc)
     # Vault error strings name paths and parameters, never values, but keep them short.
     return text.splitlines()[0][:300] if text else "unknown error"
 

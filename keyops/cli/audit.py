@@ -7,10 +7,10 @@ import json
 import sys
 
 from keyops import audit
+from keyops.backends.vault import VaultStore, vault_errors
 from keyops.cli._common import add_json_flag, open_keyops, print_json
 from keyops.config import Config
 from keyops.errors import AuditChainBroken, ConfigError
-from keyops.backends.vault import VaultStore, vault_errors
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:

@@ -53,10 +53,10 @@ from keyops.errors import (
 )
 from keyops.model.keyring import LEVELS, STATES, Keyring, format_time
 from keyops.model.names import validate_tenant, validate_version
+from keyops.model.usage import seconds_until
+from keyops.ops.front import MASTER_PATH, Keyops, MasterRegistry
 from keyops.ops.references import count_dek_references, count_kek_references, count_master_references
 from keyops.ops.rotation import CAS_ATTEMPTS, PENDING, sync_transit_key
-from keyops.ops.front import MASTER_PATH, Keyops, MasterRegistry
-from keyops.model.usage import seconds_until
 
 #: Clocks of the hosts that write and the host that retires may differ this much.
 LEASE_SKEW_SECONDS = 2.0
@@ -232,7 +232,7 @@ def _stop_encryptions(k: Keyops, keyring: Keyring, version: int, action: Action,
 def _lease_wait(end: dt.datetime | None) -> float:
     if end is None:
         return 0.0
-    return seconds_until(end + dt.timedelta(seconds=LEASE_SKEW_SECONDS), dt.datetime.now(dt.timezone.utc))
+    return seconds_until(end + dt.timedelta(seconds=LEASE_SKEW_SECONDS), dt.datetime.now(dt.UTC))
 
 
 def _external_message(action: str, version: int, tenant: str, external: int, legacy: int) -> str:

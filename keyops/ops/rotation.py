@@ -76,7 +76,6 @@ from typing import Any, Literal
 from keyops import crypto
 from keyops.errors import Conflict, InvalidInput, KeyopsError, KeyStateError, NotFound, TenantNotFound
 from keyops.model.keyring import TENANT_LEVELS, Keyring, age_days, due_rotations, format_time
-from keyops.ops.jobs import MAX_WORKERS
 from keyops.model.names import validate_count, validate_tenant, validate_version
 from keyops.ops.front import (
     MASTER_PATH,
@@ -88,6 +87,7 @@ from keyops.ops.front import (
     b64e,
     transit_key_name,
 )
+from keyops.ops.jobs import MAX_WORKERS
 from keyops.wrappers import AeadWrapper, KeyWrapper, Pkcs11Wrapper
 
 #: Attempts at a check-and-set write that loses to writes which are not rotations.
@@ -267,7 +267,7 @@ class _Lease:
     def _doc(self) -> dict[str, Any]:
         now = time.time()
         return {"owner": self.owner, "host": socket.gethostname(), "pid": os.getpid(), "what": self.what,
-                "since": format_time(dt.datetime.now(dt.timezone.utc)), "expires_at": now + self.seconds}
+                "since": format_time(dt.datetime.now(dt.UTC)), "expires_at": now + self.seconds}
 
     def acquire(self) -> None:
         for _ in range(CAS_ATTEMPTS):
@@ -918,7 +918,7 @@ def rotate_due(k: Keyops, *, dry_run: bool = False, tenants: list[str] | None = 
 
     with ThreadPoolExecutor(max_workers=tenant_workers) as pool:
         # Read once: for the master's leftovers and for what is due (by age, and by the usage document).
-        found: dict[str, tuple[Keyring, int] | KeyopsError] = dict(zip(names, pool.map(read, names)))
+        found: dict[str, tuple[Keyring, int] | KeyopsError] = dict(zip(names, pool.map(read, names), strict=True))
     keyrings: dict[str, Keyring | KeyopsError] = {
         t: v if isinstance(v, KeyopsError) else v[0] for t, v in found.items()}
     primary_uses = {t: v[1] for t, v in found.items() if not isinstance(v, KeyopsError)}

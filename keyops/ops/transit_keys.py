@@ -23,9 +23,9 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
+from keyops.backends.vault import VaultStore, vault_errors
 from keyops.errors import InvalidInput, KeyStateError
 from keyops.model.names import validate_tenant
-from keyops.backends.vault import VaultStore, vault_errors
 
 KEY_TYPES: tuple[str, ...] = (
     "aes128-gcm96", "aes256-gcm96", "chacha20-poly1305", "ed25519", "ecdsa-p256", "ecdsa-p384", "ecdsa-p521",

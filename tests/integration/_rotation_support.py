@@ -23,9 +23,9 @@ import hvac
 import hvac.exceptions
 import requests
 
+from keyops.backends.vault import VaultStore
 from keyops.config import Config
 from keyops.ops.front import Keyops, secret_context, secret_path
-from keyops.backends.vault import VaultStore
 
 KV = "keyops"
 

@@ -27,15 +27,13 @@ import pytest
 import requests
 
 from keyops import access, crypto
-from keyops.ops import lifecycle
-from keyops.ops import reencrypt
-from keyops.ops import rotation
 from keyops.audit import AuditLog, AuditTrail, read_events, verify_log
 from keyops.cli.main import main
 from keyops.config import Config
 from keyops.dev.stack import DevStack, bao_binary
 from keyops.errors import ConfigError, InvalidInput, KeyringCorrupt, NotPermitted, PermissionDenied
 from keyops.model.keyring import Policy
+from keyops.ops import lifecycle, reencrypt, rotation
 from keyops.ops.front import Keyops, keyring_path, secret_path, transit_key_name
 from keyops.wrappers import AeadWrapper
 

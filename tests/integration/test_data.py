@@ -243,9 +243,8 @@ def test_wrapped_dek_moved_to_another_version(k: Keyops, config: Config, vault_c
     v1, v2 = forged["dek"]["versions"]
     v2["wrapped"] = v1["wrapped"]
     write_doc(vault_client, keyring_path(tenant), forged)
-    with Keyops(config) as fresh:
-        with pytest.raises(DecryptionError):
-            fresh.decrypt(tenant, text2, "ctx")
+    with Keyops(config) as fresh, pytest.raises(DecryptionError):
+        fresh.decrypt(tenant, text2, "ctx")
 
 
 def test_wrapped_dek_moved_to_the_kek_level(k: Keyops, config: Config, vault_client: Any) -> None:
@@ -254,9 +253,8 @@ def test_wrapped_dek_moved_to_the_kek_level(k: Keyops, config: Config, vault_cli
     forged = copy.deepcopy(doc)
     forged["kek"]["versions"][0]["wrapped"] = doc["dek"]["versions"][0]["wrapped"]
     write_doc(vault_client, keyring_path(tenant), forged)
-    with Keyops(config) as fresh:
-        with pytest.raises(DecryptionError):
-            fresh.unwrap_kek(fresh.get_tenant(tenant), 1)
+    with Keyops(config) as fresh, pytest.raises(DecryptionError):
+        fresh.unwrap_kek(fresh.get_tenant(tenant), 1)
 
 
 # --- flipped bits ----------------------------------------------------------------------------------------------

@@ -147,15 +147,15 @@ def test_wrong_pin_file_is_refused_the_same_way(stack: DevStack, tmp_path: Any, 
 
 
 def test_unknown_token_is_hsm_unavailable(config: Config) -> None:
-    with Keyops(config.replace(pkcs11_token_label="no-such-token")) as k:
-        with pytest.raises(HsmUnavailable, match="no HSM token labelled 'no-such-token'"):
-            k.hsm.has_key("keyops-master-v1")
+    with (Keyops(config.replace(pkcs11_token_label="no-such-token")) as k,
+          pytest.raises(HsmUnavailable, match="no HSM token labelled 'no-such-token'")):
+        k.hsm.has_key("keyops-master-v1")
 
 
 def test_missing_module_is_a_config_error(config: Config, tmp_path: Any) -> None:
-    with Keyops(config.replace(pkcs11_module=str(tmp_path / "nope.so"))) as k:
-        with pytest.raises(ConfigError, match="KEYOPS_PKCS11_MODULE"):
-            k.hsm.has_key("keyops-master-v1")
+    with (Keyops(config.replace(pkcs11_module=str(tmp_path / "nope.so"))) as k,
+          pytest.raises(ConfigError, match="KEYOPS_PKCS11_MODULE")):
+        k.hsm.has_key("keyops-master-v1")
 
 
 # --- stopped and sealed servers ------------------------------------------------------------------------------

@@ -17,10 +17,10 @@ from collections.abc import Iterator
 import pytest
 
 from keyops import crypto
-from keyops.ops import front as service
 from keyops.config import Config
 from keyops.errors import DecryptionError, InvalidInput, KeyopsError, KeyStateError, UsageCapReached
 from keyops.model.keyring import Policy
+from keyops.ops import front as service
 from keyops.ops.front import Keyops, b64e
 
 pytestmark = pytest.mark.integration
@@ -81,7 +81,8 @@ def test_threads_never_undercount_uses(config: Config, small_blocks: int) -> Non
         done = sum(len(r) for r in results)
         assert done == threads * per_thread
         usage = Keyops(config).read_usage(tenant)[0].get(1)
-        assert usage.reserved >= done and usage.external == usage.reserved  # reserved in Vault before spent: an upper bound, never less
+        # Reserved in Vault before spent: an upper bound, never less.
+        assert usage.reserved >= done and usage.external == usage.reserved
         assert k.calls.snapshot()["kv.write"] >= done // small_blocks  # many blocks were crossed
         for i, cts in enumerate(results):
             for n, ct in enumerate(cts):
@@ -157,7 +158,8 @@ def test_fast_path_answers_every_input_as_the_checked_path(k: Keyops, config: Co
         (tenant, foreign, CONTEXT), (other_tenant, binary, CONTEXT), (tenant, binary[:-1], CONTEXT),
         (tenant, binary[:20], CONTEXT), (tenant, text[:-4], CONTEXT), (tenant, text.replace(":", "::", 1), CONTEXT),
         (tenant, binary, b"x" * (crypto.MAX_CONTEXT_LEN + 1)), (tenant, binary, 5), (tenant, 5, CONTEXT),
-        ("Bad/Tenant", binary, CONTEXT), (["unhashable"], binary, CONTEXT), (tenant, b"", CONTEXT), (tenant, "", CONTEXT),
+        ("Bad/Tenant", binary, CONTEXT), (["unhashable"], binary, CONTEXT),
+        (tenant, b"", CONTEXT), (tenant, "", CONTEXT),
     ]
     inputs += [(tenant, bytes(b ^ 1 if i == j else b for j, b in enumerate(binary)), CONTEXT)
                 for i in range(len(binary))]

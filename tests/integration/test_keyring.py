@@ -28,14 +28,14 @@ from _rotation_support import raw_doc as support_raw_doc
 from pkcs11 import Attribute, KeyType, MechanismFlag, ObjectClass
 
 from keyops import crypto
-from keyops.ops import lifecycle
 from keyops.cli.main import main
 from keyops.config import Config
 from keyops.errors import Conflict, InvalidInput, KeyringCorrupt, SecretNotFound, TenantExists
 from keyops.model.keyring import Policy
+from keyops.ops import lifecycle
+from keyops.ops.front import Keyops, keyring_path, secret_path, transit_key_name, usage_path
 from keyops.ops.reencrypt import reencrypt
 from keyops.ops.rotation import rotate
-from keyops.ops.front import Keyops, keyring_path, secret_path, transit_key_name, usage_path
 
 pytestmark = pytest.mark.integration
 
@@ -65,7 +65,7 @@ def tenants(k: Keyops) -> dict[str, str]:
 
 
 def u_now() -> dt.datetime:
-    return dt.datetime.now(dt.timezone.utc)
+    return dt.datetime.now(dt.UTC)
 
 
 def raw_doc(vault_client: Any, path: str) -> tuple[dict[str, Any], int]:
@@ -268,7 +268,7 @@ def test_encryptions_reserve_uses_in_blocks(config: Config, vault_client: Any, t
     except hvac.exceptions.InvalidPath:
         before = 0  # nothing encrypted yet
     with Keyops(config) as fresh:
-        for i in range(5000):
+        for _ in range(5000):
             fresh.encrypt(tenant, b"x")
         writes = fresh.calls.snapshot().get("kv.write", 0)
     after = raw_doc(vault_client, usage_path(tenant))[0]["versions"]["1"]
@@ -288,22 +288,7 @@ def test_two_writers_with_the_same_cas_cannot_both_win(config: Config, vault_cli
     for round_ in range(4):
         writers = [Keyops(config), Keyops(config)]
         base, version = writers[0].read_keyring(tenant)
-        outcomes: list[Any] = [None, None]
-        barrier = threading.Barrier(2)
-
-        def write(i: int) -> None:
-            mine = dataclasses.replace(base, created_at=f"2020-01-0{1 + i}T00:00:00Z")  # two different changes
-            barrier.wait()
-            try:
-                outcomes[i] = ("won", writers[i].write_keyring(tenant, mine, cas=version), mine)
-            except Conflict as exc:
-                outcomes[i] = ("lost", exc, mine)
-
-        threads = [threading.Thread(target=write, args=(i,)) for i in range(2)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join(timeout=60)
+        outcomes = _race_two_writes(writers, tenant, base, version)
         kinds = sorted(o[0] for o in outcomes)
         assert kinds == ["lost", "won"], (round_, outcomes)
         (winner,) = [o for o in outcomes if o[0] == "won"]
@@ -314,6 +299,27 @@ def test_two_writers_with_the_same_cas_cannot_both_win(config: Config, vault_cli
         assert doc == winner[2].to_dict()  # the winner's document, whole
         for w in writers:
             w.close()
+
+
+def _race_two_writes(writers: list[Keyops], tenant: str, base: Any, version: int) -> list[Any]:
+    """Both writers write a different change of ``base`` with the same check-and-set ``version`` at once."""
+    outcomes: list[Any] = [None, None]
+    barrier = threading.Barrier(2)
+
+    def write(i: int) -> None:
+        mine = dataclasses.replace(base, created_at=f"2020-01-0{1 + i}T00:00:00Z")  # two different changes
+        barrier.wait()
+        try:
+            outcomes[i] = ("won", writers[i].write_keyring(tenant, mine, cas=version), mine)
+        except Conflict as exc:
+            outcomes[i] = ("lost", exc, mine)
+
+    threads = [threading.Thread(target=write, args=(i,)) for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    return outcomes
 
 
 def test_concurrent_updates_lose_nothing(config: Config, vault_client: Any) -> None:

@@ -21,10 +21,10 @@ from _rotation_support import (
 
 from keyops.config import Config
 from keyops.errors import ConfirmationRequired, InvalidInput, KeyInUse, KeyNotFound, KeyStateError
-from keyops.ops.lifecycle import LifecycleResult, destroy, retire
 from keyops.model.keyring import Policy
-from keyops.ops.rotation import _with_new_transit_kek, rotate, rotate_master
 from keyops.ops.front import MASTER_PATH, Keyops, keyring_path, transit_key_name
+from keyops.ops.lifecycle import LifecycleResult, destroy, retire
+from keyops.ops.rotation import _with_new_transit_kek, rotate, rotate_master
 
 pytestmark = pytest.mark.integration
 

@@ -28,10 +28,10 @@ from pkcs11 import Attribute, KeyType, ObjectClass
 
 from keyops.config import Config
 from keyops.errors import HsmKeyNotOwned
-from keyops.ops.lifecycle import destroy, retire
 from keyops.model.keyring import Policy, format_time, utcnow
-from keyops.ops.rotation import LOCKS_PATH, rotate_master
 from keyops.ops.front import MASTER_PATH, Keyops, MasterRegistry
+from keyops.ops.lifecycle import destroy, retire
+from keyops.ops.rotation import LOCKS_PATH, rotate_master
 
 pytestmark = pytest.mark.integration
 

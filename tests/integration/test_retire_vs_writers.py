@@ -28,13 +28,13 @@ import pytest
 from keyops.access import DOCUMENT_HISTORY
 from keyops.config import Config
 from keyops.dev.stack import DevStack
-from keyops.errors import KeyInUse, KeyStateError
+from keyops.errors import KeyInUse
+from keyops.model.usage import Usage
+from keyops.ops.front import Keyops, usage_path
 from keyops.ops.lifecycle import retire
 from keyops.ops.reencrypt import reencrypt
 from keyops.ops.references import count_dek_references
 from keyops.ops.rotation import rotate
-from keyops.ops.front import Keyops, usage_path
-from keyops.model.usage import Usage
 
 pytestmark = pytest.mark.integration
 

@@ -36,8 +36,8 @@ from keyops import crypto
 from keyops.config import Config
 from keyops.errors import Conflict, InvalidInput, TenantNotFound
 from keyops.model.keyring import Policy, utcnow
-from keyops.ops.rotation import LOCKS_PATH, RotationResult, rotate
 from keyops.ops.front import Keyops, keyring_path, secret_path, transit_key_name
+from keyops.ops.rotation import LOCKS_PATH, RotationResult, rotate
 
 pytestmark = pytest.mark.integration
 
@@ -250,9 +250,9 @@ def test_rotation_that_loses_the_cas_race_reports_it(config: Config, vault_clien
         with Keyops(config) as rival:
             assert rotate(rival, tenant, level).changed
 
-    with Keyops(config, clock=RacingClock(rival_rotation)) as slow:
-        with pytest.raises(Conflict, match="won the race: its primary .* is now v2.*--expect-version 2"):
-            rotate(slow, tenant, level)
+    with (Keyops(config, clock=RacingClock(rival_rotation)) as slow,
+          pytest.raises(Conflict, match="won the race: its primary .* is now v2.*--expect-version 2")):
+        rotate(slow, tenant, level)
     with Keyops(config, clock=RacingClock(rival_rotation)) as slow:
         assert fresh(config).read_keyring(tenant)[0].chain(level).primary == 2
         lost = rotate(slow, tenant, level, expect_version=2)

@@ -13,8 +13,8 @@ from _rotation_support import new_tenant
 
 from keyops.config import Config
 from keyops.model.keyring import Policy
-from keyops.ops.rotation import rotate
 from keyops.ops.front import Keyops, transit_key_name
+from keyops.ops.rotation import rotate
 
 pytestmark = pytest.mark.integration
 
