@@ -62,7 +62,7 @@ import threading
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from keyops.config import DEFAULT_AUDIT_KEY
 from keyops.errors import (
@@ -129,6 +129,8 @@ FORBIDDEN_FIELDS = frozenset({"token", "client_token", "secret_id", "pin", "pass
                               "key", "material", "wrapped", "ciphertext", "secret"})
 _MAX_STRING = 200
 _MAX_ITEMS = 64
+
+_T = TypeVar("_T")
 
 
 def canonical_json(value: Any) -> str:
@@ -547,6 +549,9 @@ class AuditLog:
     def _append_keyed(self, fd: int, event: Mapping[str, Any]) -> dict[str, Any]:
         last = self._last_entry(fd)
         cached = self._head
+        head: Head | None
+        rotations: tuple[Rotation, ...]
+        base: tuple[int, str] | None
         if (cached is not None and last is not None and is_keyed(last) and last.get("seq") == cached[0].seq
                 and last.get("mac") == cached[0].mac):
             head, version = cached
@@ -603,7 +608,7 @@ class AuditLog:
                                 "another Vault, namespace or KV mount (each needs its own KEYOPS_AUDIT_LOG); nothing "
                                 "was appended")
 
-    def _vault_step(self, what: str, call: Callable[[], Any]) -> Any:
+    def _vault_step(self, what: str, call: Callable[[], _T]) -> _T:
         try:
             return call()
         except AuditError:
@@ -618,7 +623,7 @@ class AuditLog:
         assert self.heads is not None and self.anchor is not None
         heads, anchor = self.heads, self.anchor
         return self._vault_step(f"reading the head of audit anchor {anchor!r} (nothing was appended)",
-                                lambda: heads.read(anchor))  # type: ignore[no-any-return]
+                                lambda: heads.read(anchor))
 
     def _sign(self, entry: Mapping[str, Any]) -> str:
         assert self.key is not None
@@ -1222,7 +1227,8 @@ class AuditTrail:
         if self.kv is not None and self.kv.store is None:
             self.kv.store = store
         if self.log is not None:
-            for part in (self.log.key, self.log.heads):
+            parts: tuple[object, ...] = (self.log.key, self.log.heads)  # what kind each is: known only here
+            for part in parts:
                 if isinstance(part, _VaultPart) and part.store is None:
                     part.store = store
         if self._store is None:

@@ -13,7 +13,7 @@ from keyops.config import Config
 from keyops.errors import AuditChainBroken, ConfigError
 
 
-def add_parser(sub: argparse._SubParsersAction) -> None:
+def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = sub.add_parser("audit", help="verify and search the keyed, anchored audit log")
     asub = parser.add_subparsers(dest="audit_command", metavar="ACTION", required=True)
 

@@ -8,7 +8,7 @@ import sys
 from keyops.cli._common import open_keyops
 
 
-def add_parser(sub: argparse._SubParsersAction) -> None:
+def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     enc = sub.add_parser("encrypt", help="encrypt stdin for a tenant; prints keyops:v1:... (or binary)")
     enc.add_argument("--tenant", required=True)
     enc.add_argument("--context", default="", help="associated data the ciphertext is bound to (e.g. a path)")

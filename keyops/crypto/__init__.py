@@ -174,8 +174,8 @@ class Ciphertext:
         if not text.startswith("keyops:"):
             raise MalformedCiphertext("not a keyops ciphertext: expected the prefix 'keyops:v1:'")
         if not text.startswith(TEXT_PREFIX):
-            version = text.split(":", 2)[1] if text.count(":") >= 2 else "?"
-            raise MalformedCiphertext(f"unknown ciphertext format {version!r} (this keyops reads v1)")
+            format_name = text.split(":", 2)[1] if text.count(":") >= 2 else "?"
+            raise MalformedCiphertext(f"unknown ciphertext format {format_name!r} (this keyops reads v1)")
         parts = text[len(TEXT_PREFIX):].split(":")
         if len(parts) != 3:
             raise MalformedCiphertext("malformed ciphertext: expected keyops:v1:<tenant>:<version>:<base64>")

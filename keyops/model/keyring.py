@@ -29,7 +29,8 @@ from keyops.model.names import validate_tenant
 
 SCHEMA = 1
 Level = Literal["master", "kek", "dek"]
-TENANT_LEVELS: tuple[str, ...] = ("kek", "dek")
+TenantLevel = Literal["kek", "dek"]
+TENANT_LEVELS: tuple[TenantLevel, ...] = ("kek", "dek")
 LEVELS: tuple[str, ...] = ("master", "kek", "dek")
 STATES: tuple[str, ...] = ("active", "decrypt_only", "retired", "destroyed")
 RESIDENCES: tuple[str, ...] = ("kv", "transit")
@@ -204,8 +205,10 @@ class Keyring:
         raise InvalidInput(f"level must be 'kek' or 'dek' for a tenant keyring, not {level!r}")
 
     def with_chain(self, level: str, chain: KeyChain) -> Keyring:
-        self.chain(level)
-        return dataclasses.replace(self, **{level: chain})
+        self.chain(level)  # InvalidInput for any other level
+        if level == "kek":
+            return dataclasses.replace(self, kek=chain)
+        return dataclasses.replace(self, dek=chain)
 
     # --- lifecycle -----------------------------------------------------------------
 

@@ -76,17 +76,9 @@ from typing import Any, Literal
 from keyops import crypto
 from keyops.errors import Conflict, InvalidInput, KeyopsError, KeyStateError, NotFound, TenantNotFound
 from keyops.model.keyring import TENANT_LEVELS, Keyring, age_days, due_rotations, format_time
+from keyops.model.master import MASTER_PENDING, MasterRegistry, MasterVersion
 from keyops.model.names import validate_count, validate_tenant, validate_version
-from keyops.ops.front import (
-    MASTER_PATH,
-    MASTER_PENDING,
-    Keyops,
-    MasterRegistry,
-    MasterVersion,
-    b64d,
-    b64e,
-    transit_key_name,
-)
+from keyops.ops.front import MASTER_PATH, Keyops, b64d, b64e, transit_key_name
 from keyops.ops.jobs import MAX_WORKERS
 from keyops.wrappers import AeadWrapper, KeyWrapper, Pkcs11Wrapper
 
@@ -925,10 +917,10 @@ def rotate_due(k: Keyops, *, dry_run: bool = False, tenants: list[str] | None = 
     master_checked = False
     if include_master:
         try:
-            found = k.read_master()
-            if found is not None:
+            master = k.read_master()
+            if master is not None:
                 master_checked = True
-                registry = found[0]
+                registry = master[0]
                 why = master_due(registry, now)
                 if pending_master_version(registry) is not None or any(
                         isinstance(kr, Keyring) and stale_kek_versions(kr, registry.primary)
