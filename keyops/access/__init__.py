@@ -749,7 +749,7 @@ def ensure_approle(k: Keyops, roles: Roles, role_name: str, tenant: str | None =
             client.sys.enable_auth_method("approle", path=mount, description="keyops roles")
     elif methods[f"{mount}/"].get("type") != "approle":
         raise InvalidInput(f"auth mount {mount!r} exists but is not AppRole; set KEYOPS_APPROLE_MOUNT")
-    wanted = {"token_policies": [policy], "token_ttl": token_ttl, "token_max_ttl": token_max_ttl,
+    wanted: dict[str, Any] = {"token_policies": [policy], "token_ttl": token_ttl, "token_max_ttl": token_max_ttl,
               "secret_id_ttl": secret_id_ttl}
     try:
         with vault_errors(f"reading AppRole {policy!r}", addr):

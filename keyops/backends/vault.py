@@ -288,7 +288,8 @@ class VaultStore:
         self.calls.add("auth.lookup_self")
         with self._errors("looking up the Vault token"):
             resp = self.client.auth.token.lookup_self()
-        return resp["data"].get("accessor")
+        accessor: str | None = resp["data"].get("accessor")
+        return accessor
 
     def check_mounts(self) -> None:
         """Fail early, with a clear error, when the KV mount is missing or not version 2."""
