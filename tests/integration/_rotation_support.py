@@ -30,10 +30,6 @@ from keyops.ops.front import Keyops, secret_context, secret_path
 KV = "keyops"
 
 
-def new_tenant(prefix: str = "rot") -> str:
-    return f"{prefix}-{uuid.uuid4().hex[:8]}"
-
-
 @dataclasses.dataclass(frozen=True)
 class Isolated:
     config: Config

@@ -11,10 +11,11 @@ import base64
 import os
 import subprocess
 import sys
-import uuid
 from collections.abc import Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
+
+from _tenants import new_tenant
 
 from keyops import crypto
 from keyops.config import Config
@@ -24,8 +25,8 @@ from keyops.ops.front import Keyops, b64e
 KV = "keyops"
 
 
-def unique(prefix: str) -> str:
-    return f"{prefix}-{uuid.uuid4().hex[:8]}"
+#: A fresh tenant (or other) name ``<prefix>-<8 hex>``.
+unique = new_tenant
 
 
 def values_for(names: Iterable[str], tag: str = "v1", size: int = 48) -> dict[str, bytes]:

@@ -25,6 +25,7 @@ import hvac
 import hvac.exceptions
 import pytest
 import requests
+from _tenants import new_tenant
 
 from keyops import access, crypto
 from keyops.audit import AuditLog, AuditTrail, read_events, verify_log
@@ -41,10 +42,6 @@ pytestmark = pytest.mark.integration
 
 KV = "keyops"
 BAD_TENANTS = ["..", "a/../b", "a/b", "/", "a\x00b", "x" * 10_000, "аcme", "acm\u0435", "acme\u200b"]
-
-
-def new_tenant(prefix: str) -> str:
-    return f"{prefix}-{uuid.uuid4().hex[:8]}"
 
 
 @dataclasses.dataclass

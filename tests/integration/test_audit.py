@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from _tenants import new_tenant
 
 from keyops import access
 from keyops.audit import AuditLog, AuditTrail, KvSink, read_events, verify_log
@@ -30,10 +31,6 @@ pytestmark = pytest.mark.integration
 
 REPO = Path(__file__).resolve().parents[2]
 KEYOPS = str(Path(sys.executable).parent / "keyops")
-
-
-def new_tenant(prefix: str) -> str:
-    return f"{prefix}-{uuid.uuid4().hex[:8]}"
 
 
 @pytest.fixture

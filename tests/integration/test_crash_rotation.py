@@ -43,9 +43,9 @@ from _rotation_support import (
     fresh,
     isolated_mount,
     kv_version,
-    new_tenant,
     raw_doc,
 )
+from _tenants import new_tenant
 from softhsm_guard import token_object_kept
 
 from keyops.config import Config

@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import base64
 import copy
-import uuid
 from collections.abc import Iterator
 from typing import Any
 
 import hvac.exceptions
 import pytest
+from _tenants import new_tenant
 
 from keyops import crypto
 from keyops.config import Config
@@ -26,16 +26,6 @@ pytestmark = pytest.mark.integration
 
 RESIDENCES = ["kv", "transit"]
 KV = "keyops"
-
-
-def new_tenant(prefix: str) -> str:
-    return f"{prefix}-{uuid.uuid4().hex[:8]}"
-
-
-@pytest.fixture(scope="module")
-def k(config: Config) -> Iterator[Keyops]:
-    with Keyops(config) as keyops:
-        yield keyops
 
 
 @pytest.fixture(scope="module")

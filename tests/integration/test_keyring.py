@@ -16,7 +16,6 @@ import subprocess
 import sys
 import threading
 import uuid
-from collections.abc import Iterator
 from typing import Any
 
 import hvac.exceptions
@@ -25,6 +24,7 @@ import pkcs11.exceptions as p11e
 import pytest
 from _rotation_support import isolated_mount
 from _rotation_support import raw_doc as support_raw_doc
+from _tenants import new_tenant
 from pkcs11 import Attribute, KeyType, MechanismFlag, ObjectClass
 
 from keyops import crypto
@@ -41,16 +41,6 @@ pytestmark = pytest.mark.integration
 
 RESIDENCES = ["kv", "transit"]
 KV = "keyops"
-
-
-def new_tenant(prefix: str = "t") -> str:
-    return f"{prefix}-{uuid.uuid4().hex[:8]}"
-
-
-@pytest.fixture(scope="module")
-def k(config: Config) -> Iterator[Keyops]:
-    with Keyops(config) as keyops:
-        yield keyops
 
 
 @pytest.fixture(scope="module")

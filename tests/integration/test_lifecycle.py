@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -14,10 +13,10 @@ from _rotation_support import (
     isolated_mount,
     keyops_main,
     kv_version,
-    new_tenant,
     raw_doc,
     write_doc,
 )
+from _tenants import new_tenant
 
 from keyops.config import Config
 from keyops.errors import ConfirmationRequired, InvalidInput, KeyInUse, KeyNotFound, KeyStateError
@@ -27,12 +26,6 @@ from keyops.ops.lifecycle import LifecycleResult, destroy, retire
 from keyops.ops.rotation import _with_new_transit_kek, rotate, rotate_master
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture(scope="module")
-def k(config: Config) -> Iterator[Keyops]:
-    with Keyops(config) as keyops:
-        yield keyops
 
 
 def make(k: Keyops, residence: str = "kv") -> tuple[str, dict[str, bytes]]:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from _rotation_support import new_tenant
+from _tenants import new_tenant
 
 from keyops.config import Config
 from keyops.errors import InvalidInput, TenantNotFound

@@ -23,7 +23,8 @@ import hvac
 import hvac.exceptions
 import pkcs11
 import pytest
-from _rotation_support import check_secrets, fresh, isolated_mount, kv_version, new_tenant, raw_doc, write_doc
+from _rotation_support import check_secrets, fresh, isolated_mount, kv_version, raw_doc, write_doc
+from _tenants import new_tenant
 from pkcs11 import Attribute, KeyType, ObjectClass
 
 from keyops.config import Config

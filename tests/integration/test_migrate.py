@@ -37,6 +37,7 @@ pytestmark = pytest.mark.integration
 
 @pytest.fixture
 def k(config: Config) -> Iterator[Keyops]:
+    """A fresh Keyops for each test, not conftest's one per module: cold caches, its own request counts."""
     with Keyops(config) as keyops:
         yield keyops
 

@@ -38,6 +38,7 @@ NAMES = [f"app/db/user-{i:03d}" for i in range(25)] + [f"api-{i:03d}" for i in r
 
 @pytest.fixture
 def k(config: Config) -> Iterator[Keyops]:
+    """A fresh Keyops for each test, not conftest's one per module: cold caches, its own request counts."""
     with Keyops(config) as keyops:
         yield keyops
 

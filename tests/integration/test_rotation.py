@@ -12,7 +12,6 @@ import json
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator
 from typing import Any
 
 import hvac.exceptions
@@ -26,11 +25,11 @@ from _rotation_support import (
     keyops_cli,
     keyops_main,
     kv_version,
-    new_tenant,
     raw_doc,
     seed_records,
     write_doc,
 )
+from _tenants import new_tenant
 
 from keyops import crypto
 from keyops.config import Config
@@ -43,12 +42,6 @@ pytestmark = pytest.mark.integration
 
 RESIDENCES = ["kv", "transit"]
 LEVELS = ["dek", "kek"]
-
-
-@pytest.fixture(scope="module")
-def k(config: Config) -> Iterator[Keyops]:
-    with Keyops(config) as keyops:
-        yield keyops
 
 
 def make_tenant(k: Keyops, residence: str, secrets: int = 3, prefix: str = "rot") -> tuple[str, dict[str, bytes]]:

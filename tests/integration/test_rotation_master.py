@@ -20,10 +20,10 @@ from _rotation_support import (
     isolated_mount,
     keyops_main,
     kv_version,
-    new_tenant,
     raw_doc,
     write_doc,
 )
+from _tenants import new_tenant
 
 from keyops.config import Config
 from keyops.errors import Conflict, NotFound

@@ -9,7 +9,7 @@ re-read the keyring instead of failing for up to ``keyring_ttl`` seconds.
 from __future__ import annotations
 
 import pytest
-from _rotation_support import new_tenant
+from _tenants import new_tenant
 
 from keyops.config import Config
 from keyops.model.keyring import Policy
