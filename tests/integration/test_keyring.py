@@ -254,7 +254,7 @@ def test_encryptions_reserve_uses_in_blocks(config: Config, vault_client: Any, t
     tenant = tenants["kv"]
     keyring_before = raw_doc(vault_client, keyring_path(tenant))
     try:
-        before = raw_doc(vault_client, usage_path(tenant))[0]["versions"]["1"]["reserved"]
+        before = raw_doc(vault_client, usage_path(tenant))[0]["versions"].get("1", {}).get("reserved", 0)
     except hvac.exceptions.InvalidPath:
         before = 0  # nothing encrypted yet
     with Keyops(config) as fresh:

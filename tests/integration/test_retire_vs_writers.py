@@ -48,7 +48,7 @@ WRITER = textwrap.dedent("""
     import sys
     from keyops.config import Config
     from keyops.ops.front import Keyops, usage_path
-from keyops.model.usage import Usage
+    from keyops.model.usage import Usage
     tenant = sys.argv[1]
     with Keyops(Config.load(), keyring_ttl=float(sys.argv[2])) as k:
         for line in sys.stdin:
