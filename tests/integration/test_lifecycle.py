@@ -37,6 +37,7 @@ def make(k: Keyops, residence: str = "kv") -> tuple[str, dict[str, bytes]]:
     return tenant, values
 
 
+@pytest.mark.slow  # about a minute: retire waits out the lease of the reservation this test made
 def test_dek_retire_and_destroy(k: Keyops, config: Config, vault_client: Any) -> None:
     tenant, values = make(k)
     with pytest.raises(KeyStateError, match="primary"):

@@ -90,6 +90,7 @@ class Writer:
         assert self.proc.returncode == 0, err
 
 
+@pytest.mark.slow  # 12 s or more: retire waits out the reservation leases of other processes
 def test_a_long_lived_writer_loses_nothing_to_rotate_reencrypt_and_destroy(config: Config,
                                                                           env: dict[str, str]) -> None:
     with Keyops(config) as k:
@@ -125,6 +126,7 @@ def test_a_long_lived_writer_loses_nothing_to_rotate_reencrypt_and_destroy(confi
         assert 1 not in fresh.read_usage(tenant)[0].versions  # a destroyed version leaves the usage document
 
 
+@pytest.mark.slow  # 12 s or more: retire waits out the reservation leases of other processes
 def test_retire_waits_out_a_live_reservation_then_counts(config: Config) -> None:
     """In one process: a reservation of v1 is live when retire starts; retire waits for it, and is told so."""
     quick = dataclasses.replace(config, vault_timeout=1.0)
@@ -156,6 +158,7 @@ def test_retire_waits_out_a_live_reservation_then_counts(config: Config) -> None
             assert admin.get_secret(tenant, name) == value
 
 
+@pytest.mark.slow  # 12 s or more: retire waits out the reservation leases of other processes
 def test_external_ciphertexts_block_retire_until_rewrapped_and_acknowledged(config: Config,
                                                                             env: dict[str, str]) -> None:
     with Keyops(config) as k:
