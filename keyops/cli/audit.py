@@ -104,6 +104,7 @@ def cmd_rotate(args: argparse.Namespace) -> int:
             raise ConfigError("no audit log to rotate: set KEYOPS_AUDIT_LOG")
         k.authorize("audit.write")
         principal = k.principal
+        # k.audit is typed as a callable sink; one with a log, checked above, is an AuditTrail.
         result = k.audit.rotate(force=args.force, actor=principal.actor,  # type: ignore[attr-defined]
                                 accessor=principal.accessor)
     if args.json:

@@ -56,7 +56,7 @@ def cmd_rewrap(args: argparse.Namespace) -> int:
     if isinstance(out, str):
         sys.stdout.write(out + "\n")
     else:
-        sys.stdout.buffer.write(out)  # type: ignore[arg-type]
+        sys.stdout.buffer.write(out)  # type: ignore[arg-type]  # bytes: rewrap keeps the form it was given
     sys.stdout.flush()
     return 0
 

@@ -27,6 +27,7 @@ import dataclasses
 import os
 import re
 import struct
+from typing import NoReturn
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -114,7 +115,7 @@ class AeadKey:
     def __repr__(self) -> str:
         return "<AeadKey (material hidden)>"
 
-    def __reduce__(self):  # type: ignore[no-untyped-def]
+    def __reduce__(self) -> NoReturn:
         raise TypeError("key objects cannot be pickled")
 
 
@@ -379,5 +380,5 @@ class BoundKey:
     def __repr__(self) -> str:
         return f"<BoundKey tenant={self.tenant!r} version={self.version} (material hidden)>"
 
-    def __reduce__(self):  # type: ignore[no-untyped-def]
+    def __reduce__(self) -> NoReturn:
         raise TypeError("key objects cannot be pickled")
