@@ -37,10 +37,10 @@ from typing import Any
 
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+from keyops.backends.vault import make_client
 from keyops.config import Config
 from keyops.model.keyring import Policy
 from keyops.ops.front import Keyops
-from keyops.backends.vault import make_client
 
 SIZES = (64, 1024, 64 * 1024)
 CONTEXT = b"secret:bench/item"

@@ -46,12 +46,12 @@ if __package__ in (None, ""):  # run as a script: make the project importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from keyops import crypto  # noqa: E402
+from keyops.backends.vault import make_client  # noqa: E402
 from keyops.config import Config  # noqa: E402
 from keyops.dev.stack import DevStack, free_port  # noqa: E402
+from keyops.ops.front import Keyops, b64e  # noqa: E402
 from keyops.ops.progress import ProgressEvent  # noqa: E402
 from keyops.ops.reencrypt import reencrypt  # noqa: E402
-from keyops.ops.front import Keyops, b64e  # noqa: E402
-from keyops.backends.vault import make_client  # noqa: E402
 
 GOAL = 0.7
 TENANT = "bench-reencrypt"

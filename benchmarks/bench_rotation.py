@@ -34,11 +34,11 @@ if __package__ in (None, ""):  # run as a script: make the project importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks._stack import temporary_stack  # noqa: E402
+from keyops.backends.vault import make_client  # noqa: E402
 from keyops.config import Config  # noqa: E402
 from keyops.model.keyring import Policy  # noqa: E402
-from keyops.ops.rotation import rotate, rotate_master  # noqa: E402
 from keyops.ops.front import Keyops, secret_context, secret_path  # noqa: E402
-from keyops.backends.vault import make_client  # noqa: E402
+from keyops.ops.rotation import rotate, rotate_master  # noqa: E402
 
 FILL_WORKERS = 4
 

@@ -68,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
                 {**env, "PYTHONPATH": old})
         try:
             times: dict[str, list[float]] = {name: [] for name in contenders}
-            for name, (cmd, cenv) in contenders.items():
+            for cmd, cenv in contenders.values():
                 _timed(cmd, cenv)  # warm the page cache once; every measured run is a fresh process
             for _ in range(args.rounds):
                 for name, (cmd, cenv) in contenders.items():

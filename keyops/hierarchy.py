@@ -136,7 +136,7 @@ class Hierarchy:
         return kek
 
     def kek_aead(self, keyring: Keyring, kek_version: int) -> crypto.AeadKey:
-        """The KEK as an AEAD key: what Transit's copy of an imported KEK computes (migration of vault:v ciphertexts)."""
+        """The KEK as an AEAD key: what Transit's copy of an imported KEK computes (migrating vault:v texts)."""
         return crypto.AeadKey(self._kek(keyring, kek_version))
 
     def kek_wrapper(self, keyring: Keyring, kek_version: int) -> KeyWrapper:

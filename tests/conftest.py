@@ -4,6 +4,10 @@
   for the whole session, stopped at the end (also on Ctrl-C or SIGTERM; and
   Linux stops bao if pytest itself is killed).
 * ``config`` (session): ``stack.config()``, a ``keyops.config.Config`` for it.
+* ``k`` (module): one ``Keyops`` on that stack, shared by a test module's tests
+  and closed after them (a module that needs a fresh one per test overrides it
+  with a function-scoped ``k`` of its own). Tenant names for integration tests
+  come from ``tests/integration/_tenants.py``.
 * ``hsm_env`` (session): the SoftHSM2 environment; ``SOFTHSM2_CONF`` is put in
   ``os.environ`` before the first test runs, because SoftHSM2 reads it once
   per process, at ``C_Initialize``.
@@ -29,6 +33,7 @@ import pytest
 
 from keyops.config import Config
 from keyops.dev.stack import DevStack, free_port
+from keyops.ops.front import Keyops
 
 _INTEGRATION_DIR = Path(__file__).parent / "integration"
 
@@ -101,6 +106,12 @@ def stack(stack_dir: Path) -> Iterator[DevStack]:
 @pytest.fixture(scope="session")
 def config(stack: DevStack) -> Config:
     return stack.config()
+
+
+@pytest.fixture(scope="module")
+def k(config: Config) -> Iterator[Keyops]:
+    with Keyops(config) as keyops:
+        yield keyops
 
 
 @pytest.fixture(scope="session")

@@ -38,14 +38,14 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from keyops.backends.vault import vault_errors
 from keyops.config import DEFAULT_AUDIT_KEY
 from keyops.errors import ConfigError, InvalidInput, NotFound, NotPermitted, PermissionDenied
 from keyops.model.names import validate_tenant
-from keyops.backends.vault import vault_errors
 
 if TYPE_CHECKING:  # pragma: no cover
-    from keyops.ops.front import Keyops
     from keyops.backends.vault import VaultStore
+    from keyops.ops.front import Keyops
 
 __all__ = [
     "DOCUMENT_HISTORY",
@@ -750,7 +750,7 @@ def ensure_approle(k: Keyops, roles: Roles, role_name: str, tenant: str | None =
             client.sys.enable_auth_method("approle", path=mount, description="keyops roles")
     elif methods[f"{mount}/"].get("type") != "approle":
         raise InvalidInput(f"auth mount {mount!r} exists but is not AppRole; set KEYOPS_APPROLE_MOUNT")
-    wanted = {"token_policies": [policy], "token_ttl": token_ttl, "token_max_ttl": token_max_ttl,
+    wanted: dict[str, Any] = {"token_policies": [policy], "token_ttl": token_ttl, "token_max_ttl": token_max_ttl,
               "secret_id_ttl": secret_id_ttl}
     try:
         with vault_errors(f"reading AppRole {policy!r}", addr):

@@ -62,7 +62,7 @@ import threading
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from keyops.config import DEFAULT_AUDIT_KEY
 from keyops.errors import (
@@ -76,8 +76,8 @@ from keyops.errors import (
 )
 
 if TYPE_CHECKING:  # pragma: no cover
-    from keyops.config import Config
     from keyops.backends.vault import VaultStore
+    from keyops.config import Config
 
 __all__ = [
     "ANCHOR_AUTO",
@@ -130,6 +130,8 @@ FORBIDDEN_FIELDS = frozenset({"token", "client_token", "secret_id", "pin", "pass
 _MAX_STRING = 200
 _MAX_ITEMS = 64
 
+_T = TypeVar("_T")
+
 
 def canonical_json(value: Any) -> str:
     return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
@@ -142,7 +144,7 @@ def entry_hash(entry: Mapping[str, Any]) -> str:
 
 
 def now_text() -> str:
-    return dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 def clean_fields(fields: Mapping[str, Any]) -> dict[str, Any]:
@@ -288,8 +290,8 @@ class TransitHmacKey(_VaultPart):
                           "'keyops dev up' does it for the dev stack), or name yours with KEYOPS_AUDIT_KEY")
 
     def sign(self, data: bytes) -> str:
-        from keyops.errors import VaultError
         from keyops.backends.vault import vault_errors
+        from keyops.errors import VaultError
 
         store = self._vault()
         store.calls.add("transit.hmac")
@@ -304,8 +306,8 @@ class TransitHmacKey(_VaultPart):
         return str(resp["data"]["hmac"])
 
     def verify_many(self, items: Sequence[tuple[bytes, str]]) -> list[bool]:
-        from keyops.errors import VaultError
         from keyops.backends.vault import vault_errors
+        from keyops.errors import VaultError
 
         out = [False] * len(items)
         asked = [i for i, (_, mac) in enumerate(items) if isinstance(mac, str) and _TRANSIT_MAC_RE.fullmatch(mac)]
@@ -547,6 +549,9 @@ class AuditLog:
     def _append_keyed(self, fd: int, event: Mapping[str, Any]) -> dict[str, Any]:
         last = self._last_entry(fd)
         cached = self._head
+        head: Head | None
+        rotations: tuple[Rotation, ...]
+        base: tuple[int, str] | None
         if (cached is not None and last is not None and is_keyed(last) and last.get("seq") == cached[0].seq
                 and last.get("mac") == cached[0].mac):
             head, version = cached
@@ -603,7 +608,7 @@ class AuditLog:
                                 "another Vault, namespace or KV mount (each needs its own KEYOPS_AUDIT_LOG); nothing "
                                 "was appended")
 
-    def _vault_step(self, what: str, call: Callable[[], Any]) -> Any:
+    def _vault_step(self, what: str, call: Callable[[], _T]) -> _T:
         try:
             return call()
         except AuditError:
@@ -618,7 +623,7 @@ class AuditLog:
         assert self.heads is not None and self.anchor is not None
         heads, anchor = self.heads, self.anchor
         return self._vault_step(f"reading the head of audit anchor {anchor!r} (nothing was appended)",
-                                lambda: heads.read(anchor))  # type: ignore[no-any-return]
+                                lambda: heads.read(anchor))
 
     def _sign(self, entry: Mapping[str, Any]) -> str:
         assert self.key is not None
@@ -704,7 +709,7 @@ class AuditLog:
             return RotateResult(str(archive), end_seq + 1, problem is None)
 
     def _archive_path(self) -> Path:
-        stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+        stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
         suffix = self.path.suffix or ".jsonl"
         stem = self.path.name[:-len(self.path.suffix)] if self.path.suffix else self.path.name
         for n in range(1, 1000):
@@ -1057,7 +1062,7 @@ def verify_log(path: str | os.PathLike[str], *, key: ChainKey | None = None, hea
 def read_events(path: str | os.PathLike[str]) -> Iterator[dict[str, Any]]:
     """Every parseable entry, in file order (use ``verify_log`` to know they are authentic)."""
     try:
-        fh = Path(path).open("rb")
+        fh = Path(path).open("rb")  # noqa: SIM115 - opened alone, so that only open's OSError gets this message
     except OSError as exc:
         raise AuditError(f"the audit log {str(path)!r} cannot be read ({exc.strerror})") from exc
     with fh:
@@ -1076,7 +1081,7 @@ _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 
 def parse_time_filter(text: str, now: dt.datetime | None = None) -> dt.datetime:
     """``2024-05-01``, ``2024-05-01T12:00:00Z`` or a duration back from now such as ``90m``, ``2h``, ``7d``."""
-    now = now or dt.datetime.now(dt.timezone.utc)
+    now = now or dt.datetime.now(dt.UTC)
     text = text.strip()
     match = _RELATIVE.fullmatch(text)
     if match:
@@ -1086,7 +1091,7 @@ def parse_time_filter(text: str, now: dt.datetime | None = None) -> dt.datetime:
     except ValueError as exc:
         raise InvalidInput(f"time {text[:40]!r} must be ISO 8601 (2024-05-01T12:00:00Z) or a duration "
                            "back from now (30m, 2h, 7d)") from exc
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=dt.timezone.utc)
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=dt.UTC)
 
 
 def _event_time(entry: Mapping[str, Any]) -> dt.datetime | None:
@@ -1222,7 +1227,8 @@ class AuditTrail:
         if self.kv is not None and self.kv.store is None:
             self.kv.store = store
         if self.log is not None:
-            for part in (self.log.key, self.log.heads):
+            parts: tuple[object, ...] = (self.log.key, self.log.heads)  # what kind each is: known only here
+            for part in parts:
                 if isinstance(part, _VaultPart) and part.store is None:
                     part.store = store
         if self._store is None:
@@ -1318,8 +1324,8 @@ def ensure_audit_key(store: VaultStore, key_name: str = DEFAULT_AUDIT_KEY) -> bo
     An existing key must be of type ``hmac``, not exportable and without plaintext backup: whoever
     could export it could forge entries.
     """
-    from keyops.ops.transit_keys import validate_key_name
     from keyops.backends.vault import vault_errors
+    from keyops.ops.transit_keys import validate_key_name
 
     validate_key_name(key_name)
     info = store.transit_read_key(key_name)

@@ -25,13 +25,14 @@ import os
 import threading
 import time
 from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import pkcs11
 import pkcs11.exceptions as p11e
 from pkcs11 import Attribute, KeyType, Mechanism, ObjectClass
 from pkcs11.mechanisms import GCMParams
 
+from keyops.backends.vault import CallCounter
 from keyops.config import Config
 from keyops.errors import (
     DecryptionError,
@@ -41,7 +42,12 @@ from keyops.errors import (
     HsmLoginFailed,
     HsmUnavailable,
 )
-from keyops.backends.vault import CallCounter
+
+if TYPE_CHECKING:  # pragma: no cover
+    from pkcs11._pkcs11 import lib as Pkcs11Lib  # what pkcs11.lib() returns; its stubs name it only there
+
+    class AesKey(pkcs11.SecretKey, pkcs11.types.EncryptMixin, pkcs11.types.DecryptMixin):
+        """A token AES key: python-pkcs11 gives its class the encrypt and decrypt mixins at run time."""
 
 NONCE_SIZE = 12
 TOKEN_RETRY_DELAYS = (0.05, 0.1, 0.2)
@@ -138,6 +144,11 @@ def _usable_master_key(obj: pkcs11.Object) -> bool:
         return False
 
 
+def _aes_key(obj: pkcs11.Object) -> AesKey:
+    """A token AES secret key (found with ``_usable_master_key`` or just generated) as the type it has at run time."""
+    return cast("AesKey", obj)
+
+
 class Hsm:
     def __init__(self, module: str, token_label: str, pin: str, counter: CallCounter | None = None) -> None:
         self.module = module
@@ -147,7 +158,7 @@ class Hsm:
         self._lock = _PKCS11_LOCK
         self._session: pkcs11.Session | None = None
         self._holds_login = False  # counted in _PROCESS_LOGINS
-        self._keys: dict[tuple[str, bytes | None], pkcs11.SecretKey] = {}
+        self._keys: dict[tuple[str, bytes | None], AesKey] = {}
 
     @classmethod
     def from_config(cls, config: Config, counter: CallCounter | None = None) -> Hsm:
@@ -221,7 +232,7 @@ class Hsm:
         except p11e.PKCS11Error as exc:
             raise self._no_session(exc) from exc
 
-    def _find_token(self, lib: pkcs11.lib) -> pkcs11.Token:
+    def _find_token(self, lib: Pkcs11Lib) -> pkcs11.Token:
         # SoftHSM2 rewrites its token file in place at every login, so a login in
         # another process can make the token briefly unreadable; look again.
         for delay in TOKEN_RETRY_DELAYS:
@@ -273,7 +284,7 @@ class Hsm:
             template[Attribute.ID] = key_id
         return list(session.get_objects(template))
 
-    def _key(self, session: pkcs11.Session, label: str, key_id: bytes | None = None) -> pkcs11.SecretKey:
+    def _key(self, session: pkcs11.Session, label: str, key_id: bytes | None = None) -> AesKey:
         key = self._keys.get((label, key_id))
         if key is not None:
             return key
@@ -294,8 +305,8 @@ class Hsm:
             raise HsmError(f"the HSM token {self.token_label!r} holds {len(found)} objects {_name(label, key_id)} "
                            "and none is usable; a key creation was interrupted, inspect the token")
         # Half-made twins that could not be removed (not destroyable) are ignored.
-        self._keys[(label, key_id)] = usable[0]
-        return usable[0]
+        key = self._keys[(label, key_id)] = _aes_key(usable[0])
+        return key
 
     def has_key(self, label: str, key_id: bytes | None = None) -> bool:
         try:
@@ -369,7 +380,7 @@ class Hsm:
                 self._remove_half_made([obj for obj in found if obj not in usable], label)
             self._keys.pop((label, key_id), None)
             if usable:
-                self._keys[(label, key_id)] = usable[0]
+                self._keys[(label, key_id)] = _aes_key(usable[0])
                 return False
             self._keys[(label, key_id)] = self._generate(session, label, key_id)
             return True
@@ -388,7 +399,7 @@ class Hsm:
                 raise HsmError(f"could not remove a half-made key labelled {label!r} from token "
                                f"{self.token_label!r}: {type(exc).__name__}") from exc
 
-    def _generate(self, session: pkcs11.Session, label: str, key_id: bytes) -> pkcs11.SecretKey:
+    def _generate(self, session: pkcs11.Session, label: str, key_id: bytes) -> AesKey:
         """A new AES-256 token key, permanent for PIN holders where the token supports it."""
         template: dict[Attribute, Any] = {
             Attribute.SENSITIVE: True, Attribute.EXTRACTABLE: False, Attribute.TOKEN: True,
@@ -414,10 +425,10 @@ class Hsm:
 
     @staticmethod
     def _generate_with(session: pkcs11.Session, label: str, key_id: bytes,
-                       template: dict[Attribute, Any]) -> pkcs11.SecretKey:
-        return session.generate_key(
+                       template: dict[Attribute, Any]) -> AesKey:
+        return _aes_key(session.generate_key(
             KeyType.AES, 256, label=label, id=key_id, store=True,
-            capabilities=pkcs11.MechanismFlag.ENCRYPT | pkcs11.MechanismFlag.DECRYPT, template=template)
+            capabilities=pkcs11.MechanismFlag.ENCRYPT | pkcs11.MechanismFlag.DECRYPT, template=template))
 
     def attributes(self, label: str, key_id: bytes | None = None) -> KeyAttributes:
         with self._open() as session:
@@ -468,8 +479,9 @@ class Hsm:
             key = self._key(session, label, key_id)
             self.calls.add("hsm.encrypt")
             try:
-                body = key.encrypt(plaintext, mechanism=Mechanism.AES_GCM,
-                                   mechanism_param=GCMParams(nonce, aad, TAG_BITS))
+                # bytes in, bytes out (python-pkcs11 streams only when given an iterator)
+                body = cast(bytes, key.encrypt(plaintext, mechanism=Mechanism.AES_GCM,
+                                               mechanism_param=GCMParams(nonce, aad, TAG_BITS)))
             except p11e.PKCS11Error as exc:
                 raise HsmError(f"HSM encryption with {label!r} failed: {type(exc).__name__}") from exc
         return nonce + bytes(body)
@@ -481,8 +493,8 @@ class Hsm:
             key = self._key(session, label, key_id)
             self.calls.add("hsm.decrypt")
             try:
-                return bytes(key.decrypt(blob[NONCE_SIZE:], mechanism=Mechanism.AES_GCM,
-                                         mechanism_param=GCMParams(blob[:NONCE_SIZE], aad, TAG_BITS)))
+                return bytes(cast(bytes, key.decrypt(blob[NONCE_SIZE:], mechanism=Mechanism.AES_GCM,
+                                                     mechanism_param=GCMParams(blob[:NONCE_SIZE], aad, TAG_BITS))))
             except _NOT_AUTHENTIC:
                 raise DecryptionError() from None
             except p11e.PKCS11Error as exc:

@@ -22,9 +22,8 @@ import requests.adapters
 from keyops.config import Config
 from keyops.errors import (
     AuthenticationFailed,
-    ConfigError,
     CheckAndSetFailed,
-    Conflict,
+    ConfigError,
     InvalidInput,
     NotFound,
     PermissionDenied,
@@ -93,10 +92,7 @@ def vault_errors(what: str, addr: str = "") -> Iterator[None]:
 
 def _first_error(exc: hvac.exceptions.VaultError) -> str:
     errors = getattr(exc, "errors", None)
-    if errors:
-        text = "; ".join(str(e) for e in errors)
-    else:
-        text = str(exc)
+    text = "; ".join(str(e) for e in errors) if errors else str(exc)
     # Vault error strings name paths and parameters, never values, but keep them short.
     return text.splitlines()[0][:300] if text else "unknown error"
 
@@ -292,7 +288,8 @@ class VaultStore:
         self.calls.add("auth.lookup_self")
         with self._errors("looking up the Vault token"):
             resp = self.client.auth.token.lookup_self()
-        return resp["data"].get("accessor")
+        accessor: str | None = resp["data"].get("accessor")
+        return accessor
 
     def check_mounts(self) -> None:
         """Fail early, with a clear error, when the KV mount is missing or not version 2."""

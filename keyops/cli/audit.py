@@ -7,13 +7,13 @@ import json
 import sys
 
 from keyops import audit
+from keyops.backends.vault import VaultStore, vault_errors
 from keyops.cli._common import add_json_flag, open_keyops, print_json
 from keyops.config import Config
 from keyops.errors import AuditChainBroken, ConfigError
-from keyops.backends.vault import VaultStore, vault_errors
 
 
-def add_parser(sub: argparse._SubParsersAction) -> None:
+def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = sub.add_parser("audit", help="verify and search the keyed, anchored audit log")
     asub = parser.add_subparsers(dest="audit_command", metavar="ACTION", required=True)
 
@@ -104,6 +104,7 @@ def cmd_rotate(args: argparse.Namespace) -> int:
             raise ConfigError("no audit log to rotate: set KEYOPS_AUDIT_LOG")
         k.authorize("audit.write")
         principal = k.principal
+        # k.audit is typed as a callable sink; one with a log, checked above, is an AuditTrail.
         result = k.audit.rotate(force=args.force, actor=principal.actor,  # type: ignore[attr-defined]
                                 accessor=principal.accessor)
     if args.json:

@@ -8,7 +8,7 @@ import sys
 from keyops.cli._common import open_keyops
 
 
-def add_parser(sub: argparse._SubParsersAction) -> None:
+def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     enc = sub.add_parser("encrypt", help="encrypt stdin for a tenant; prints keyops:v1:... (or binary)")
     enc.add_argument("--tenant", required=True)
     enc.add_argument("--context", default="", help="associated data the ciphertext is bound to (e.g. a path)")
@@ -56,7 +56,7 @@ def cmd_rewrap(args: argparse.Namespace) -> int:
     if isinstance(out, str):
         sys.stdout.write(out + "\n")
     else:
-        sys.stdout.buffer.write(out)  # type: ignore[arg-type]
+        sys.stdout.buffer.write(out)  # type: ignore[arg-type]  # bytes: rewrap keeps the form it was given
     sys.stdout.flush()
     return 0
 

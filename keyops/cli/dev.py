@@ -16,7 +16,6 @@ import json
 import os
 import shlex
 import sys
-from typing import Any
 
 from keyops.dev.stack import DEFAULT_PORT, PORT_ENV, STATE_DIR_ENV, DevStack, default_state_dir
 
@@ -24,7 +23,7 @@ from keyops.dev.stack import DEFAULT_PORT, PORT_ENV, STATE_DIR_ENV, DevStack, de
 EXIT_NOT_RUNNING = 3
 
 
-def add_parser(subparsers: Any) -> argparse.ArgumentParser:
+def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> argparse.ArgumentParser:
     """Register ``dev`` and its subcommands on the dispatcher's subparsers."""
     dev = subparsers.add_parser(
         "dev", help="run the embedded local stack (OpenBao + SoftHSM2)",

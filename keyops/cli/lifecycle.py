@@ -21,7 +21,7 @@ from keyops.cli.rotate import EXIT_DONE, EXIT_NOTHING_TO_DO
 from keyops.ops.lifecycle import LifecycleResult, destroy, retire
 
 
-def add_parser(sub: argparse._SubParsersAction) -> None:
+def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     for action, help_text in (
             ("retire", "retire a key version nothing refers to (unusable, kept for audit)"),
             ("destroy", "destroy a key version nothing refers to (irreversible; needs --yes)")):

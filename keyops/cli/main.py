@@ -26,7 +26,7 @@ COMMAND_MODULES = {
 }
 
 
-def _new_parser() -> tuple[argparse.ArgumentParser, argparse._SubParsersAction]:
+def _new_parser() -> tuple[argparse.ArgumentParser, argparse._SubParsersAction[argparse.ArgumentParser]]:
     parser = argparse.ArgumentParser(
         prog="keyops", description="Envelope-encryption key management on Vault/OpenBao with an HSM master key.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)

@@ -25,7 +25,7 @@ from keyops.ops.migrate import DEFAULT_BATCH_SIZE, DEFAULT_WORKERS, SOURCE_KINDS
 EXIT_SKIPPED = Conflict.exit_code
 
 
-def add_parser(sub: argparse._SubParsersAction) -> None:
+def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = sub.add_parser(
         "migrate", help="bring plaintext or Transit-encrypted KV secrets under keyops (resumable)",
         description="Migrate the secrets below a KV v2 path into a tenant's keyops records. Exit codes: 0 done, "

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import Any
 
 from keyops import access
 from keyops.cli._common import add_json_flag, open_keyops, print_json
@@ -15,7 +16,7 @@ from keyops.ops.front import Keyops
 HSM_WORDS = {"never": "no", "kv-residence": "for residence kv", "always": "yes"}
 
 
-def add_parser(sub: argparse._SubParsersAction) -> None:
+def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = sub.add_parser("policy", help="roles, the Vault policies made from them, and credentials bound to them")
     psub = parser.add_subparsers(dest="policy_command", metavar="ACTION", required=True)
 
@@ -95,7 +96,7 @@ def cmd_roles(args: argparse.Namespace) -> int:
 
 def cmd_operations(args: argparse.Namespace) -> int:
     mounts = access.Mounts.from_config(Config.load())
-    rows = []
+    rows: list[dict[str, Any]] = []
     for op in access.OPERATIONS.values():
         rules = access.policy_rules(access.Role("x", "tenant", (op.name,)), "<tenant>", mounts) \
             if op.tenant_scoped else access.policy_rules(access.Role("x", "global", (op.name,)), None, mounts)
@@ -181,7 +182,7 @@ def cmd_mint(args: argparse.Namespace) -> int:
             creds = access.ensure_approle(k, roles, args.role, args.tenant, token_ttl=args.ttl)
             assert creds.secret_id is not None
             write_file_atomic(output, creds.secret_id + "\n")
-            answer = {"kind": "approle", "approle": creds.role_name, "role_id": creds.role_id,
+            answer: dict[str, Any] = {"kind": "approle", "approle": creds.role_name, "role_id": creds.role_id,
                       "policies": list(creds.policies), "secret_id_accessor": creds.secret_id_accessor,
                       "secret_id_file": str(output), "approle_changed": creds.changed}
         else:

@@ -25,7 +25,7 @@ EXIT_DONE = 0
 EXIT_NOTHING_TO_DO = 3  # the same table as keyops rotate/retire/destroy
 
 
-def add_parser(sub: argparse._SubParsersAction) -> None:
+def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = sub.add_parser(
         "reencrypt", help="move every secret of a tenant to its primary DEK (resumable)",
         description="Re-encrypt a tenant's secrets under its primary DEK, with check-and-set per record, a "

@@ -46,7 +46,7 @@ EXIT_NOTHING_TO_DO = 3
 EXIT_PARTLY_FAILED = 1
 
 
-def add_parser(sub: argparse._SubParsersAction) -> None:
+def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = sub.add_parser(
         "rotate", help="rotate a tenant's DEK or KEK, the master key, or whatever is due",
         description="Rotate keys. Exit codes: 0 done, 3 nothing to do, 7 another rotation won, "

@@ -8,7 +8,7 @@ import sys
 from keyops.cli._common import add_json_flag, open_keyops, print_json
 
 
-def add_parser(sub: argparse._SubParsersAction) -> None:
+def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = sub.add_parser("secret", help="store and read encrypted secrets")
     ssub = parser.add_subparsers(dest="secret_command", metavar="ACTION", required=True)
 

@@ -20,7 +20,7 @@ STATUS_SCHEMA = 1
 EXIT_PARTLY_FAILED = 1
 
 
-def add_parser(sub: argparse._SubParsersAction) -> None:
+def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = sub.add_parser("status", help="key versions, states, ages, usage and what is due",
                             description="Status of every tenant (or one). Exit codes: 0 every tenant shown, "
                                         "1 some tenants could not be read (each is reported; the others are "

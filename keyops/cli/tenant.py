@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import argparse
+from collections.abc import Sequence
 
 from keyops.cli._common import add_json_flag, open_keyops, print_json
 from keyops.model.keyring import DEFAULT_DEK_USAGE_CAP, Policy
-from keyops.ops.front import Keyops
+from keyops.ops.front import Keyops, TenantStatus
 
 
-def add_parser(sub: argparse._SubParsersAction) -> None:
+def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = sub.add_parser("tenant", help="create and inspect tenant keyrings")
     tsub = parser.add_subparsers(dest="tenant_command", metavar="ACTION", required=True)
 
@@ -74,7 +75,7 @@ def cmd_show(args: argparse.Namespace) -> int:
     return 0
 
 
-def print_status_table(statuses: list, k: Keyops | None = None) -> None:
+def print_status_table(statuses: Sequence[TenantStatus], k: Keyops | None = None) -> None:
     header = f"{'TENANT':<20} {'LEVEL':<5} {'VER':>4} {'STATE':<13} {'AGE(d)':>7} {'USES':>12}  DUE"
     print(header)
     for st in statuses:

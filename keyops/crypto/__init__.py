@@ -27,6 +27,7 @@ import dataclasses
 import os
 import re
 import struct
+from typing import NoReturn
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -130,7 +131,7 @@ class AeadKey:
     def __repr__(self) -> str:
         return "<AeadKey (material hidden)>"
 
-    def __reduce__(self):  # type: ignore[no-untyped-def]
+    def __reduce__(self) -> NoReturn:
         raise TypeError("key objects cannot be pickled")
 
 
@@ -190,8 +191,8 @@ class Ciphertext:
         if not text.startswith("keyops:"):
             raise MalformedCiphertext("not a keyops ciphertext: expected the prefix 'keyops:v1:'")
         if not text.startswith(TEXT_PREFIX):
-            version = text.split(":", 2)[1] if text.count(":") >= 2 else "?"
-            raise MalformedCiphertext(f"unknown ciphertext format {version!r} (this keyops reads v1)")
+            format_name = text.split(":", 2)[1] if text.count(":") >= 2 else "?"
+            raise MalformedCiphertext(f"unknown ciphertext format {format_name!r} (this keyops reads v1)")
         parts = text[len(TEXT_PREFIX):].split(":")
         if len(parts) != 3:
             raise MalformedCiphertext("malformed ciphertext: expected keyops:v1:<tenant>:<version>:<base64>")
@@ -395,5 +396,5 @@ class BoundKey:
     def __repr__(self) -> str:
         return f"<BoundKey tenant={self.tenant!r} version={self.version} (material hidden)>"
 
-    def __reduce__(self):  # type: ignore[no-untyped-def]
+    def __reduce__(self) -> NoReturn:
         raise TypeError("key objects cannot be pickled")

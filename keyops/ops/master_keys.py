@@ -6,7 +6,6 @@ import dataclasses
 import time
 from typing import TYPE_CHECKING
 
-
 from keyops.errors import (
     Conflict,
     KeyStateError,
@@ -18,7 +17,6 @@ from keyops.model.master import FIRST_MASTER_WAIT, MASTER_PENDING, MasterRegistr
 from keyops.model.paths import (
     MASTER_PATH,
 )
-
 
 if TYPE_CHECKING:  # pragma: no cover
     from keyops.ops.front import Keyops

@@ -55,6 +55,7 @@ from collections.abc import Mapping
 from typing import Any, Literal
 
 from keyops import crypto
+from keyops.backends.vault import vault_errors
 from keyops.errors import (
     Conflict,
     DecryptionError,
@@ -65,6 +66,9 @@ from keyops.errors import (
     NotFound,
     VaultError,
 )
+from keyops.model.keyring import Keyring, format_time
+from keyops.model.names import validate_secret_name, validate_tenant
+from keyops.ops.front import CAS_RETRIES, Keyops, secret_context, secret_path, transit_key_name
 from keyops.ops.jobs import (
     Checkpoint,
     JobRun,
@@ -78,11 +82,7 @@ from keyops.ops.jobs import (
     validate_job_id,
     validate_pool,
 )
-from keyops.model.keyring import Keyring, format_time
-from keyops.model.names import validate_secret_name, validate_tenant
 from keyops.ops.progress import PhaseClock, ProgressCallback
-from keyops.ops.front import CAS_RETRIES, Keyops, secret_context, secret_path, transit_key_name
-from keyops.backends.vault import vault_errors
 
 KIND = "migrate"
 Kind = Literal["auto", "plaintext", "transit"]

@@ -33,6 +33,9 @@ from typing import Any
 
 from keyops import crypto
 from keyops.errors import Conflict, InvalidInput, KeyopsError, KeyStateError
+from keyops.model.keyring import Keyring
+from keyops.model.names import validate_count, validate_tenant
+from keyops.ops.front import CAS_RETRIES, Keyops, secret_context, secret_path
 from keyops.ops.jobs import (
     MAX_WORKERS,
     Checkpoint,
@@ -47,11 +50,8 @@ from keyops.ops.jobs import (
     validate_job_id,
     validate_pool,
 )
-from keyops.model.keyring import Keyring
-from keyops.model.names import validate_count, validate_tenant
 from keyops.ops.progress import PhaseClock, ProgressCallback
 from keyops.ops.references import dek_reference_names
-from keyops.ops.front import CAS_RETRIES, Keyops, secret_context, secret_path
 
 KIND = "reencrypt"
 #: Record field naming the re-encryption job that wrote the record.
@@ -73,8 +73,8 @@ class ReencryptResult:
     in ``decrypt_only`` that no record refers to (candidates for retirement);
     ``external``: of those, the ones that encrypted for callers outside the
     store, with their count of such uses (their retirement needs an
-    acknowledgement, once applications have rewrapped). ``changed``: this run wrote something (records or the checkpoint). In a
-    dry run, ``rewritten`` counts the records that would be rewritten.
+    acknowledgement, once applications have rewrapped). ``changed``: this run wrote something (records or the
+    checkpoint). In a dry run, ``rewritten`` counts the records that would be rewritten.
     """
 
     tenant: str

@@ -44,7 +44,7 @@ def dek_reference_names(k: Keyops, tenant: str, workers: int = DEFAULT_WORKERS,
         return crypto.Ciphertext.parse(record.ciphertext).dek_version
 
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-        for name, version in zip(names, pool.map(version_of, names)):
+        for name, version in zip(names, pool.map(version_of, names), strict=True):
             done += 1
             if version is not None:
                 found[version].append(name)

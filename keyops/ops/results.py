@@ -9,7 +9,6 @@ from typing import Any
 from keyops.model.keyring import DUE_USAGE_FRACTION, Due, Keyring
 
 
-
 @dataclasses.dataclass(frozen=True)
 class VersionStatus:
     version: int

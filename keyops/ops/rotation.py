@@ -74,15 +74,15 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Literal
 
 from keyops import crypto
+from keyops.crypto import b64d, b64e
 from keyops.errors import Conflict, InvalidInput, KeyopsError, KeyStateError, NotFound, TenantNotFound
 from keyops.model.keyring import TENANT_LEVELS, Keyring, age_days, due_rotations, format_time
-from keyops.ops.jobs import MAX_WORKERS
-from keyops.model.names import validate_count, validate_tenant, validate_version
-from keyops.crypto import b64d, b64e
 from keyops.model.master import MASTER_PENDING, MasterRegistry, MasterVersion
+from keyops.model.names import validate_count, validate_tenant, validate_version
 from keyops.model.paths import LOCKS_PATH, MASTER_PATH, transit_key_name
 from keyops.ops.cas import CAS_ATTEMPTS, retry_on_conflict
 from keyops.ops.front import Keyops
+from keyops.ops.jobs import MAX_WORKERS
 from keyops.wrappers import AeadWrapper, KeyWrapper, Pkcs11Wrapper
 
 PENDING = MASTER_PENDING
@@ -259,7 +259,7 @@ class _Lease:
     def _doc(self) -> dict[str, Any]:
         now = time.time()
         return {"owner": self.owner, "host": socket.gethostname(), "pid": os.getpid(), "what": self.what,
-                "since": format_time(dt.datetime.now(dt.timezone.utc)), "expires_at": now + self.seconds}
+                "since": format_time(dt.datetime.now(dt.UTC)), "expires_at": now + self.seconds}
 
     def acquire(self) -> None:
         def attempt() -> int:
@@ -906,17 +906,17 @@ def rotate_due(k: Keyops, *, dry_run: bool = False, tenants: list[str] | None = 
 
     with ThreadPoolExecutor(max_workers=tenant_workers) as pool:
         # Read once: for the master's leftovers and for what is due (by age, and by the usage document).
-        found: dict[str, tuple[Keyring, int] | KeyopsError] = dict(zip(names, pool.map(read, names)))
+        found: dict[str, tuple[Keyring, int] | KeyopsError] = dict(zip(names, pool.map(read, names), strict=True))
     keyrings: dict[str, Keyring | KeyopsError] = {
         t: v if isinstance(v, KeyopsError) else v[0] for t, v in found.items()}
     primary_uses = {t: v[1] for t, v in found.items() if not isinstance(v, KeyopsError)}
     master_checked = False
     if include_master:
         try:
-            found = k.read_master()
-            if found is not None:
+            master = k.read_master()
+            if master is not None:
                 master_checked = True
-                registry = found[0]
+                registry = master[0]
                 why = master_due(registry, now)
                 if pending_master_version(registry) is not None or any(
                         isinstance(kr, Keyring) and stale_kek_versions(kr, registry.primary)

@@ -5,7 +5,6 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-
 from keyops import crypto
 from keyops.errors import (
     InvalidInput,
@@ -20,7 +19,6 @@ from keyops.model.paths import (
     secret_path,
     secrets_path,
 )
-
 from keyops.ops.cas import retry_on_conflict
 from keyops.ops.results import (
     SecretRecord,

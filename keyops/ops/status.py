@@ -5,7 +5,6 @@ from __future__ import annotations
 import collections
 from typing import TYPE_CHECKING
 
-
 from keyops.errors import (
     AuthenticationFailed,
     KeyopsError,
@@ -22,7 +21,6 @@ from keyops.model.keyring import (
     next_due,
 )
 from keyops.model.names import validate_tenant
-
 from keyops.ops.results import (
     LevelStatus,
     StatusReport,

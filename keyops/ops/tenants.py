@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 from typing import TYPE_CHECKING
-
 
 from keyops import crypto
 from keyops.errors import (
@@ -27,7 +27,6 @@ from keyops.model.paths import (
     usage_path,
 )
 from keyops.model.usage import Usage
-
 from keyops.ops.results import (
     TenantResult,
 )
@@ -139,10 +138,9 @@ def _fresh_usage(k: Keyops, tenant: str) -> None:
     found = k.store.read(usage_path(tenant))
     if found is not None and found[0] == Usage(tenant).to_dict():
         return
-    try:
+    # Conflict: another process creating this tenant wrote it first; only one keyring write can win.
+    with contextlib.suppress(Conflict):
         k.store.write(usage_path(tenant), Usage(tenant).to_dict(), cas=found[1] if found else 0)
-    except Conflict:
-        pass  # another process creating this tenant wrote it first; only one keyring write can win
 
 
 def _finish_tenant(k: Keyops, keyring: Keyring, version: int) -> Keyring:

@@ -23,9 +23,9 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
+from keyops.backends.vault import VaultStore, vault_errors
 from keyops.errors import InvalidInput, KeyStateError
 from keyops.model.names import validate_tenant
-from keyops.backends.vault import VaultStore, vault_errors
 
 KEY_TYPES: tuple[str, ...] = (
     "aes128-gcm96", "aes256-gcm96", "chacha20-poly1305", "ed25519", "ecdsa-p256", "ecdsa-p384", "ecdsa-p521",
@@ -179,7 +179,7 @@ def plan(current: TransitKeyView | None, spec: TransitKeySpec) -> TransitKeyPlan
     if spec.state == "absent":
         if current is None:
             return TransitKeyPlan(spec.name, None, False, {}, None, False, None, None)
-        config = {}
+        config: dict[str, Any] = {}
         if not current.deletion_allowed:
             if spec.deletion_allowed is not True:
                 raise InvalidInput(f"Transit key {spec.name!r} does not allow deletion; deleting it destroys every "
@@ -217,7 +217,7 @@ def plan(current: TransitKeyView | None, spec: TransitKeySpec) -> TransitKeyPlan
             latest = state.latest_version + 1
             state = dataclasses.replace(state, latest_version=latest, versions=state.versions + (latest,))
 
-    config: dict[str, Any] = {}
+    config = {}
     wanted = {"min_decryption_version": spec.min_decryption_version,
               "min_encryption_version": spec.min_encryption_version,
               "deletion_allowed": spec.deletion_allowed,
@@ -344,8 +344,10 @@ def apply(store: VaultStore, spec: TransitKeySpec, dry_run: bool = False) -> Tra
         call("create_key", "creating", transit.create_key, key_type=create.pop("type"), **create)
     if steps.rotate:
         call("rotate_key", "rotating", transit.rotate_key)
-    configured = current if current is not None else dataclasses.replace(steps.after, min_decryption_version=1,
-                                                                          min_encryption_version=0)
+    configured = current
+    if configured is None:  # created by this call, so the plan holds the key it makes
+        assert steps.after is not None
+        configured = dataclasses.replace(steps.after, min_decryption_version=1, min_encryption_version=0)
     for request in config_requests(configured, steps.config):
         call("config", "configuring", transit.update_key_configuration, **request)
     if steps.trim_to is not None:

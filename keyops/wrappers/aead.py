@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import NoReturn
+
 from keyops.crypto import AeadKey
 
 
@@ -20,5 +22,5 @@ class AeadWrapper:
     def __repr__(self) -> str:
         return "<AeadWrapper (material hidden)>"
 
-    def __reduce__(self):  # type: ignore[no-untyped-def]
+    def __reduce__(self) -> NoReturn:
         raise TypeError("key objects cannot be pickled")

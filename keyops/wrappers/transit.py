@@ -10,8 +10,8 @@ from __future__ import annotations
 import base64
 import re
 
-from keyops.errors import DecryptionError, VaultError
 from keyops.backends.vault import VaultStore
+from keyops.errors import DecryptionError, VaultError
 
 _TRANSIT_CIPHERTEXT = re.compile(r"vault:v([1-9][0-9]{0,9}):([A-Za-z0-9+/]+={0,2})")
 # Transit's answers for a blob that is not one of its ciphertexts, or does not authenticate.

@@ -104,7 +104,7 @@ def keyops_argument_spec(module_options, hsm=True):
         spec.update(HSM_OPTIONS)
     clash = set(spec) & set(module_options)
     if clash:
-        raise ValueError("module options shadow shared options: %s" % ", ".join(sorted(clash)))
+        raise ValueError(f"module options shadow shared options: {', '.join(sorted(clash))}")
     spec.update(module_options)
     return spec
 

@@ -47,7 +47,8 @@ extends_documentation_fragment:
   - keyops.kms.attributes
 attributes:
   check_mode:
-    description: Reports whether the key would be created or rotated, and how many KEKs would be re-wrapped; changes nothing.
+    description: Reports whether the key would be created or rotated, and how many KEKs would be re-wrapped;
+      changes nothing.
     support: full
   diff_mode:
     description: Shows the master key versions and their states, before and after; never key material.

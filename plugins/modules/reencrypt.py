@@ -163,7 +163,8 @@ results:
       type: bool
       sample: true
 failures:
-  description: Tenants whose job failed, with the library's error code and message (the checkpoint keeps their progress).
+  description: Tenants whose job failed, with the library's error code and message (the checkpoint keeps
+    their progress).
   returned: always
   type: list
   elements: dict

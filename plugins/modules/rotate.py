@@ -185,8 +185,8 @@ summary:
 from ansible_collections.keyops.kms.plugins.module_utils._connection import KeyopsModule
 
 try:
-    from keyops.ops import rotation
     from keyops.errors import KeyopsError
+    from keyops.ops import rotation
 except ImportError:
     pass  # KeyopsModule reports the missing library
 

@@ -153,7 +153,8 @@ EXAMPLES = r"""
 
 RETURN = r"""
 key:
-  description: The key's settings and available versions after the task (in check mode, that it would have); null when absent.
+  description: The key's settings and available versions after the task (in check mode, that it would have);
+    null when absent.
   returned: always
   type: dict
   sample:

@@ -137,7 +137,8 @@ def ansible_env(stack: Any, collections_dir: Path, tmp_path_factory: pytest.Temp
 
 
 @pytest.fixture(scope="session")
-def ansible_playbook(ansible_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Callable[..., PlaybookRun]:
+def ansible_playbook(ansible_env: dict[str, str],
+                     tmp_path_factory: pytest.TempPathFactory) -> Callable[..., PlaybookRun]:
     workdir = tmp_path_factory.mktemp("playbooks")
 
     def run(playbook: str | os.PathLike[str], *args: str, check: bool = False, diff: bool = False,

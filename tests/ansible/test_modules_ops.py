@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
-import json
 import subprocess
 import sys
 import uuid
@@ -22,9 +21,9 @@ import pytest
 import requests
 from _plays import apply_play, check_play
 
-from keyops.ops import rotation
 from keyops.config import Config
 from keyops.model.keyring import Policy, utcnow
+from keyops.ops import rotation
 from keyops.ops.front import Keyops, keyring_path, secret_path
 
 pytestmark = pytest.mark.integration

@@ -50,7 +50,7 @@ def test_policy_check_apply_rerun_update_remove(ansible_playbook: Any, vault_cli
     check = ansible_playbook(check_play(tasks), verbosity=3).assert_ok()
     assert check.changed_tasks() == ["check: app policy", "check: viewer policy"]
     assert check.result("check: app policy")["created"] == [app_policy]
-    assert 'path "transit/decrypt/keyops-%s"' % tenant_name in check.result("check: app policy")["diff"]["after"][
+    assert f'path "transit/decrypt/keyops-{tenant_name}"' in check.result("check: app policy")["diff"]["after"][
         app_policy]
     assert server_policy(vault_client, app_policy) is None and server_policy(vault_client, viewer_policy) is None
 

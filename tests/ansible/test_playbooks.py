@@ -17,7 +17,7 @@ import json
 import re
 import secrets
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -71,13 +71,6 @@ def changed_items(run: Any, task: str) -> int:
 
 TENANT_TASK = "Ensure each tenant's keyring, KEK residence and rotation policy"
 SEED_TASK = "Store each tenant's seed secrets"
-
-
-@pytest.fixture(scope="module")
-def keyops(config: Any) -> Iterator[Keyops]:
-    k = Keyops(config)
-    yield k
-    k.close()
 
 
 @pytest.fixture(scope="module")
@@ -146,7 +139,7 @@ def provisioned(playbook: Callable[..., Any]) -> tuple[list[dict[str, Any]], Any
 
 def test_site_provisions_every_declared_tenant_and_seed_then_changes_nothing(
         provisioned: tuple[list[dict[str, Any]], Any], playbook: Callable[..., Any], vault_client: Any,
-        keyops: Keyops) -> None:
+        k: Keyops) -> None:
     tenants, first = provisioned
     assert changed_items(first, TENANT_TASK) == 3
     assert changed_items(first, SEED_TASK) == 3
@@ -154,7 +147,7 @@ def test_site_provisions_every_declared_tenant_and_seed_then_changes_nothing(
         doc = keyring_doc(vault_client, tenant["name"])
         assert doc is not None, f"no keyring for {tenant['name']}"
         want = {"kek_residence": tenant["residence"], **POLICIES[tenant["policy"]]}
-        assert {k: doc["policy"][k] for k in want} == want
+        assert {name: doc["policy"][name] for name in want} == want
         if tenant["residence"] == "transit":
             key = vault_client.secrets.transit.read_key(name=f"keyops-{tenant['name']}", mount_point="transit")
             assert key["data"]["exportable"] is False
@@ -163,11 +156,11 @@ def test_site_provisions_every_declared_tenant_and_seed_then_changes_nothing(
             assert record is not None
             assert record["ciphertext"].startswith(f"keyops:v1:{tenant['name']}:")
             assert seed["value"] not in str(record)
-            assert keyops.get_secret(tenant["name"], seed["name"]).decode() == seed["value"]
+            assert k.get_secret(tenant["name"], seed["name"]).decode() == seed["value"]
 
     # -vvv shows every module's arguments and results: a value not hidden would be in this output
     assert '"module_args"' in first.output and '"token_file"' in first.output
-    needles = key_material(keyops, tenants[0]["name"])
+    needles = key_material(k, tenants[0]["name"])
     assert not [n for n in needles if n in first.output]
     second = playbook("site", extra_vars(tenants), needles=needles)
     assert changed(second) == 0, second.changed_tasks()
@@ -236,7 +229,7 @@ def audit_events(stack: Any, tenant: str) -> list[dict[str, Any]]:
 
 
 def test_rotate_rotates_a_past_due_dek_and_reencrypts_its_secrets_in_one_run(
-        playbook: Callable[..., Any], vault_client: Any, keyops: Keyops, stack: Any) -> None:
+        playbook: Callable[..., Any], vault_client: Any, k: Keyops, stack: Any) -> None:
     tenants = declare(("kv", "standard", ["db/password", "api/token", "smtp/password"]),
                       ("transit", "standard", ["stripe/key"]))
     playbook("site", extra_vars(tenants))
@@ -250,7 +243,7 @@ def test_rotate_rotates_a_past_due_dek_and_reencrypts_its_secrets_in_one_run(
     assert "would rotate 1 key" in preview.output
     assert keyring_doc(vault_client, due) == due_before
 
-    run = playbook("rotate", extra_vars(tenants), needles=key_material(keyops, due))
+    run = playbook("rotate", extra_vars(tenants), needles=key_material(k, due))
 
     assert changed(run) >= 2  # the rotation and the re-encryption
     doc = keyring_doc(vault_client, due)
@@ -261,14 +254,14 @@ def test_rotate_rotates_a_past_due_dek_and_reencrypts_its_secrets_in_one_run(
         record = read_kv(vault_client, f"secrets/{due}/{seed['name']}")
         assert record is not None and record["dek_version"] == 2
         assert record["ciphertext"].startswith(f"keyops:v1:{due}:2:")
-        assert keyops.get_secret(due, seed["name"]).decode() == seed["value"]
+        assert k.get_secret(due, seed["name"]).decode() == seed["value"]
     assert keyring_doc(vault_client, control) == control_before
     assert f"{due} DEK v1 -> v2" in run.output
     assert f"{control} DEK" not in run.output
     events = [(e["operation"], e["level"], e["result"]) for e in audit_events(stack, due)]
     assert ("rotate", "dek", "ok") in events and ("reencrypt.finish", "dek", "ok") in events
 
-    again = playbook("rotate", extra_vars(tenants), needles=key_material(keyops, due))
+    again = playbook("rotate", extra_vars(tenants), needles=key_material(k, due))
     assert changed(again) == 0, again.changed_tasks()
 
 
@@ -294,20 +287,20 @@ def test_status_fails_for_a_declared_tenant_that_does_not_exist(playbook: Callab
 
 
 def test_reencrypt_moves_secrets_to_the_primary_dek_after_a_manual_rotation(
-        playbook: Callable[..., Any], vault_client: Any, keyops: Keyops) -> None:
+        playbook: Callable[..., Any], vault_client: Any, k: Keyops) -> None:
     from keyops.ops import rotation
     tenants = declare(("kv", "standard", ["a", "b"]), ("kv", "standard", ["c"]))
     playbook("site", extra_vars(tenants))
     name = tenants[0]["name"]
-    rotation.rotate(keyops, name, "dek")
+    rotation.rotate(k, name, "dek")
 
     run = playbook("reencrypt", extra_vars(tenants, keyops_reencrypt_tenants=[name]),
-                   needles=key_material(keyops, name))
+                   needles=key_material(k, name))
     assert changed(run) >= 1
     for seed in tenants[0]["secrets"]:
         record = read_kv(vault_client, f"secrets/{name}/{seed['name']}")
         assert record is not None and record["dek_version"] == 2
-        assert keyops.get_secret(name, seed["name"]).decode() == seed["value"]
+        assert k.get_secret(name, seed["name"]).decode() == seed["value"]
     other = read_kv(vault_client, f"secrets/{tenants[1]['name']}/c")
     assert other is not None and other["dek_version"] == 1
     done = re.search(rf"{name}: 2 of 2 secrets re-encrypted to DEK v2 \(job (\S+)\)", run.output)
@@ -327,7 +320,7 @@ def test_reencrypt_refuses_a_job_id_with_several_tenants(playbook: Callable[...,
 
 
 def test_migrate_brings_plaintext_kv_secrets_under_keyops_then_changes_nothing(
-        playbook: Callable[..., Any], vault_client: Any, keyops: Keyops) -> None:
+        playbook: Callable[..., Any], vault_client: Any, k: Keyops) -> None:
     tenants = declare(("kv", "standard", []))
     playbook("site", extra_vars(tenants))
     name = tenants[0]["name"]
@@ -346,7 +339,7 @@ def test_migrate_brings_plaintext_kv_secrets_under_keyops_then_changes_nothing(
         secret = path.split("/", 1)[1]
         record = read_kv(vault_client, f"secrets/{name}/{secret}")
         assert record is not None and value not in str(record)
-        assert keyops.get_secret(name, secret).decode() == value
+        assert k.get_secret(name, secret).decode() == value
         source = vault_client.secrets.kv.v2.read_secret_version(path=path, mount_point=mount,
                                                                 raise_on_deleted_version=True)["data"]["data"]
         assert value not in str(source) and "keyops_migrated" in source  # replaced by the marker

@@ -23,15 +23,11 @@ import hvac
 import hvac.exceptions
 import requests
 
+from keyops.backends.vault import VaultStore
 from keyops.config import Config
 from keyops.ops.front import Keyops, secret_context, secret_path
-from keyops.backends.vault import VaultStore
 
 KV = "keyops"
-
-
-def new_tenant(prefix: str = "rot") -> str:
-    return f"{prefix}-{uuid.uuid4().hex[:8]}"
 
 
 @dataclasses.dataclass(frozen=True)

@@ -11,10 +11,11 @@ import base64
 import os
 import subprocess
 import sys
-import uuid
 from collections.abc import Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
+
+from _tenants import new_tenant
 
 from keyops import crypto
 from keyops.config import Config
@@ -24,8 +25,8 @@ from keyops.ops.front import Keyops, b64e
 KV = "keyops"
 
 
-def unique(prefix: str) -> str:
-    return f"{prefix}-{uuid.uuid4().hex[:8]}"
+#: A fresh tenant (or other) name ``<prefix>-<8 hex>``.
+unique = new_tenant
 
 
 def values_for(names: Iterable[str], tag: str = "v1", size: int = 48) -> dict[str, bytes]:
@@ -64,7 +65,7 @@ def raw_record(vault_client: Any, tenant: str, name: str) -> tuple[dict[str, Any
 def raw_records(vault_client: Any, tenant: str, names: Iterable[str]) -> dict[str, tuple[dict[str, Any], int]]:
     names = list(names)
     with ThreadPoolExecutor(8) as pool:
-        return dict(zip(names, pool.map(lambda n: raw_record(vault_client, tenant, n), names)))
+        return dict(zip(names, pool.map(lambda n: raw_record(vault_client, tenant, n), names), strict=True))
 
 
 def header_version(ciphertext: str, tenant: str) -> int:
@@ -82,7 +83,7 @@ def kv_version(vault_client: Any, path: str, mount: str = KV) -> int:
 def kv_versions(vault_client: Any, paths: Iterable[str], mount: str = KV) -> dict[str, int]:
     paths = list(paths)
     with ThreadPoolExecutor(8) as pool:
-        return dict(zip(paths, pool.map(lambda p: kv_version(vault_client, p, mount), paths)))
+        return dict(zip(paths, pool.map(lambda p: kv_version(vault_client, p, mount), paths), strict=True))
 
 
 def kv_read(vault_client: Any, path: str, version: int | None = None, mount: str = KV) -> tuple[dict[str, Any], int]:
@@ -110,7 +111,7 @@ def decrypt_all(config: Config, tenant: str, names: Iterable[str]) -> dict[str, 
     """Every secret through a fresh Keyops (no cache shared with the code under test)."""
     names = list(names)
     with Keyops(config) as k, ThreadPoolExecutor(8) as pool:
-        return dict(zip(names, pool.map(lambda n: k.get_secret(tenant, n), names)))
+        return dict(zip(names, pool.map(lambda n: k.get_secret(tenant, n), names), strict=True))
 
 
 def transit_encrypt(vault_client: Any, key: str, plaintext: bytes, context: bytes | None = None) -> str:

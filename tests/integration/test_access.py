@@ -25,17 +25,16 @@ import hvac
 import hvac.exceptions
 import pytest
 import requests
+from _tenants import new_tenant
 
 from keyops import access, crypto
-from keyops.ops import lifecycle
-from keyops.ops import reencrypt
-from keyops.ops import rotation
 from keyops.audit import AuditLog, AuditTrail, read_events, verify_log
 from keyops.cli.main import main
 from keyops.config import Config
 from keyops.dev.stack import DevStack, bao_binary
 from keyops.errors import ConfigError, InvalidInput, KeyringCorrupt, NotPermitted, PermissionDenied
 from keyops.model.keyring import Policy
+from keyops.ops import lifecycle, reencrypt, rotation
 from keyops.ops.front import Keyops, keyring_path, secret_path, transit_key_name
 from keyops.wrappers import AeadWrapper
 
@@ -43,10 +42,6 @@ pytestmark = pytest.mark.integration
 
 KV = "keyops"
 BAD_TENANTS = ["..", "a/../b", "a/b", "/", "a\x00b", "x" * 10_000, "аcme", "acm\u0435", "acme\u200b"]
-
-
-def new_tenant(prefix: str) -> str:
-    return f"{prefix}-{uuid.uuid4().hex[:8]}"
 
 
 @dataclasses.dataclass

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from _tenants import new_tenant
 
 from keyops import access
 from keyops.audit import AuditLog, AuditTrail, KvSink, read_events, verify_log
@@ -30,10 +31,6 @@ pytestmark = pytest.mark.integration
 
 REPO = Path(__file__).resolve().parents[2]
 KEYOPS = str(Path(sys.executable).parent / "keyops")
-
-
-def new_tenant(prefix: str) -> str:
-    return f"{prefix}-{uuid.uuid4().hex[:8]}"
 
 
 @pytest.fixture
@@ -254,10 +251,9 @@ def test_a_writer_refuses_to_append_to_a_cut_log(anchored: Path) -> None:
     tenant = next(e["tenant"] for e in map(json.loads, content) if e.get("tenant"))
     anchored.write_text("".join(content[:-1]))
     config = Config.load()
-    with Keyops(config, audit=sink_from_config(config)) as k:
-        # The DEK unwrap's event comes first, and is refused: nothing is written, on disk or in Vault.
-        with pytest.raises(AuditChainBroken, match="was cut off"):
-            k.put_secret(tenant, "after-the-cut", b"value")
+    # The DEK unwrap's event comes first, and is refused: nothing is written, on disk or in Vault.
+    with Keyops(config, audit=sink_from_config(config)) as k, pytest.raises(AuditChainBroken, match="was cut off"):
+        k.put_secret(tenant, "after-the-cut", b"value")
     assert anchored.read_text() == "".join(content[:-1])  # nothing appended after the gap
     with Keyops(config) as plain:
         assert "after-the-cut" not in plain.list_secrets(tenant)

@@ -13,11 +13,11 @@ import json
 import os
 import subprocess
 import sys
-import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from _tenants import new_tenant
 
 from keyops.cli.main import build_parser, main
 from keyops.dev.stack import DevStack, free_port
@@ -26,10 +26,6 @@ from keyops.errors import ConfigError, DecryptionError, InvalidInput, SecretNotF
 pytestmark = pytest.mark.integration
 
 KEYOPS = [sys.executable, "-m", "keyops.cli.main"]
-
-
-def new_tenant(prefix: str = "cli") -> str:
-    return f"{prefix}-{uuid.uuid4().hex[:8]}"
 
 
 @pytest.fixture(scope="module")
@@ -65,7 +61,7 @@ def many(run: Run) -> Many:
 
 @pytest.fixture(scope="module")
 def tenant(run: Run) -> str:
-    name = new_tenant()
+    name = new_tenant("cli")
     run("tenant", "create", name)
     return name
 
@@ -152,7 +148,7 @@ def test_tenant_create_refuses_bad_names(run: Run, name: str) -> None:
 
 
 def test_tenant_create_refuses_bad_policy(run: Run) -> None:
-    proc = run("tenant", "create", new_tenant(), "--dek-usage-cap", "0", code=InvalidInput.exit_code)
+    proc = run("tenant", "create", new_tenant("cli"), "--dek-usage-cap", "0", code=InvalidInput.exit_code)
     assert b"dek_usage_cap" in proc.stderr
 
 

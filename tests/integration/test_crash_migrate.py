@@ -19,8 +19,6 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
-from softhsm_guard import token_object_kept
-
 from jobs_support import (
     cli_command,
     cli_env,
@@ -33,9 +31,11 @@ from jobs_support import (
     transit_encrypt,
     unique,
 )
+from softhsm_guard import token_object_kept
+
 from keyops.config import Config
-from keyops.ops.migrate import MARKER_FIELD
 from keyops.ops.front import Keyops
+from keyops.ops.migrate import MARKER_FIELD
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -65,7 +65,7 @@ def _check_latest_values(config: Config, vault_client: Any, tenant: str, prefix:
                          docs: dict[str, dict[str, Any]], plain: dict[str, bytes], context: str) -> int:
     """Invariant 2 mid-migration; returns how many sources are migrated so far."""
     with ThreadPoolExecutor(8) as pool:
-        sources = dict(zip(docs, pool.map(lambda n: kv_read(vault_client, f"{prefix}/{n}")[0], docs)))
+        sources = dict(zip(docs, pool.map(lambda n: kv_read(vault_client, f"{prefix}/{n}")[0], docs), strict=True))
     migrated = [name for name, data in sources.items() if MARKER_FIELD in data]
     for name, data in sources.items():
         if name not in migrated:

@@ -18,8 +18,6 @@ import time
 from typing import Any
 
 import pytest
-from softhsm_guard import token_object_kept
-
 from jobs_support import (
     cli_command,
     cli_env,
@@ -32,9 +30,11 @@ from jobs_support import (
     unique,
     values_for,
 )
+from softhsm_guard import token_object_kept
+
 from keyops.config import Config
-from keyops.ops.reencrypt import JOB_FIELD
 from keyops.ops.front import Keyops
+from keyops.ops.reencrypt import JOB_FIELD
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

@@ -36,7 +36,6 @@ from typing import Any
 
 import hvac.exceptions
 import pytest
-from softhsm_guard import token_object_kept
 from _rotation_support import (
     Isolated,
     check_secrets,
@@ -44,14 +43,15 @@ from _rotation_support import (
     fresh,
     isolated_mount,
     kv_version,
-    new_tenant,
     raw_doc,
 )
+from _tenants import new_tenant
+from softhsm_guard import token_object_kept
 
 from keyops.config import Config
 from keyops.model.keyring import Policy
-from keyops.ops.rotation import LOCKS_PATH, rotate, stale_dek_versions, stale_kek_versions
 from keyops.ops.front import MASTER_PATH, Keyops, MasterRegistry, transit_key_name
+from keyops.ops.rotation import LOCKS_PATH, rotate, stale_dek_versions, stale_kek_versions
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import base64
 import copy
-import uuid
 from collections.abc import Iterator
 from typing import Any
 
 import hvac.exceptions
 import pytest
+from _tenants import new_tenant
 
 from keyops import crypto
 from keyops.config import Config
@@ -26,16 +26,6 @@ pytestmark = pytest.mark.integration
 
 RESIDENCES = ["kv", "transit"]
 KV = "keyops"
-
-
-def new_tenant(prefix: str) -> str:
-    return f"{prefix}-{uuid.uuid4().hex[:8]}"
-
-
-@pytest.fixture(scope="module")
-def k(config: Config) -> Iterator[Keyops]:
-    with Keyops(config) as keyops:
-        yield keyops
 
 
 @pytest.fixture(scope="module")
@@ -243,9 +233,8 @@ def test_wrapped_dek_moved_to_another_version(k: Keyops, config: Config, vault_c
     v1, v2 = forged["dek"]["versions"]
     v2["wrapped"] = v1["wrapped"]
     write_doc(vault_client, keyring_path(tenant), forged)
-    with Keyops(config) as fresh:
-        with pytest.raises(DecryptionError):
-            fresh.decrypt(tenant, text2, "ctx")
+    with Keyops(config) as fresh, pytest.raises(DecryptionError):
+        fresh.decrypt(tenant, text2, "ctx")
 
 
 def test_wrapped_dek_moved_to_the_kek_level(k: Keyops, config: Config, vault_client: Any) -> None:
@@ -254,9 +243,8 @@ def test_wrapped_dek_moved_to_the_kek_level(k: Keyops, config: Config, vault_cli
     forged = copy.deepcopy(doc)
     forged["kek"]["versions"][0]["wrapped"] = doc["dek"]["versions"][0]["wrapped"]
     write_doc(vault_client, keyring_path(tenant), forged)
-    with Keyops(config) as fresh:
-        with pytest.raises(DecryptionError):
-            fresh.hierarchy._kek(fresh.get_tenant(tenant), 1)
+    with Keyops(config) as fresh, pytest.raises(DecryptionError):
+        fresh.hierarchy._kek(fresh.get_tenant(tenant), 1)
 
 
 # --- flipped bits ----------------------------------------------------------------------------------------------

@@ -21,8 +21,8 @@ import pkcs11
 import pytest
 import requests
 
-from keyops.dev import stack as devstack_module
 from keyops.cli import dev as dev_cli
+from keyops.dev import stack as devstack_module
 from keyops.dev.stack import MASTER_KEY_PREFIX, DevStack
 from keyops.errors import DevStackError
 
@@ -48,7 +48,8 @@ def _in_child(stack: DevStack, code: str, *args: str) -> str:
     return proc.stdout.strip()
 
 
-_KEYOPS = "import sys\nfrom keyops.config import Config\nfrom keyops.ops.front import Keyops\nk = Keyops(Config.load())\n"
+_KEYOPS = ("import sys\nfrom keyops.config import Config\nfrom keyops.ops.front import Keyops\n"
+           "k = Keyops(Config.load())\n")
 
 
 def _ensure_master(stack: DevStack) -> str:

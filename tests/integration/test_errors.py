@@ -10,13 +10,13 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import hvac
 import pytest
 import requests
+from _tenants import new_tenant
 
 from keyops.config import Config
 from keyops.dev.stack import DevStack
@@ -42,16 +42,6 @@ pytestmark = pytest.mark.integration
 
 KV = "keyops"
 WRONG_PIN = "wrong-pin-5b7e0c"
-
-
-def new_tenant(prefix: str = "err") -> str:
-    return f"{prefix}-{uuid.uuid4().hex[:8]}"
-
-
-@pytest.fixture(scope="module")
-def k(config: Config) -> Iterator[Keyops]:
-    with Keyops(config) as keyops:
-        yield keyops
 
 
 def client_for(addr: str, token: str) -> hvac.Client:
@@ -147,15 +137,15 @@ def test_wrong_pin_file_is_refused_the_same_way(stack: DevStack, tmp_path: Any, 
 
 
 def test_unknown_token_is_hsm_unavailable(config: Config) -> None:
-    with Keyops(config.replace(pkcs11_token_label="no-such-token")) as k:
-        with pytest.raises(HsmUnavailable, match="no HSM token labelled 'no-such-token'"):
-            k.hsm.has_key("keyops-master-v1")
+    with (Keyops(config.replace(pkcs11_token_label="no-such-token")) as k,
+          pytest.raises(HsmUnavailable, match="no HSM token labelled 'no-such-token'")):
+        k.hsm.has_key("keyops-master-v1")
 
 
 def test_missing_module_is_a_config_error(config: Config, tmp_path: Any) -> None:
-    with Keyops(config.replace(pkcs11_module=str(tmp_path / "nope.so"))) as k:
-        with pytest.raises(ConfigError, match="KEYOPS_PKCS11_MODULE"):
-            k.hsm.has_key("keyops-master-v1")
+    with (Keyops(config.replace(pkcs11_module=str(tmp_path / "nope.so"))) as k,
+          pytest.raises(ConfigError, match="KEYOPS_PKCS11_MODULE")):
+        k.hsm.has_key("keyops-master-v1")
 
 
 # --- stopped and sealed servers ------------------------------------------------------------------------------
@@ -308,7 +298,7 @@ def test_invalid_input_is_refused_before_any_request(k: Keyops) -> None:
         lambda: k.get_secret(tenant, "a/../b"), lambda: k.delete_secret(tenant, "/abs"),
         lambda: k.encrypt("", b"x"), lambda: k.encrypt(tenant, b"x", b"c" * 5000),
         lambda: k.decrypt(tenant, "not a ciphertext"), lambda: k.decrypt(tenant, "keyops:v1:Acme:1:AAAA"),
-        lambda: k.create_tenant(new_tenant(), Policy(dek_usage_cap=0)),
+        lambda: k.create_tenant(new_tenant("err"), Policy(dek_usage_cap=0)),
     ):
         with pytest.raises(InvalidInput):
             operation()

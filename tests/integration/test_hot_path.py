@@ -11,33 +11,20 @@ from __future__ import annotations
 
 import threading
 import time
-import uuid
-from collections.abc import Iterator
 
 import pytest
+from _tenants import created_tenant
 
 from keyops import crypto
-from keyops.ops import front as service
 from keyops.config import Config
 from keyops.errors import DecryptionError, InvalidInput, KeyopsError, KeyStateError, UsageCapReached
 from keyops.model.keyring import Policy
+from keyops.ops import front as service
 from keyops.ops.front import Keyops, b64e
 
 pytestmark = pytest.mark.integration
 
 CONTEXT = b"secret:hot/path"
-
-
-def new_tenant(k: Keyops, policy: Policy | None = None) -> str:
-    tenant = f"hot-{uuid.uuid4().hex[:8]}"
-    k.create_tenant(tenant, policy)
-    return tenant
-
-
-@pytest.fixture(scope="module")
-def k(config: Config) -> Iterator[Keyops]:
-    with Keyops(config) as keyops:
-        yield keyops
 
 
 @pytest.fixture
@@ -65,7 +52,7 @@ def dek_version_of(ciphertext: bytes | str) -> int:
 def test_threads_never_undercount_uses(config: Config, small_blocks: int) -> None:
     threads, per_thread = 4, 600
     with Keyops(config) as k:
-        tenant = new_tenant(k)
+        tenant = created_tenant(k, "hot")
         results: list[list[bytes | str]] = [[] for _ in range(threads)]
 
         def work(i: int) -> None:
@@ -81,7 +68,8 @@ def test_threads_never_undercount_uses(config: Config, small_blocks: int) -> Non
         done = sum(len(r) for r in results)
         assert done == threads * per_thread
         usage = Keyops(config).read_usage(tenant)[0].get(1)
-        assert usage.reserved >= done and usage.external == usage.reserved  # reserved in Vault before spent: an upper bound, never less
+        # Reserved in Vault before spent: an upper bound, never less.
+        assert usage.reserved >= done and usage.external == usage.reserved
         assert k.calls.snapshot()["kv.write"] >= done // small_blocks  # many blocks were crossed
         for i, cts in enumerate(results):
             for n, ct in enumerate(cts):
@@ -91,7 +79,7 @@ def test_threads_never_undercount_uses(config: Config, small_blocks: int) -> Non
 def test_usage_cap_stops_the_hot_path(config: Config, small_blocks: int) -> None:
     cap = 2 * small_blocks + 20
     with Keyops(config) as k:
-        tenant = new_tenant(k, Policy(dek_usage_cap=cap))
+        tenant = created_tenant(k, "hot", Policy(dek_usage_cap=cap))
         done = 0
         with pytest.raises(UsageCapReached):
             for _ in range(cap + 10):
@@ -107,7 +95,7 @@ def test_usage_cap_stops_the_hot_path(config: Config, small_blocks: int) -> None
 def test_keyring_change_elsewhere_is_seen_after_the_ttl(config: Config) -> None:
     ttl = 0.3
     with Keyops(config, keyring_ttl=ttl) as k, Keyops(config) as other:
-        tenant = new_tenant(other)
+        tenant = created_tenant(other, "hot")
         old = k.encrypt_bytes(tenant, b"old", CONTEXT)
         assert k.decrypt(tenant, old, CONTEXT) == b"old"  # both paths warm
         new_version = add_dek_version(other, tenant)
@@ -124,7 +112,7 @@ def test_keyring_change_elsewhere_is_seen_after_the_ttl(config: Config) -> None:
 
 
 def test_keyring_change_in_this_process_is_seen_at_once(k: Keyops) -> None:
-    tenant = new_tenant(k)
+    tenant = created_tenant(k, "hot")
     first = k.encrypt_bytes(tenant, b"a", CONTEXT)
     k.decrypt(tenant, first, CONTEXT)
     new_version = add_dek_version(k, tenant)  # written through k: its cache must follow without waiting
@@ -145,7 +133,7 @@ def outcome(k: Keyops, tenant: object, ciphertext: object, context: object) -> o
 
 
 def test_fast_path_answers_every_input_as_the_checked_path(k: Keyops, config: Config) -> None:
-    tenant, other_tenant = new_tenant(k), new_tenant(k)
+    tenant, other_tenant = created_tenant(k, "hot"), created_tenant(k, "hot")
     binary = k.encrypt_bytes(tenant, b"payload", CONTEXT)
     text = k.encrypt(tenant, b"payload", CONTEXT)
     foreign = k.encrypt_bytes(other_tenant, b"payload", CONTEXT)
@@ -157,7 +145,8 @@ def test_fast_path_answers_every_input_as_the_checked_path(k: Keyops, config: Co
         (tenant, foreign, CONTEXT), (other_tenant, binary, CONTEXT), (tenant, binary[:-1], CONTEXT),
         (tenant, binary[:20], CONTEXT), (tenant, text[:-4], CONTEXT), (tenant, text.replace(":", "::", 1), CONTEXT),
         (tenant, binary, b"x" * (crypto.MAX_CONTEXT_LEN + 1)), (tenant, binary, 5), (tenant, 5, CONTEXT),
-        ("Bad/Tenant", binary, CONTEXT), (["unhashable"], binary, CONTEXT), (tenant, b"", CONTEXT), (tenant, "", CONTEXT),
+        ("Bad/Tenant", binary, CONTEXT), (["unhashable"], binary, CONTEXT),
+        (tenant, b"", CONTEXT), (tenant, "", CONTEXT),
     ]
     inputs += [(tenant, bytes(b ^ 1 if i == j else b for j, b in enumerate(binary)), CONTEXT)
                 for i in range(len(binary))]

@@ -20,9 +20,9 @@ import pytest
 from pkcs11 import Attribute, KeyType, ObjectClass
 from pkcs11.mechanisms import GCMParams
 
+from keyops.backends.hsm import PERMANENT, Hsm
 from keyops.config import Config
 from keyops.errors import HsmError, HsmKeyNotOwned
-from keyops.backends.hsm import PERMANENT, Hsm
 
 pytestmark = pytest.mark.integration
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -14,25 +13,19 @@ from _rotation_support import (
     isolated_mount,
     keyops_main,
     kv_version,
-    new_tenant,
     raw_doc,
     write_doc,
 )
+from _tenants import new_tenant
 
 from keyops.config import Config
 from keyops.errors import ConfirmationRequired, InvalidInput, KeyInUse, KeyNotFound, KeyStateError
-from keyops.ops.lifecycle import LifecycleResult, destroy, retire
 from keyops.model.keyring import Policy
-from keyops.ops.rotation import _with_new_transit_kek, rotate, rotate_master
 from keyops.ops.front import MASTER_PATH, Keyops, keyring_path, transit_key_name
+from keyops.ops.lifecycle import LifecycleResult, destroy, retire
+from keyops.ops.rotation import _with_new_transit_kek, rotate, rotate_master
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture(scope="module")
-def k(config: Config) -> Iterator[Keyops]:
-    with Keyops(config) as keyops:
-        yield keyops
 
 
 def make(k: Keyops, residence: str = "kv") -> tuple[str, dict[str, bytes]]:
@@ -44,6 +37,7 @@ def make(k: Keyops, residence: str = "kv") -> tuple[str, dict[str, bytes]]:
     return tenant, values
 
 
+@pytest.mark.slow  # about a minute: retire waits out the lease of the reservation this test made
 def test_dek_retire_and_destroy(k: Keyops, config: Config, vault_client: Any) -> None:
     tenant, values = make(k)
     with pytest.raises(KeyStateError, match="primary"):

@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import pytest
-from _rotation_support import new_tenant
+from _tenants import new_tenant
 
 from keyops.config import Config
 from keyops.errors import InvalidInput, TenantNotFound
 from keyops.model.keyring import Policy
+from keyops.ops.front import Keyops, secret_path
 from keyops.ops.reencrypt import reencrypt_tenants
 from keyops.ops.rotation import rotate
-from keyops.ops.front import Keyops, secret_path
 
 pytestmark = pytest.mark.integration
 

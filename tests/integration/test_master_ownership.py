@@ -23,15 +23,16 @@ import hvac
 import hvac.exceptions
 import pkcs11
 import pytest
-from _rotation_support import check_secrets, fresh, isolated_mount, kv_version, new_tenant, raw_doc, write_doc
+from _rotation_support import check_secrets, fresh, isolated_mount, kv_version, raw_doc, write_doc
+from _tenants import new_tenant
 from pkcs11 import Attribute, KeyType, ObjectClass
 
 from keyops.config import Config
 from keyops.errors import HsmKeyNotOwned
-from keyops.ops.lifecycle import destroy, retire
 from keyops.model.keyring import Policy, format_time, utcnow
-from keyops.ops.rotation import LOCKS_PATH, rotate_master
 from keyops.ops.front import MASTER_PATH, Keyops, MasterRegistry
+from keyops.ops.lifecycle import destroy, retire
+from keyops.ops.rotation import LOCKS_PATH, rotate_master
 
 pytestmark = pytest.mark.integration
 

@@ -12,7 +12,6 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-
 from jobs_support import (
     decrypt_all,
     job_docs,
@@ -25,18 +24,20 @@ from jobs_support import (
     transit_encrypt,
     unique,
 )
+
 from keyops.config import Config
 from keyops.errors import DecryptionError, InvalidInput, JobFailed
-from keyops.ops.migrate import MARKER_FIELD, ORIGIN_FIELD, Skipped, migrate, purge_sources
 from keyops.model.keyring import Policy
-from keyops.ops.progress import ProgressEvent
 from keyops.ops.front import Keyops
+from keyops.ops.migrate import MARKER_FIELD, ORIGIN_FIELD, Skipped, migrate, purge_sources
+from keyops.ops.progress import ProgressEvent
 
 pytestmark = pytest.mark.integration
 
 
 @pytest.fixture
 def k(config: Config) -> Iterator[Keyops]:
+    """A fresh Keyops for each test, not conftest's one per module: cold caches, its own request counts."""
     with Keyops(config) as keyops:
         yield keyops
 

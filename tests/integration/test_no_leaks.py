@@ -37,10 +37,10 @@ import pytest
 
 from keyops import crypto
 from keyops.config import Config
+from keyops.crypto import b64d
 from keyops.dev.stack import DevStack, free_port
 from keyops.errors import KeyopsError
 from keyops.model.keyring import Policy
-from keyops.crypto import b64d
 from keyops.ops.front import Keyops, keyring_path
 from keyops.wrappers import AeadWrapper
 

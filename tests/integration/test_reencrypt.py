@@ -13,7 +13,6 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-
 from jobs_support import (
     decrypt_all,
     fill,
@@ -26,18 +25,20 @@ from jobs_support import (
     unique,
     values_for,
 )
+
 from keyops.config import Config
 from keyops.errors import InvalidInput, JobFailed, TenantNotFound
 from keyops.model.keyring import Policy
+from keyops.ops.front import Keyops, secret_context
 from keyops.ops.progress import ProgressEvent
 from keyops.ops.reencrypt import JOB_FIELD, ReencryptResult, reencrypt
-from keyops.ops.front import Keyops, secret_context
 
 NAMES = [f"app/db/user-{i:03d}" for i in range(25)] + [f"api-{i:03d}" for i in range(20)] + ["a", "a-b", "a0", "z/z"]
 
 
 @pytest.fixture
 def k(config: Config) -> Iterator[Keyops]:
+    """A fresh Keyops for each test, not conftest's one per module: cold caches, its own request counts."""
     with Keyops(config) as keyops:
         yield keyops
 

@@ -19,22 +19,22 @@ import os
 import subprocess
 import sys
 import textwrap
-import uuid
 from typing import Any
 
 import hvac.exceptions
 import pytest
+from _tenants import created_tenant
 
 from keyops.access import DOCUMENT_HISTORY
 from keyops.config import Config
 from keyops.dev.stack import DevStack
-from keyops.errors import KeyInUse, KeyStateError
+from keyops.errors import KeyInUse
+from keyops.model.usage import Usage
+from keyops.ops.front import Keyops, usage_path
 from keyops.ops.lifecycle import retire
 from keyops.ops.reencrypt import reencrypt
 from keyops.ops.references import count_dek_references
 from keyops.ops.rotation import rotate
-from keyops.ops.front import Keyops, usage_path
-from keyops.model.usage import Usage
 
 pytestmark = pytest.mark.integration
 
@@ -68,12 +68,6 @@ def keyops(env: dict[str, str], *args: str, data: bytes = b"") -> subprocess.Com
     return proc
 
 
-def new_tenant(k: Keyops) -> str:
-    tenant = f"lw-{uuid.uuid4().hex[:8]}"
-    k.create_tenant(tenant)
-    return tenant
-
-
 class Writer:
     """The long-lived writer process."""
 
@@ -95,10 +89,11 @@ class Writer:
         assert self.proc.returncode == 0, err
 
 
+@pytest.mark.slow  # 12 s or more: retire waits out the reservation leases of other processes
 def test_a_long_lived_writer_loses_nothing_to_rotate_reencrypt_and_destroy(config: Config,
                                                                           env: dict[str, str]) -> None:
     with Keyops(config) as k:
-        tenant = new_tenant(k)
+        tenant = created_tenant(k, "lw")
     writer = Writer(tenant, env)
     outcomes: list[tuple[int, str]] = []
     try:
@@ -130,12 +125,13 @@ def test_a_long_lived_writer_loses_nothing_to_rotate_reencrypt_and_destroy(confi
         assert 1 not in fresh.read_usage(tenant)[0].versions  # a destroyed version leaves the usage document
 
 
+@pytest.mark.slow  # 12 s or more: retire waits out the reservation leases of other processes
 def test_retire_waits_out_a_live_reservation_then_counts(config: Config) -> None:
     """In one process: a reservation of v1 is live when retire starts; retire waits for it, and is told so."""
     quick = dataclasses.replace(config, vault_timeout=1.0)
     # The writer's lease: 8 s of encryptions, plenty for the rotation and re-encryption of one record below.
     with Keyops(quick, keyring_ttl=8.0) as writer, Keyops(quick) as admin:
-        tenant = new_tenant(admin)
+        tenant = created_tenant(admin, "lw")
         writer.put_secret(tenant, "a", b"1")  # reserves v1 under a lease (8 s + the request deadline)
         rotate(admin, tenant, "dek")
         reencrypt(admin, tenant)
@@ -161,10 +157,11 @@ def test_retire_waits_out_a_live_reservation_then_counts(config: Config) -> None
             assert admin.get_secret(tenant, name) == value
 
 
+@pytest.mark.slow  # 12 s or more: retire waits out the reservation leases of other processes
 def test_external_ciphertexts_block_retire_until_rewrapped_and_acknowledged(config: Config,
                                                                             env: dict[str, str]) -> None:
     with Keyops(config) as k:
-        tenant = new_tenant(k)
+        tenant = created_tenant(k, "lw")
         k.put_secret(tenant, "db/pw", b"stored")
     kept = keyops(env, "encrypt", "--tenant", tenant, "--context", "orders/42", data=b"kept by the app")
     assert kept.returncode == 0
@@ -207,7 +204,7 @@ def test_external_ciphertexts_block_retire_until_rewrapped_and_acknowledged(conf
 
 def test_rewrap_in_the_library_keeps_the_form(config: Config) -> None:
     with Keyops(config) as k:
-        tenant = new_tenant(k)
+        tenant = created_tenant(k, "lw")
         text = k.encrypt(tenant, b"t", "c")
         binary = k.encrypt_bytes(tenant, b"b", "c")
         rotate(k, tenant, "dek")
@@ -223,7 +220,7 @@ def test_rewrap_in_the_library_keeps_the_form(config: Config) -> None:
 def test_a_tenant_is_created_with_its_usage_document_under_history_and_deleted_with_it(config: Config,
                                                                                      vault_client: Any) -> None:
     with Keyops(config) as k:
-        tenant = new_tenant(k)
+        tenant = created_tenant(k, "lw")
         path = usage_path(tenant)
         meta = vault_client.secrets.kv.v2.read_secret_metadata(path=path, mount_point=config.kv_mount)["data"]
         assert meta["max_versions"] >= DOCUMENT_HISTORY and meta["cas_required"] is True

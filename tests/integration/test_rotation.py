@@ -12,7 +12,6 @@ import json
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator
 from typing import Any
 
 import hvac.exceptions
@@ -26,29 +25,23 @@ from _rotation_support import (
     keyops_cli,
     keyops_main,
     kv_version,
-    new_tenant,
     raw_doc,
     seed_records,
     write_doc,
 )
+from _tenants import new_tenant
 
 from keyops import crypto
 from keyops.config import Config
 from keyops.errors import Conflict, InvalidInput, TenantNotFound
 from keyops.model.keyring import Policy, utcnow
-from keyops.ops.rotation import LOCKS_PATH, RotationResult, rotate
 from keyops.ops.front import Keyops, keyring_path, secret_path, transit_key_name
+from keyops.ops.rotation import LOCKS_PATH, RotationResult, rotate
 
 pytestmark = pytest.mark.integration
 
 RESIDENCES = ["kv", "transit"]
 LEVELS = ["dek", "kek"]
-
-
-@pytest.fixture(scope="module")
-def k(config: Config) -> Iterator[Keyops]:
-    with Keyops(config) as keyops:
-        yield keyops
 
 
 def make_tenant(k: Keyops, residence: str, secrets: int = 3, prefix: str = "rot") -> tuple[str, dict[str, bytes]]:
@@ -250,9 +243,9 @@ def test_rotation_that_loses_the_cas_race_reports_it(config: Config, vault_clien
         with Keyops(config) as rival:
             assert rotate(rival, tenant, level).changed
 
-    with Keyops(config, clock=RacingClock(rival_rotation)) as slow:
-        with pytest.raises(Conflict, match="won the race: its primary .* is now v2.*--expect-version 2"):
-            rotate(slow, tenant, level)
+    with (Keyops(config, clock=RacingClock(rival_rotation)) as slow,
+          pytest.raises(Conflict, match="won the race: its primary .* is now v2.*--expect-version 2")):
+        rotate(slow, tenant, level)
     with Keyops(config, clock=RacingClock(rival_rotation)) as slow:
         assert fresh(config).read_keyring(tenant)[0].chain(level).primary == 2
         lost = rotate(slow, tenant, level, expect_version=2)

@@ -20,15 +20,21 @@ from _rotation_support import (
     isolated_mount,
     keyops_main,
     kv_version,
-    new_tenant,
     raw_doc,
     write_doc,
 )
+from _tenants import new_tenant
 
 from keyops.config import Config
 from keyops.model.keyring import Policy, utcnow
-from keyops.ops.rotation import DueRotationReport, MasterRotationResult, RotationResult, _with_new_transit_kek, rotate_due
 from keyops.ops.front import MASTER_PATH, Keyops, keyring_path, transit_key_name, usage_path
+from keyops.ops.rotation import (
+    DueRotationReport,
+    MasterRotationResult,
+    RotationResult,
+    _with_new_transit_kek,
+    rotate_due,
+)
 
 pytestmark = pytest.mark.integration
 

@@ -20,16 +20,16 @@ from _rotation_support import (
     isolated_mount,
     keyops_main,
     kv_version,
-    new_tenant,
     raw_doc,
     write_doc,
 )
+from _tenants import new_tenant
 
 from keyops.config import Config
 from keyops.errors import Conflict, NotFound
 from keyops.model.keyring import Policy, utcnow
-from keyops.ops.rotation import LOCKS_PATH, PENDING, claim_master_version, rotate, rotate_master
 from keyops.ops.front import MASTER_PATH, Keyops, MasterRegistry, keyring_path
+from keyops.ops.rotation import LOCKS_PATH, PENDING, claim_master_version, rotate, rotate_master
 
 pytestmark = pytest.mark.integration
 

@@ -9,12 +9,12 @@ re-read the keyring instead of failing for up to ``keyring_ttl`` seconds.
 from __future__ import annotations
 
 import pytest
-from _rotation_support import new_tenant
+from _tenants import new_tenant
 
 from keyops.config import Config
 from keyops.model.keyring import Policy
-from keyops.ops.rotation import rotate
 from keyops.ops.front import Keyops, transit_key_name
+from keyops.ops.rotation import rotate
 
 pytestmark = pytest.mark.integration
 

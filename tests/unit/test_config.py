@@ -51,7 +51,7 @@ def test_empty_vault_variable_falls_through_to_bao() -> None:
 def test_skip_verify(value: str, expected: bool) -> None:
     c = Config.load(env={"VAULT_SKIP_VERIFY": value})
     assert c.vault_skip_verify is expected
-    assert c.tls_verify is (False if expected else True)
+    assert c.tls_verify is (not expected)
 
 
 def test_keyops_variables() -> None:

@@ -1,4 +1,3 @@
-# -*- coding: utf-8 -*-
 """Test-only callback: every task result, as callbacks see it, one JSON line each.
 
 Enabled by tests/ansible/conftest.py (ANSIBLE_CALLBACKS_ENABLED); writes to the

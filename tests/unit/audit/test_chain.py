@@ -193,7 +193,8 @@ def test_events_never_hold_secrets_bytes_or_long_strings() -> None:
 
 def test_filter_by_tenant_operation_result_actor_and_time() -> None:
     events = [
-        {"time": "2024-05-01T10:00:00.000000Z", "operation": "rotate", "tenant": "a", "result": "ok", "actor": "token:x"},
+        {"time": "2024-05-01T10:00:00.000000Z", "operation": "rotate", "tenant": "a", "result": "ok",
+         "actor": "token:x"},
         {"time": "2024-05-02T10:00:00.000000Z", "operation": "reencrypt.start", "tenant": "a", "result": "ok",
          "actor": "approle:keyops-rotation"},
         {"time": "2024-05-03T10:00:00.000000Z", "operation": "reencrypt.finish", "tenant": "b",
@@ -214,7 +215,7 @@ def test_filter_by_tenant_operation_result_actor_and_time() -> None:
 
 
 def test_time_filters() -> None:
-    now = dt.datetime(2024, 5, 10, tzinfo=dt.timezone.utc)
+    now = dt.datetime(2024, 5, 10, tzinfo=dt.UTC)
     assert audit.parse_time_filter("2h", now) == now - dt.timedelta(hours=2)
     assert audit.parse_time_filter("7d", now) == now - dt.timedelta(days=7)
     assert audit.parse_time_filter("2024-05-01T00:00:00Z").tzinfo is not None
@@ -320,7 +321,8 @@ def test_keyed_entries_chain_mac_and_advance_their_head(tmp_path: Path) -> None:
         assert after["prev"] == before["mac"] and after["seq"] == before["seq"] + 1
     assert KEY.verify_many([(audit.mac_input(e), e["mac"]) for e in entries]) == [True] * 4
     head = heads.read(ANCHOR)
-    assert head is not None and (head[0].seq, head[0].mac, head[0].chain) == (4, entries[-1]["mac"], entries[0]["chain"])
+    assert head is not None
+    assert (head[0].seq, head[0].mac, head[0].chain) == (4, entries[-1]["mac"], entries[0]["chain"])
     assert head[1] == 4  # one check-and-set write per entry
     result = verify_keyed(log, heads)
     assert result.ok and result.entries == result.keyed_entries == 4 and result.head_seq == 4

@@ -10,7 +10,7 @@ import pytest
 from keyops.errors import InvalidInput, KeyStateError
 from keyops.model.usage import Usage, VersionUsage, seconds_until
 
-T0 = dt.datetime(2026, 5, 1, 12, 0, 0, tzinfo=dt.timezone.utc)
+T0 = dt.datetime(2026, 5, 1, 12, 0, 0, tzinfo=dt.UTC)
 
 
 def at(seconds: float) -> dt.datetime:

@@ -5,7 +5,13 @@ from __future__ import annotations
 import pytest
 
 from keyops.errors import InvalidInput
-from keyops.model.names import MAX_NAME_LEN, MAX_SECRET_NAME_LEN, validate_secret_name, validate_tenant, validate_version
+from keyops.model.names import (
+    MAX_NAME_LEN,
+    MAX_SECRET_NAME_LEN,
+    validate_secret_name,
+    validate_tenant,
+    validate_version,
+)
 
 BAD_FOR_BOTH = [
     "", "..", ".", "/", "../etc", "a/../b", "a\x00b", "\x00", "x" * 10_000,

@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 
+from keyops.backends.vault import CallCounter
 from keyops.errors import Conflict, InvalidInput, JobFailed, VaultSealed
 from keyops.ops.jobs import (
     Checkpoint,
@@ -25,9 +26,8 @@ from keyops.ops.jobs import (
     validate_job_id,
     validate_pool,
 )
-from keyops.backends.vault import CallCounter
 
-NOW = dt.datetime(2025, 1, 2, 3, 4, 5, tzinfo=dt.timezone.utc)
+NOW = dt.datetime(2025, 1, 2, 3, 4, 5, tzinfo=dt.UTC)
 
 
 # --- job ids and pool sizes -----------------------------------------------------------------

@@ -15,6 +15,7 @@ import pytest
 from keyops.cli.main import main
 from keyops.errors import ConfigError, ConfirmationRequired, InvalidInput, KeyInUse, KeyStateError
 from keyops.model.keyring import KeyChain, Keyring, Policy, format_time
+from keyops.ops.front import MasterRegistry, MasterVersion
 from keyops.ops.rotation import (
     PENDING,
     DueFailure,
@@ -31,9 +32,8 @@ from keyops.ops.rotation import (
     stale_kek_versions,
     transit_targets,
 )
-from keyops.ops.front import MasterRegistry, MasterVersion
 
-T0 = dt.datetime(2025, 1, 1, tzinfo=dt.timezone.utc)
+T0 = dt.datetime(2025, 1, 1, tzinfo=dt.UTC)
 
 
 def keyring(residence: str = "transit") -> Keyring:

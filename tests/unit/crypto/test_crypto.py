@@ -16,7 +16,7 @@ from keyops import crypto
 from keyops.crypto import AeadKey, Ciphertext
 from keyops.errors import DecryptionError, InvalidInput, MalformedCiphertext
 
-VECTORS = Path(__file__).parent.parent / "vectors" / "aes_gcm_test.json"
+VECTORS = Path(__file__).parents[2] / "vectors" / "aes_gcm_test.json"
 
 KEY = bytes(range(32))
 TENANT = "acme"

@@ -24,7 +24,7 @@ from keyops.model.keyring import (
     parse_time,
 )
 
-T0 = dt.datetime(2025, 1, 1, tzinfo=dt.timezone.utc)
+T0 = dt.datetime(2025, 1, 1, tzinfo=dt.UTC)
 
 
 def day(n: float) -> dt.datetime:

@@ -143,7 +143,8 @@ def test_view_from_response_keeps_no_key_material() -> None:
     (key(), {"min_decryption_version": 2, "min_encryption_version": 2, "auto_rotate_period": 3600},
      [{"auto_rotate_period": 3600, "min_encryption_version": 2}, {"min_decryption_version": 2}]),
     # Lowering encryption below the current decryption minimum: decryption first.
-    (key(min_decryption_version=3, min_encryption_version=3), {"min_decryption_version": 1, "min_encryption_version": 2},
+    (key(min_decryption_version=3, min_encryption_version=3),
+     {"min_decryption_version": 1, "min_encryption_version": 2},
      [{"min_decryption_version": 1}, {"min_encryption_version": 2}]),
     (key(min_decryption_version=2), {"min_decryption_version": 3, "min_encryption_version": 0},
      [{"min_encryption_version": 0}, {"min_decryption_version": 3}]),
