@@ -44,7 +44,6 @@ from typing import Literal
 
 from keyops.errors import (
     ConfirmationRequired,
-    Conflict,
     InvalidInput,
     KeyInUse,
     KeyNotFound,
@@ -55,7 +54,7 @@ from keyops.model.keyring import LEVELS, STATES, Keyring, format_time
 from keyops.model.master import MasterRegistry
 from keyops.model.names import validate_tenant, validate_version
 from keyops.model.usage import seconds_until
-from keyops.ops.cas import CAS_ATTEMPTS
+from keyops.ops.cas import retry_on_conflict
 from keyops.ops.front import MASTER_PATH, Keyops
 from keyops.ops.references import count_dek_references, count_kek_references, count_master_references
 from keyops.ops.rotation import PENDING, sync_transit_key
@@ -170,22 +169,24 @@ def _change_tenant_key(k: Keyops, action: Action, tenant: str | None, level: str
         return LifecycleResult(action, tenant, level, version, True, before, target, 0, True,
                                detail=f"would {action} {level.upper()} v{version} of tenant {tenant} "
                                       f"({before} -> {target}){waited}")
-    for _ in range(CAS_ATTEMPTS):
-        new = keyring.set_state(level, version, target, k.clock())
-        try:
-            k.write_keyring(tenant, new, cas=revision)
-            break
-        except Conflict:
+    current = [(keyring, revision)]
+
+    def attempt() -> Keyring:
+        if current:
+            keyring, revision = current.pop()
+        else:  # lost a race: decide again on a fresh read
             keyring, revision = k.read_keyring(tenant)
             if _at_or_past(_state(keyring, level, version), target):
-                new = keyring
-                break
+                return keyring
             _check_not_primary(keyring, level, version)
             if level == "kek" and count_kek_references(keyring).get(version, 0):
                 raise KeyInUse(_in_use_message(action, level, version, tenant,
-                                               count_kek_references(keyring)[version])) from None
-    else:
-        raise Conflict(f"the keyring of tenant {tenant!r} kept changing; nothing was {target}; retry later")
+                                               count_kek_references(keyring)[version]))
+        new = keyring.set_state(level, version, target, k.clock())
+        k.write_keyring(tenant, new, cas=revision)
+        return new
+
+    new = retry_on_conflict(attempt, f"the keyring of tenant {tenant!r} (nothing was {target})")
     follow = _follow_transit(k, new, level, action)
     if level == "dek" and action == "destroy":
         k.update_usage(tenant, lambda u: u.forget({version}))  # the document stays bounded
@@ -309,7 +310,7 @@ def _change_master(k: Keyops, action: Action, tenant: str | None, level: str, ve
                    options: _Options) -> LifecycleResult:
     dry_run = options.dry_run
     target = _TARGET[action]
-    for _ in range(CAS_ATTEMPTS):
+    def attempt() -> LifecycleResult:  # every check again on the registry as read
         found = k.read_master()
         if found is None:
             raise NotFound("no master key is registered")
@@ -343,14 +344,12 @@ def _change_master(k: Keyops, action: Action, tenant: str | None, level: str, ve
             k.hsm.login()  # the HSM work follows the write: a wrong PIN fails before it
         # A registry written before ids gets one with this write (see MasterRegistry.with_id).
         new = registry.with_id().replace_version(dataclasses.replace(mv, state=target))
-        try:
-            k.store.write(MASTER_PATH, new.to_dict(), cas=revision)
-        except Conflict:
-            continue  # re-check everything on the fresh registry
+        k.store.write(MASTER_PATH, new.to_dict(), cas=revision)
         done, notes = _follow_hsm(k, new, version, action)
         detail = "; ".join([f"{target} master key v{version} ({mv.label}); {mv.state} -> {target}", *done, *notes])
         return LifecycleResult(action, None, "master", version, True, mv.state, target, 0, False, detail=detail)
-    raise Conflict(f"the master key registry kept changing; master key v{version} was not {target}; retry later")
+
+    return retry_on_conflict(attempt, f"the master key registry (master key v{version} was not {target})")
 
 
 def _follow_hsm(k: Keyops, registry: MasterRegistry, version: int, action: Action) -> tuple[list[str], list[str]]:

@@ -80,7 +80,7 @@ from keyops.model.keyring import TENANT_LEVELS, Keyring, age_days, due_rotations
 from keyops.model.master import MASTER_PENDING, MasterRegistry, MasterVersion
 from keyops.model.names import validate_count, validate_tenant, validate_version
 from keyops.model.paths import LOCKS_PATH, MASTER_PATH, transit_key_name
-from keyops.ops.cas import CAS_ATTEMPTS, retry_on_conflict
+from keyops.ops.cas import retry_on_conflict
 from keyops.ops.front import Keyops
 from keyops.ops.jobs import MAX_WORKERS
 from keyops.wrappers import AeadWrapper, KeyWrapper, Pkcs11Wrapper
@@ -461,11 +461,21 @@ def _rotate_tenant(k: Keyops, tenant: str, level: str, expect: int | None, reaso
     start = keyring.chain(level).primary
     if expect is not None and start != expect:
         return _nothing(tenant, level, start, reason, False, f"the primary {level.upper()} is v{start}, not v{expect}")
-    rewrapped = 0
-    for _ in range(CAS_ATTEMPTS):
+    current = [(keyring, revision)]
+
+    def attempt() -> tuple[Keyring, Keyring, int, int] | RotationResult:
+        """(keyring read, keyring written, its KV version, DEKs re-wrapped), or the outcome of a lost race."""
+        if current:
+            keyring, revision = current.pop()
+        else:  # lost a race: what won?
+            keyring, revision = k.read_keyring(tenant)
+            now_primary = keyring.chain(level).primary
+            if now_primary != start:
+                return _lost_race(tenant, level, start, now_primary, expect, reason)
         if stale_dek_versions(keyring):
             raise Conflict(f"a KEK rotation of tenant {tenant!r} is in progress (started after this run read the "
                            f"keyring); nothing was rotated; re-run once it finished")
+        rewrapped = 0
         if level == "dek":
             new = _with_new_dek(k, keyring)
         elif keyring.policy.kek_residence == "kv":
@@ -473,17 +483,13 @@ def _rotate_tenant(k: Keyops, tenant: str, level: str, expect: int | None, reaso
             rewrapped = len(new.dek.versions)
         else:
             new = _with_new_transit_kek(k, keyring)
-        try:
-            revision = k.write_keyring(tenant, new, cas=revision)
-            break
-        except Conflict:
-            keyring, revision = k.read_keyring(tenant)
-            now_primary = keyring.chain(level).primary
-            if now_primary != start:
-                return _lost_race(tenant, level, start, now_primary, expect, reason)
-    else:
-        raise Conflict(f"the keyring of tenant {tenant!r} kept changing during {CAS_ATTEMPTS} attempts to rotate "
-                       f"its {level.upper()}; nothing was rotated; retry later")
+        return keyring, new, k.write_keyring(tenant, new, cas=revision), rewrapped
+
+    outcome = retry_on_conflict(attempt, f"the keyring of tenant {tenant!r} (rotating its {level.upper()}; "
+                                         "nothing was rotated)")
+    if isinstance(outcome, RotationResult):
+        return outcome
+    keyring, new, revision, rewrapped = outcome
     if level == "kek" and keyring.policy.kek_residence == "transit":
         rewrapped = len(stale_dek_versions(new))
         new, revision = _finish_kek(k, new, revision)
@@ -569,28 +575,29 @@ def _finish_kek(k: Keyops, keyring: Keyring, revision: int) -> tuple[Keyring, in
     """Finish a KEK rotation whose new primary is in the keyring: import, re-wrap, raise min_decryption."""
     tenant, primary = keyring.tenant, keyring.kek.primary
     transit = keyring.policy.kek_residence == "transit"
-    in_transit = False
-    for _ in range(CAS_ATTEMPTS):
-        if not stale_dek_versions(keyring):
-            break
-        if transit and not in_transit:
-            k.hierarchy.ensure_transit_kek(keyring, primary)  # idempotent: imports, or verifies with a probe
-            in_transit = True
-        new = _rewrap_deks(k, keyring)
-        try:
-            revision = k.write_keyring(tenant, new, cas=revision)
-            keyring = new
-            break
-        except Conflict:
+    in_transit = [False]
+    current = [(keyring, revision)]
+
+    def attempt() -> tuple[Keyring, int]:
+        if current:
+            keyring, revision = current.pop()
+        else:  # lost a race: decide again on a fresh read
             keyring, revision = k.read_keyring(tenant)
             if keyring.kek.primary != primary:
                 raise Conflict(f"another rotation of the KEK of tenant {tenant!r} took over (primary KEK is now "
-                               f"v{keyring.kek.primary}); re-run to see what is left") from None
-    else:
-        raise Conflict(f"the keyring of tenant {tenant!r} kept changing while its DEKs were re-wrapped; "
-                       "re-run to finish the KEK rotation")
+                               f"v{keyring.kek.primary}); re-run to see what is left")
+        if not stale_dek_versions(keyring):
+            return keyring, revision
+        if transit and not in_transit[0]:
+            k.hierarchy.ensure_transit_kek(keyring, primary)  # idempotent: imports, or verifies with a probe
+            in_transit[0] = True
+        new = _rewrap_deks(k, keyring)
+        return new, k.write_keyring(tenant, new, cas=revision)
+
+    keyring, revision = retry_on_conflict(attempt, f"the keyring of tenant {tenant!r} (its DEKs being re-wrapped; "
+                                                   "re-run to finish the KEK rotation)")
     if transit:
-        if not in_transit:
+        if not in_transit[0]:
             k.hierarchy.ensure_transit_kek(keyring, primary)  # the DEKs were re-wrapped by an earlier run
         sync_transit_key(k, keyring)
     return keyring, revision
@@ -727,15 +734,13 @@ def _rotate_master(k: Keyops, expect: int | None, reason: str, lease: _Lease) ->
     if expect is not None and start != expect:
         return MasterRotationResult(False, start, start, reason, False,
                                     detail=f"nothing to do: the primary master key is v{start}, not v{expect}")
-    for _ in range(CAS_ATTEMPTS):
-        claimed = claim_master_version(registry, k.config.master_key_label, k.clock())
-        new_version = claimed.versions[-1].version
-        # Nothing may sit on the token under the new name yet: such a key is not this registry's.
-        _check_unused(k, claimed.get(new_version))
-        try:
-            revision = k.store.write(MASTER_PATH, claimed.to_dict(), cas=revision)
-            break
-        except Conflict:
+    current = [(registry, revision)]
+
+    def attempt() -> tuple[MasterRegistry, int] | MasterRotationResult:
+        """The claimed registry and its KV version, or the outcome of a lost race."""
+        if current:
+            registry, revision = current.pop()
+        else:  # lost a race: what won?
             registry, revision = _read_registry(k)
             if registry.primary != start or pending_master_version(registry) is not None:
                 now = pending_master_version(registry) or registry.primary
@@ -744,10 +749,17 @@ def _rotate_master(k: Keyops, expect: int | None, reason: str, lease: _Lease) ->
                         False, start, now, reason, False,
                         detail=f"nothing to do: another master rotation won the race (master v{now})")
                 raise Conflict(f"another master key rotation won the race (master v{now}); this run changed "
-                               f"nothing. Re-run with --expect-version {registry.primary} to finish or check "
-                               "it") from None
-    else:
-        raise Conflict("the master key registry kept changing; nothing was rotated; retry later")
+                               f"nothing. Re-run with --expect-version {registry.primary} to finish or check it")
+        claimed = claim_master_version(registry, k.config.master_key_label, k.clock())
+        # Nothing may sit on the token under the new name yet: such a key is not this registry's.
+        _check_unused(k, claimed.get(claimed.versions[-1].version))
+        return claimed, k.store.write(MASTER_PATH, claimed.to_dict(), cas=revision)
+
+    outcome = retry_on_conflict(attempt, "the master key registry (nothing was rotated)")
+    if isinstance(outcome, MasterRotationResult):
+        return outcome
+    claimed, revision = outcome
+    new_version = claimed.versions[-1].version
     registry, revision = _activate_master(k, claimed, revision, new_version)
     tenants, keks = _rewrap_all_keks(k, registry, lease)
     return MasterRotationResult(
