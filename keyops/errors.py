@@ -149,6 +149,20 @@ class PermissionDenied(VaultError):
     exit_code = 14
 
 
+class TransitNotAuthentic(VaultError):
+    """Transit could not open a ciphertext: its authentication failed, or it is not one of the key's.
+
+    Transit answers a wrong key, a wrong context or a tampered blob with
+    "message authentication failed", and a mangled one with "invalid
+    ciphertext"; the Vault backend turns both into this type, so that callers
+    tell it apart by type, not by message. Callers that decrypt on behalf of
+    keyops turn it into the one opaque ``DecryptionError``. The exit code stays
+    that of ``VaultError``, which it was reported as before it had a type.
+    """
+
+    code = "transit_not_authentic"
+
+
 class NotPermitted(PermissionDenied):
     """keyops refused before asking Vault: the caller's role does not grant the operation.
 
