@@ -20,6 +20,7 @@ import collections
 import contextlib
 import hashlib
 import threading
+import time
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
@@ -52,6 +53,8 @@ _CAS_MISMATCH = "check-and-set parameter did not match"
 _NOT_AUTHENTIC = ("authentication failed", "invalid ciphertext")
 # Transit's 400 answer for an HMAC with a key that does not exist ("encryption key not found").
 _KEY_NOT_FOUND = "key not found"
+# A KV v2 mount's 400 answer for a moment after it is enabled ("Upgrading from non-versioned ...").
+_UPGRADING = "upgrading"
 
 
 class CallCounter:
@@ -288,13 +291,24 @@ class VaultStore:
             self.client.adapter.post(format_url("/v1/{}/metadata/{}", mount, path),
                                      json={"max_versions": max_versions, "cas_required": cas_required})
 
-    def read_engine_config(self, mount: str | None = None) -> dict[str, Any]:
-        """The KV mount's own settings (``max_versions`` 0 means Vault's default, 10)."""
+    def read_engine_config(self, mount: str | None = None, *, wait: float = 0.0) -> dict[str, Any]:
+        """The KV mount's own settings (``max_versions`` 0 means Vault's default, 10).
+
+        ``wait``: for up to that many seconds, wait out a KV v2 mount that was
+        just enabled and still answers 400 "upgrading".
+        """
         mount = mount or self.kv_mount
-        self.calls.add("kv.read_config")
-        with self._errors(f"reading the configuration of KV mount {mount!r}"):
-            resp = self.client.secrets.kv.v2.read_configuration(mount_point=mount)
-        return dict((resp or {}).get("data") or {})
+        deadline = time.monotonic() + wait
+        while True:
+            self.calls.add("kv.read_config")
+            with self._errors(f"reading the configuration of KV mount {mount!r}"):
+                try:
+                    resp = self.client.secrets.kv.v2.read_configuration(mount_point=mount)
+                    return dict((resp or {}).get("data") or {})
+                except hvac.exceptions.InvalidRequest as exc:
+                    if _UPGRADING not in str(exc).lower() or time.monotonic() >= deadline:
+                        raise
+            time.sleep(0.05)
 
     def configure_engine(self, *, max_versions: int, mount: str | None = None) -> None:
         """Set the mount's default history (paths without their own ``max_versions``); nothing else changes.
