@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 import urllib.parse
 from collections.abc import Mapping
 from typing import Any
@@ -98,13 +99,18 @@ class Session:
             tls = {"cert_reqs": "CERT_REQUIRED", where: verify}
         else:
             tls = {"cert_reqs": "CERT_REQUIRED", "ca_certs": certifi.where()}
-        self._retries = {follow: urllib3.Retry(total=None, connect=0, read=False, status=0, other=0,
-                                               redirect=_MAX_REDIRECTS if follow else 0, raise_on_redirect=False,
-                                               raise_on_status=False)
-                         for follow in (True, False)}
+        # No retries (requests' default): a request that failed may have been applied.
+        self._once = urllib3.Retry(total=None, connect=0, read=False, status=0, other=0, redirect=0,
+                                   raise_on_redirect=False, raise_on_status=False)
+        self._follow = self._once.new(redirect=_MAX_REDIRECTS)
         self._timeouts: dict[Any, urllib3.Timeout] = {}
-        self._pools = urllib3.PoolManager(num_pools=4, maxsize=pool_size, block=False,
-                                          headers={"User-Agent": _USER_AGENT}, **tls)
+        self._settings: dict[str, Any] = {"maxsize": pool_size, "block": False, "headers": {"User-Agent": _USER_AGENT}}
+        self._tls = tls
+        # One pool per origin asked for (in practice: VAULT_ADDR), looked up without parsing the URL
+        # (PoolManager parses every URL it is given); redirects go through the PoolManager.
+        self._origins: dict[str, urllib3.HTTPConnectionPool] = {}
+        self._lock = threading.Lock()
+        self._redirects = urllib3.PoolManager(num_pools=4, **self._settings, **tls)
 
     def request(self, method: str, url: str, headers: Mapping[str, str] | None = None, *,
                 allow_redirects: bool = True, timeout: Any = None, verify: bool | str | None = None,
@@ -131,15 +137,38 @@ class Session:
                 send_headers.setdefault("Content-Type", "application/x-www-form-urlencoded")
             else:
                 body = data.encode("utf-8") if isinstance(data, str) else bytes(data)
+        deadline = self._timeout(timeout)
+        pool, path = self._pool(url)
         try:
-            resp = self._pools.urlopen(method, url, body=body, headers=send_headers,
-                                       retries=self._retries[bool(allow_redirects)], redirect=bool(allow_redirects),
-                                       timeout=self._timeout(timeout), preload_content=True, decode_content=True)
+            resp = pool.urlopen(method, path, body=body, headers=send_headers, retries=self._once, redirect=False,
+                                assert_same_host=False, timeout=deadline, preload_content=True)
+            if allow_redirects and resp.get_redirect_location():
+                # A standby node's redirect, say: send it again through urllib3's own redirect logic.
+                resp = self._redirects.urlopen(method, url, body=body, headers=send_headers, retries=self._follow,
+                                               redirect=True, timeout=deadline, preload_content=True)
         except urllib3.exceptions.MaxRetryError as exc:
             raise _failure(exc.reason or exc) from exc
         except urllib3.exceptions.HTTPError as exc:
             raise _failure(exc) from exc
         return Response(resp.status, resp.headers, resp.data, url, resp.reason)
+
+    def _pool(self, url: str) -> tuple[urllib3.HTTPConnectionPool, str]:
+        """The pool of ``url``'s origin, and the rest of the URL (path and query)."""
+        scheme, _, rest = url.partition("://")
+        authority, _, path = rest.partition("/")
+        origin = f"{scheme}://{authority}"
+        pool = self._origins.get(origin)
+        if pool is None:
+            with self._lock:
+                pool = self._origins.get(origin)
+                if pool is None:
+                    try:
+                        tls = self._tls if scheme == "https" else {}  # plain HTTP pools take no TLS settings
+                        pool = urllib3.connection_from_url(origin, **self._settings, **tls)
+                    except urllib3.exceptions.HTTPError as exc:  # e.g. a malformed VAULT_ADDR
+                        raise _failure(exc) from exc
+                    self._origins[origin] = pool
+        return pool, "/" + path
 
     def _timeout(self, value: Any) -> urllib3.Timeout:
         """``requests``' forms: seconds, ``(connect, read)`` or None (wait for ever)."""
@@ -151,7 +180,11 @@ class Session:
         return found
 
     def close(self) -> None:
-        self._pools.clear()
+        with self._lock:
+            pools, self._origins = list(self._origins.values()), {}
+        for pool in pools:
+            pool.close()
+        self._redirects.clear()
 
     def __repr__(self) -> str:
         return f"<keyops Vault transport verify={self.verify!r}>"

@@ -162,7 +162,7 @@ def make_client(config: Config, pool_size: int = 32, transport: str = "urllib3")
     if transport == "urllib3":
         session: Any = _vault_http.Session(verify=config.tls_verify, pool_size=pool_size)
     elif transport == "requests":
-        session = _requests_session(pool_size)
+        session = _requests_session(pool_size, config.tls_verify)
     else:
         raise ConfigError(f"unknown Vault transport {transport!r}; use one of {', '.join(TRANSPORTS)}")
     client = hvac.Client(url=config.vault_addr, token=config.resolve_vault_token(),
@@ -180,11 +180,17 @@ def make_client(config: Config, pool_size: int = 32, transport: str = "urllib3")
     return client
 
 
-def _requests_session(pool_size: int) -> requests.Session:
+def _requests_session(pool_size: int, verify: bool | str) -> requests.Session:
     """hvac's usual transport. ``trust_env=False``: requests otherwise re-reads proxy and netrc
-    settings from the environment on every request."""
+    settings from the environment on every request.
+
+    ``verify`` must be set on the session: hvac's adapter prefers a session's
+    ``verify`` (True by default) to the client's, which would ignore
+    VAULT_CACERT and VAULT_SKIP_VERIFY.
+    """
     session = requests.Session()
     session.trust_env = False
+    session.verify = verify
     adapter = requests.adapters.HTTPAdapter(pool_connections=pool_size, pool_maxsize=pool_size)
     session.mount("http://", adapter)
     session.mount("https://", adapter)
