@@ -1,7 +1,7 @@
 """The one exception tree of keyops.
 
 Every message says what failed and what to do about it; none carries key
-material, plaintext or a token. Backend exceptions (hvac, requests, pkcs11)
+material, plaintext or a token. Backend exceptions (hvac, the HTTP transport, pkcs11)
 are mapped to these at the boundary where they are raised, with ``raise ...
 from`` so that the cause stays visible to a debugger but not in the message.
 """

@@ -237,9 +237,8 @@ def test_the_configured_ca_verifies_the_server(https_vault: Any, transport: str,
     # A folder of CA files works as VAULT_CACERT too (OpenSSL's hashed names, as c_rehash makes).
     folder = tls_files[0].parent / "cas"
     folder.mkdir(exist_ok=True)
-    name = x509.load_pem_x509_certificate(tls_files[0].read_bytes()).subject
     (folder / f"{_subject_hash(tls_files[0])}.0").write_bytes(tls_files[0].read_bytes())
-    assert name and store_for(addr, transport, vault_cacert=str(folder)).read("ok") == ({"v": 1}, 3)
+    assert store_for(addr, transport, vault_cacert=str(folder)).read("ok") == ({"v": 1}, 3)
 
 
 def test_skip_verify_turns_verification_off(https_vault: Any, transport: str) -> None:
