@@ -61,7 +61,6 @@ import hvac.exceptions
 import requests
 
 from keyops.access import SECRETS_HISTORY
-from keyops.backends import hsm as hsm_backend
 from keyops.backends.vault import VaultStore
 from keyops.config import Config, find_softhsm_module
 from keyops.errors import AuditError, DevStackError, KeyopsError
@@ -821,6 +820,8 @@ def _die_with_parent() -> None:  # pragma: no cover - runs in the child between 
 
 
 def _hsm_main(action: str, request: dict[str, Any]) -> dict[str, Any]:
+    from keyops.backends import hsm as hsm_backend  # PKCS#11 in this child process only
+
     module = request["module"]
     label = request["token_label"]
     pin_file = Path(request["pin_file"])
