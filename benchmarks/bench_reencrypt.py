@@ -10,8 +10,9 @@ workers (threads), round after round, interleaved:
 * ``raw``: the ceiling: hvac reads a KV v2 document and writes it back with
   check-and-set on the version read (one read + one CAS write per document),
   over as many 200 B documents, with an hvac client set up as keyops' own
-  (``keyops.backends.vault.make_client``: a pooled ``requests.Session`` with
-  ``trust_env=False``). No listing, no crypto, no checkpoint.
+  (``keyops.backends.vault.make_client``: pooled connections through keyops'
+  urllib3 transport since issue 14; a ``requests.Session`` before). No
+  listing, no crypto, no checkpoint.
 * ``reencrypt``: ``keyops.ops.reencrypt.reencrypt`` after a DEK rotation, with its
   paginated listing, decryption, encryption, CAS write and checkpoints;
   ``pass`` is the re-encryption pass alone, ``total`` adds the verification

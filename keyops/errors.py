@@ -1,7 +1,7 @@
 """The one exception tree of keyops.
 
 Every message says what failed and what to do about it; none carries key
-material, plaintext or a token. Backend exceptions (hvac, requests, pkcs11)
+material, plaintext or a token. Backend exceptions (hvac, the HTTP transport, pkcs11)
 are mapped to these at the boundary where they are raised, with ``raise ...
 from`` so that the cause stays visible to a debugger but not in the message.
 """
@@ -157,6 +157,20 @@ class AuthenticationFailed(VaultError):
 class PermissionDenied(VaultError):
     code = "permission_denied"
     exit_code = 14
+
+
+class TransitNotAuthentic(VaultError):
+    """Transit could not open a ciphertext: its authentication failed, or it is not one of the key's.
+
+    Transit answers a wrong key, a wrong context or a tampered blob with
+    "message authentication failed", and a mangled one with "invalid
+    ciphertext"; the Vault backend turns both into this type, so that callers
+    tell it apart by type, not by message. Callers that decrypt on behalf of
+    keyops turn it into the one opaque ``DecryptionError``. The exit code stays
+    that of ``VaultError``, which it was reported as before it had a type.
+    """
+
+    code = "transit_not_authentic"
 
 
 class NotPermitted(PermissionDenied):

@@ -38,7 +38,6 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from keyops.backends.vault import vault_errors
 from keyops.config import DEFAULT_AUDIT_KEY
 from keyops.errors import ConfigError, InvalidInput, NotFound, NotPermitted, PermissionDenied
 from keyops.model.names import validate_tenant
@@ -530,18 +529,6 @@ class PolicyApplyResult:
         return [c.name for c in self.changes if c.action == action]
 
 
-def read_policy(store: VaultStore, name: str) -> str | None:
-    store.calls.add("sys.read_policy")
-    try:
-        with vault_errors(f"reading policy {name!r}", store.config.vault_addr):
-            resp = store.client.sys.read_policy(name=name)
-    except NotFound:
-        return None
-    data = resp.get("data") or resp
-    rules = data.get("rules", data.get("policy"))
-    return None if rules is None else str(rules)
-
-
 def apply_policies(k: Keyops, policies: Mapping[str, str], dry_run: bool = False) -> PolicyApplyResult:
     """Create or update each policy whose text differs from the server's; one audit event per change."""
     k.authorize("policy.write")
@@ -549,7 +536,7 @@ def apply_policies(k: Keyops, policies: Mapping[str, str], dry_run: bool = False
     for name, text in sorted(policies.items()):
         if not name.startswith(POLICY_PREFIX + "-"):
             raise InvalidInput(f"policy {name!r} is not a keyops policy (names start with {POLICY_PREFIX}-)")
-        current = read_policy(k.store, name)
+        current = k.store.read_policy(name)
         if current is not None and current.strip() == text.strip():
             changes.append(PolicyChange(name, "unchanged", current, current))
             continue
@@ -559,9 +546,7 @@ def apply_policies(k: Keyops, policies: Mapping[str, str], dry_run: bool = False
             continue
         grant = _parse_policy_name(name, sorted(k.roles, key=lambda r: len(r.name), reverse=True))
         with k.audited(f"policy.{action}", policy=name, level="policy", tenant=grant.tenant if grant else None):
-            k.store.calls.add("sys.write_policy")
-            with vault_errors(f"writing policy {name!r}", k.config.vault_addr):
-                k.store.client.sys.create_or_update_policy(name=name, policy=text)
+            k.store.create_or_update_policy(name, text)
     return PolicyApplyResult(tuple(changes), dry_run)
 
 
@@ -572,7 +557,7 @@ def remove_policies(k: Keyops, names: Iterable[str], dry_run: bool = False) -> P
     for name in sorted(set(names)):
         if not name.startswith(POLICY_PREFIX + "-"):
             raise InvalidInput(f"policy {name!r} is not a keyops policy (names start with {POLICY_PREFIX}-)")
-        current = read_policy(k.store, name)
+        current = k.store.read_policy(name)
         if current is None:
             changes.append(PolicyChange(name, "unchanged"))
             continue
@@ -581,9 +566,7 @@ def remove_policies(k: Keyops, names: Iterable[str], dry_run: bool = False) -> P
             continue
         grant = _parse_policy_name(name, sorted(k.roles, key=lambda r: len(r.name), reverse=True))
         with k.audited("policy.delete", policy=name, level="policy", tenant=grant.tenant if grant else None):
-            k.store.calls.add("sys.delete_policy")
-            with vault_errors(f"deleting policy {name!r}", k.config.vault_addr):
-                k.store.client.sys.delete_policy(name=name)
+            k.store.delete_policy(name)
     return PolicyApplyResult(tuple(changes), dry_run)
 
 
@@ -708,16 +691,12 @@ def mint_token(k: Keyops, roles: Roles, role_name: str, tenant: str | None = Non
     """A token bound to the role's policy (which must be applied). The caller keeps the token secret."""
     role, policy = _role_policies(roles, role_name, tenant)
     k.authorize("policy.write")
-    if read_policy(k.store, policy) is None:
+    if k.store.read_policy(policy) is None:
         raise NotFound(f"policy {policy!r} is not on the server; run 'keyops policy apply' first")
     meta = {"keyops_role": role.name, **({"keyops_tenant": tenant} if tenant else {})}
     with k.audited("policy.mint_token", tenant=tenant, role=role.name, level="policy") as event:
-        k.store.calls.add("auth.create_token")
-        with vault_errors(f"creating a token with policy {policy!r}", k.config.vault_addr):
-            create = k.store.client.auth.token.create_orphan if orphan else k.store.client.auth.token.create
-            resp = create(policies=[policy], ttl=ttl, meta=meta, num_uses=num_uses,
-                          display_name=policy)
-        auth = resp["auth"]
+        auth = k.store.create_token(policies=[policy], ttl=ttl, meta=meta, num_uses=num_uses, display_name=policy,
+                                    orphan=orphan)
         event["minted_accessor"] = auth["accessor"]
     return MintedToken(tuple(auth["policies"]), auth["accessor"], int(auth["lease_duration"]),
                        auth["client_token"])
@@ -735,46 +714,34 @@ def ensure_approle(k: Keyops, roles: Roles, role_name: str, tenant: str | None =
     role, policy = _role_policies(roles, role_name, tenant)
     k.authorize("policy.write")
     mount = Mounts.from_config(k.config).approle
-    client = k.store.client
-    addr = k.config.vault_addr
+    store = k.store
     changed = False
-    with vault_errors("listing auth methods", addr):
-        methods = client.sys.list_auth_methods()
-    methods = methods.get("data", methods)
+    methods = store.list_auth_methods()
     if f"{mount}/" not in methods:
         changed = True
         if dry_run:
             return AppRoleCredentials(policy, "", (policy,), True)
-        with k.audited("policy.enable_approle", level="policy", mount=mount), \
-                vault_errors(f"enabling AppRole at {mount!r}", addr):
-            client.sys.enable_auth_method("approle", path=mount, description="keyops roles")
+        with k.audited("policy.enable_approle", level="policy", mount=mount):
+            store.enable_auth_method("approle", path=mount, description="keyops roles")
     elif methods[f"{mount}/"].get("type") != "approle":
         raise InvalidInput(f"auth mount {mount!r} exists but is not AppRole; set KEYOPS_APPROLE_MOUNT")
     wanted: dict[str, Any] = {"token_policies": [policy], "token_ttl": token_ttl, "token_max_ttl": token_max_ttl,
               "secret_id_ttl": secret_id_ttl}
-    try:
-        with vault_errors(f"reading AppRole {policy!r}", addr):
-            current = client.auth.approle.read_role(role_name=policy, mount_point=mount)["data"]
-    except NotFound:
-        current = None
+    current = store.read_approle(policy, mount)
     if current is None or sorted(current.get("token_policies") or []) != [policy] or any(
             _seconds(wanted[f]) != int(current.get(f) or 0) for f in ("token_ttl", "token_max_ttl", "secret_id_ttl")):
         changed = True
         if dry_run:
             return AppRoleCredentials(policy, "", (policy,), True)
-        with k.audited("policy.approle", tenant=tenant, role=role.name, level="policy", approle=policy), \
-                vault_errors(f"writing AppRole {policy!r}", addr):
-            client.auth.approle.create_or_update_approle(role_name=policy, mount_point=mount, **wanted)
+        with k.audited("policy.approle", tenant=tenant, role=role.name, level="policy", approle=policy):
+            store.create_or_update_approle(policy, mount, **wanted)
     if dry_run:
         return AppRoleCredentials(policy, "", (policy,), changed)
-    with vault_errors(f"reading the role id of AppRole {policy!r}", addr):
-        role_id = client.auth.approle.read_role_id(role_name=policy, mount_point=mount)["data"]["role_id"]
+    role_id = store.read_approle_role_id(policy, mount)
     secret_id = secret_accessor = None
     if new_secret_id:
-        with k.audited("policy.secret_id", tenant=tenant, role=role.name, level="policy", approle=policy) as event, \
-                vault_errors(f"creating a secret id for AppRole {policy!r}", addr):
-            resp = client.auth.approle.generate_secret_id(role_name=policy, mount_point=mount)["data"]
-            secret_id, secret_accessor = resp["secret_id"], resp["secret_id_accessor"]
+        with k.audited("policy.secret_id", tenant=tenant, role=role.name, level="policy", approle=policy) as event:
+            secret_id, secret_accessor = store.generate_approle_secret_id(policy, mount)
             event["secret_id_accessor"] = secret_accessor
     return AppRoleCredentials(policy, role_id, (policy,), changed, secret_accessor, secret_id)
 
@@ -876,17 +843,13 @@ _PRINCIPALS_LOCK = threading.Lock()
 
 def lookup_principal(store: VaultStore, roles: Roles) -> Principal:
     """The caller's principal from ``lookup-self``: once per process and token (tokens keep their policies)."""
-    token = store.client.token or ""
-    key = (store.config.vault_addr, store.config.vault_namespace or "",
-           hashlib.sha256(token.encode()).hexdigest(), roles.digest)
+    key = (store.config.vault_addr, store.config.vault_namespace or "", store.token_fingerprint(), roles.digest)
     with _PRINCIPALS_LOCK:
         cached = _PRINCIPALS.get(key)
     if cached is not None:
         return cached
-    store.calls.add("auth.lookup_self")
     try:
-        with vault_errors("looking up the Vault token's policies", store.config.vault_addr):
-            data = store.client.auth.token.lookup_self()["data"]
+        data = store.lookup_self()
     except PermissionDenied:
         # A token without the default policy cannot look itself up; the server still decides.
         principal = Principal(actor="token:unknown")

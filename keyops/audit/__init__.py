@@ -44,7 +44,6 @@ server's audit device records its requests.
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import dataclasses
 import datetime as dt
@@ -71,6 +70,7 @@ from keyops.errors import (
     ConfigError,
     Conflict,
     InvalidInput,
+    KeyNotFound,
     KeyopsError,
     PermissionDenied,
 )
@@ -290,25 +290,13 @@ class TransitHmacKey(_VaultPart):
                           "'keyops dev up' does it for the dev stack), or name yours with KEYOPS_AUDIT_KEY")
 
     def sign(self, data: bytes) -> str:
-        from keyops.backends.vault import vault_errors
-        from keyops.errors import VaultError
-
         store = self._vault()
-        store.calls.add("transit.hmac")
         try:
-            with vault_errors(f"HMAC with the audit key {self.key_name!r}", store.config.vault_addr):
-                resp = store.client.adapter.post(f"/v1/{store.transit_mount}/hmac/{self.key_name}",
-                                                 json={"input": _b64(data), "algorithm": "sha2-256"})
-        except VaultError as exc:
-            if type(exc) is VaultError and "key not found" in str(exc):
-                raise self._missing(store) from exc
-            raise
-        return str(resp["data"]["hmac"])
+            return store.transit_generate_hmac(self.key_name, data, "sha2-256")
+        except KeyNotFound as exc:
+            raise self._missing(store) from exc
 
     def verify_many(self, items: Sequence[tuple[bytes, str]]) -> list[bool]:
-        from keyops.backends.vault import vault_errors
-        from keyops.errors import VaultError
-
         out = [False] * len(items)
         asked = [i for i, (_, mac) in enumerate(items) if isinstance(mac, str) and _TRANSIT_MAC_RE.fullmatch(mac)]
         if not asked:
@@ -316,18 +304,10 @@ class TransitHmacKey(_VaultPart):
         store = self._vault()
         for start in range(0, len(asked), VERIFY_BATCH):
             chunk = asked[start:start + VERIFY_BATCH]
-            store.calls.add("transit.verify_hmac")
             try:
-                with vault_errors(f"verifying HMACs with the audit key {self.key_name!r}", store.config.vault_addr):
-                    resp = store.client.adapter.post(
-                        f"/v1/{store.transit_mount}/verify/{self.key_name}",
-                        json={"hash_algorithm": "sha2-256",
-                              "batch_input": [{"input": _b64(items[i][0]), "hmac": items[i][1]} for i in chunk]})
-            except VaultError as exc:
-                if type(exc) is VaultError and "key not found" in str(exc):
-                    raise self._missing(store) from exc
-                raise
-            results = resp["data"]["batch_results"]
+                results = store.transit_verify_hmacs(self.key_name, [items[i] for i in chunk], "sha2-256")
+            except KeyNotFound as exc:
+                raise self._missing(store) from exc
             if len(results) != len(chunk):
                 raise AuditError(f"Vault answered {len(results)} results for {len(chunk)} audit MACs")
             for i, result in zip(chunk, results, strict=True):
@@ -769,10 +749,6 @@ def _chain_tail(fd: int) -> tuple[str, int]:
         return str(entry["hash"]), int(entry["seq"])
     except (ValueError, KeyError, TypeError):
         return hashlib.sha256(last).hexdigest(), 0
-
-
-def _b64(data: bytes) -> str:
-    return base64.b64encode(data).decode("ascii")
 
 
 # --- verification --------------------------------------------------------------------------------
@@ -1324,17 +1300,12 @@ def ensure_audit_key(store: VaultStore, key_name: str = DEFAULT_AUDIT_KEY) -> bo
     An existing key must be of type ``hmac``, not exportable and without plaintext backup: whoever
     could export it could forge entries.
     """
-    from keyops.backends.vault import vault_errors
     from keyops.ops.transit_keys import validate_key_name
 
     validate_key_name(key_name)
     info = store.transit_read_key(key_name)
     if info is None:
-        store.calls.add("transit.create_key")
-        with vault_errors(f"creating the audit key {key_name!r}", store.config.vault_addr):
-            store.client.adapter.post(f"/v1/{store.transit_mount}/keys/{key_name}",
-                                      json={"type": "hmac", "key_size": 32, "exportable": False,
-                                            "allow_plaintext_backup": False})
+        store.transit_create_key(key_name, "hmac", key_size=32)  # never exportable, no plaintext backup
         return True
     if info.get("type") != "hmac" or info.get("exportable") or info.get("allow_plaintext_backup"):
         raise AuditError(f"the Transit key {key_name!r} exists but is not a non-exportable hmac key (type "

@@ -18,6 +18,7 @@ rare (unwrapped keys are cached), so it costs nothing on the hot path.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import dataclasses
 import hashlib
 import logging
@@ -499,3 +500,72 @@ class Hsm:
                 raise DecryptionError() from None
             except p11e.PKCS11Error as exc:
                 raise HsmError(f"HSM decryption with {label!r} failed: {type(exc).__name__}") from exc
+
+
+# --- token provisioning (the local stack's SoftHSM2 token) ------------------------------------
+#
+# Run by ``keyops dev up`` in a child process of its own (SoftHSM2 reads SOFTHSM2_CONF once per
+# process); production tokens are provisioned by the HSM's own tools.
+
+
+def token_present(module: str, token_label: str) -> bool:
+    """Whether the PKCS#11 module offers a token labelled ``token_label``."""
+    with _PKCS11_LOCK:
+        return _labelled_token(_load_module(module), token_label) is not None
+
+
+def init_token(module: str, token_label: str, *, so_pin: str, user_pin: str) -> None:
+    """Initialise the first free slot's token as ``token_label`` with these PINs (``HsmError`` when it cannot).
+
+    SoftHSM2 always offers one uninitialised slot for a new token.
+    """
+    with _PKCS11_LOCK:
+        lib = _load_module(module)
+        try:
+            free = [slot for slot in lib.get_slots(token_present=True)
+                    if not slot.get_token().flags & pkcs11.TokenFlag.TOKEN_INITIALIZED]
+        except p11e.PKCS11Error as exc:
+            raise HsmUnavailable(f"listing the slots of {module} failed: {type(exc).__name__}") from exc
+        if not free:
+            raise HsmError(f"{module} offers no free slot for a new token")
+        rv = _c_init_token(module, free[0].slot_id, so_pin, token_label)
+        if rv != 0:
+            raise HsmError(f"C_InitToken failed with CKR 0x{rv:x}")
+        lib.reinitialize()  # python-pkcs11 lists tokens as they were at C_Initialize
+        token = _labelled_token(lib, token_label)
+        if token is None:
+            raise HsmError(f"the token {token_label!r} is missing right after it was initialised")
+        try:
+            with token.open(rw=True, so_pin=so_pin) as session:
+                session.init_pin(user_pin)
+        except p11e.PKCS11Error as exc:
+            raise HsmError(f"setting the user PIN of the new token {token_label!r} failed: "
+                           f"{type(exc).__name__}") from exc
+
+
+def _load_module(module: str) -> Pkcs11Lib:
+    try:
+        return pkcs11.lib(module)
+    except (OSError, RuntimeError, p11e.PKCS11Error) as exc:
+        raise HsmUnavailable(f"cannot load the PKCS#11 module {module}: {type(exc).__name__}") from exc
+
+
+def _labelled_token(lib: Pkcs11Lib, token_label: str) -> pkcs11.Token | None:
+    try:
+        token: pkcs11.Token = lib.get_token(token_label=token_label)
+        return token
+    except p11e.NoSuchToken:
+        return None
+    except p11e.PKCS11Error as exc:
+        raise HsmUnavailable(f"looking for the token {token_label!r} failed: {type(exc).__name__}") from exc
+
+
+def _c_init_token(module: str, slot_id: int, so_pin: str, token_label: str) -> int:
+    """``C_InitToken``, which python-pkcs11 does not expose; the library is already initialised."""
+    lib = ctypes.CDLL(module)
+    fn = lib.C_InitToken
+    fn.argtypes = [ctypes.c_ulong, ctypes.c_char_p, ctypes.c_ulong, ctypes.c_char_p]
+    fn.restype = ctypes.c_ulong
+    pin = so_pin.encode()
+    padded = token_label.encode().ljust(32, b" ")[:32]
+    return int(fn(slot_id, pin, len(pin), padded))

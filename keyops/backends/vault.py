@@ -1,38 +1,61 @@
-"""The Vault/OpenBao boundary: KV v2 documents with check-and-set, and Transit.
+"""The Vault/OpenBao boundary: every request keyops sends to Vault goes through here.
 
-hvac exceptions are mapped to keyops errors here, once. Every request is
+KV v2 documents with check-and-set, Transit, policies, tokens, AppRole and
+the few ``sys`` endpoints keyops reads. hvac exceptions (and the transport's)
+are mapped to keyops errors here, once, and nowhere else. Every request is
 counted (``calls``) so that tests and benchmarks can see what an operation
-costs. Responses are never returned raw: Transit answers can carry plaintext.
+costs. Responses are never returned raw: Transit answers can carry
+plaintext, token answers carry tokens.
+
+Method names follow the Vault API and hvac (``read_policy``,
+``create_or_update_approle``, ``transit_trim_key``); hvac's own calls are used
+where hvac has one, and ``hvac.utils.format_url`` escapes the URL segments of
+the few requests that hvac has no call for.
 """
 
 from __future__ import annotations
 
 import base64
+import builtins
 import collections
 import contextlib
+import hashlib
 import threading
-from collections.abc import Iterator, Mapping
+import time
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import hvac
 import hvac.exceptions
 import requests
 import requests.adapters
+from hvac.utils import format_url
 
+from keyops.backends import _vault_http
 from keyops.config import Config
 from keyops.errors import (
     AuthenticationFailed,
     CheckAndSetFailed,
     ConfigError,
     InvalidInput,
+    KeyNotFound,
     NotFound,
     PermissionDenied,
+    TransitNotAuthentic,
     VaultError,
     VaultSealed,
     VaultUnreachable,
 )
 
 _CAS_MISMATCH = "check-and-set parameter did not match"
+# Transit's 400 answers for a ciphertext it cannot open: a wrong key, context or tampered blob
+# ("cipher: message authentication failed"), or a mangled one ("invalid ciphertext: ..."). Vault
+# gives them no code of their own, so this is the one place that reads them.
+_NOT_AUTHENTIC = ("authentication failed", "invalid ciphertext")
+# Transit's 400 answer for an HMAC with a key that does not exist ("encryption key not found").
+_KEY_NOT_FOUND = "key not found"
+# A KV v2 mount's 400 answer for a moment after it is enabled ("Upgrading from non-versioned ...").
+_UPGRADING = "upgrading"
 
 
 class CallCounter:
@@ -59,9 +82,20 @@ class CallCounter:
             self._counts.clear()
 
 
+# --- errors ----------------------------------------------------------------------------------
+
+
 @contextlib.contextmanager
-def vault_errors(what: str, addr: str = "") -> Iterator[None]:
-    """Map hvac/requests failures of one request to keyops errors."""
+def vault_errors(what: str, addr: str = "", timeout: float | None = None, *, transit_ciphertext: bool = False,
+                 transit_key: bool = False) -> Iterator[None]:
+    """Map the hvac and transport failures of one request to keyops errors.
+
+    ``transit_ciphertext``: the request opens a Transit ciphertext, so Transit's
+    "cannot open it" answers become ``TransitNotAuthentic``. ``transit_key``:
+    Transit's "key not found" answer becomes ``KeyNotFound`` (HMAC endpoints
+    answer 400 for a missing key, not 404).
+    """
+    where = addr or "the configured address"
     try:
         yield
     except hvac.exceptions.Forbidden as exc:
@@ -71,22 +105,32 @@ def vault_errors(what: str, addr: str = "") -> Iterator[None]:
         raise AuthenticationFailed(f"{what}: Vault rejected the credentials; log in again or check "
                                    "VAULT_TOKEN / AppRole settings") from exc
     except hvac.exceptions.VaultDown as exc:
-        raise VaultSealed(f"{what}: Vault at {addr or 'the configured address'} is sealed; "
+        raise VaultSealed(f"{what}: Vault at {where} is sealed; "
                           "unseal it (keyops dev up does so for the local stack)") from exc
     except hvac.exceptions.InvalidPath as exc:
         raise NotFound(f"{what}: not found in Vault") from exc
     except hvac.exceptions.InvalidRequest as exc:
+        text = _first_error(exc)
         if _CAS_MISMATCH in str(exc):
             raise CheckAndSetFailed(f"{what}: another writer changed it first (check-and-set); "
                            "re-read and retry") from exc
-        raise VaultError(f"{what}: Vault refused the request: {_first_error(exc)}") from exc
+        if transit_ciphertext and any(answer in text for answer in _NOT_AUTHENTIC):
+            raise TransitNotAuthentic(f"{what}: Transit could not authenticate the ciphertext") from exc
+        if transit_key and _KEY_NOT_FOUND in text:
+            raise KeyNotFound(f"{what}: the Transit key does not exist") from exc
+        raise VaultError(f"{what}: Vault refused the request: {text}") from exc
     except hvac.exceptions.VaultError as exc:
         raise VaultError(f"{what}: Vault error: {_first_error(exc)}") from exc
-    except requests.exceptions.SSLError as exc:
+    except (requests.exceptions.SSLError, _vault_http.TlsVerifyFailed) as exc:
         raise VaultUnreachable(f"{what}: TLS verification of {addr} failed; set VAULT_CACERT to the "
                                "CA that signed Vault's certificate") from exc
-    except (requests.exceptions.ConnectionError, requests.exceptions.Timeout) as exc:
-        raise VaultUnreachable(f"{what}: Vault at {addr or 'the configured address'} is unreachable; "
+    except (requests.exceptions.Timeout, _vault_http.TransportTimeout) as exc:
+        # A timed-out write may still have been applied: check-and-set makes the retry safe.
+        limit = f"within {timeout:g} s " if timeout else ""
+        raise VaultUnreachable(f"{what}: Vault at {where} is unreachable: no answer {limit}(KEYOPS_VAULT_TIMEOUT); "
+                               "check VAULT_ADDR and that the server runs") from exc
+    except (requests.exceptions.ConnectionError, _vault_http.TransportError) as exc:
+        raise VaultUnreachable(f"{what}: Vault at {where} is unreachable; "
                                "check VAULT_ADDR and that the server runs") from exc
 
 
@@ -97,27 +141,35 @@ def _first_error(exc: hvac.exceptions.VaultError) -> str:
     return text.splitlines()[0][:300] if text else "unknown error"
 
 
-def make_client(config: Config, pool_size: int = 32) -> hvac.Client:
-    """An hvac client with a session sized for our worker pools.
+# --- the client ------------------------------------------------------------------------------
 
-    ``trust_env=False``: requests otherwise re-reads proxy and netrc settings
-    from the environment on every request, which costs more CPU than the
-    local server spends answering.
+#: ``urllib3``: keyops' own light transport (``_vault_http``); ``requests``: hvac's default one,
+#: kept for comparison in benchmarks/bench_vault_client.py.
+TRANSPORTS = ("urllib3", "requests")
+
+
+def make_client(config: Config, pool_size: int = 32, transport: str = "urllib3") -> hvac.Client:
+    """An hvac client whose connection pool is sized for our worker pools.
+
+    The default transport sends hvac's requests through urllib3 directly
+    (see ``_vault_http``): the same TLS settings, headers and timeout, at a
+    fraction of the client CPU of a ``requests.Session``.
     """
-    session = requests.Session()
-    session.trust_env = False
-    adapter = requests.adapters.HTTPAdapter(pool_connections=pool_size, pool_maxsize=pool_size)
-    session.mount("http://", adapter)
-    session.mount("https://", adapter)
     if not config.vault_addr.startswith(("http://", "https://")):
         raise ConfigError(f"VAULT_ADDR {config.vault_addr!r} must start with http:// or https://")
+    if transport == "urllib3":
+        session: Any = _vault_http.Session(verify=config.tls_verify, pool_size=pool_size)
+    elif transport == "requests":
+        session = _requests_session(pool_size, config.tls_verify)
+    else:
+        raise ConfigError(f"unknown Vault transport {transport!r}; use one of {', '.join(TRANSPORTS)}")
     client = hvac.Client(url=config.vault_addr, token=config.resolve_vault_token(),
                          namespace=config.vault_namespace, verify=config.tls_verify,
                          timeout=config.vault_timeout, session=session)
     if config.approle_role_id and not config.vault_token:
         if not config.approle_secret_id:
             raise ConfigError("AppRole login needs a secret id: set VAULT_SECRET_ID")
-        with vault_errors("AppRole login", config.vault_addr):
+        with vault_errors("AppRole login", config.vault_addr, config.vault_timeout):
             client.auth.approle.login(role_id=config.approle_role_id, secret_id=config.approle_secret_id,
                                       mount_point=config.approle_mount)
     if not client.token:
@@ -126,8 +178,29 @@ def make_client(config: Config, pool_size: int = 32) -> hvac.Client:
     return client
 
 
+def _requests_session(pool_size: int, verify: bool | str) -> requests.Session:
+    """hvac's usual transport. ``trust_env=False``: requests otherwise re-reads proxy and netrc
+    settings from the environment on every request.
+
+    ``verify`` must be set on the session: hvac's adapter prefers a session's
+    ``verify`` (True by default) to the client's, which would ignore
+    VAULT_CACERT and VAULT_SKIP_VERIFY.
+    """
+    session = requests.Session()
+    session.trust_env = False
+    session.verify = verify
+    adapter = requests.adapters.HTTPAdapter(pool_connections=pool_size, pool_maxsize=pool_size)
+    session.mount("http://", adapter)
+    session.mount("https://", adapter)
+    return session
+
+
 class VaultStore:
-    """KV v2 documents and Transit operations under the configured mounts."""
+    """KV v2 documents, Transit operations and the server calls keyops makes, under the configured mounts.
+
+    ``client`` is the hvac client; code outside this module calls the methods
+    below instead (tests use ``client`` to send what any token holder could).
+    """
 
     def __init__(self, config: Config, client: hvac.Client | None = None,
                  counter: CallCounter | None = None, pool_size: int = 32) -> None:
@@ -137,20 +210,26 @@ class VaultStore:
         self.transit_mount = config.transit_mount
         self.calls = counter or CallCounter()
 
-    def _errors(self, what: str) -> contextlib.AbstractContextManager[None]:
-        return vault_errors(what, self.config.vault_addr)
+    def _errors(self, what: str, **kinds: bool) -> contextlib.AbstractContextManager[None]:
+        return vault_errors(what, self.config.vault_addr, self.config.vault_timeout, **kinds)
+
+    def _absent_is_none(self, kind: str, what: str, call: Any, **kwargs: Any) -> Any:
+        """``call(**kwargs)`` counted as ``kind``; None when Vault answers 404."""
+        self.calls.add(kind)
+        try:
+            with self._errors(what):
+                return call(**kwargs)
+        except NotFound:
+            return None
 
     # --- KV v2 -----------------------------------------------------------------------
 
     def read(self, path: str, mount: str | None = None) -> tuple[dict[str, Any], int] | None:
         """The latest live version of a document and its version number, or None."""
         mount = mount or self.kv_mount
-        self.calls.add("kv.read")
-        try:
-            with self._errors(f"reading {mount}/{path}"):
-                resp = self.client.secrets.kv.v2.read_secret_version(
-                    path=path, mount_point=mount, raise_on_deleted_version=True)
-        except NotFound:
+        resp = self._absent_is_none("kv.read", f"reading {mount}/{path}", self.client.secrets.kv.v2.read_secret_version,
+                                    path=path, mount_point=mount, raise_on_deleted_version=True)
+        if resp is None:
             return None
         data = resp["data"]
         return data["data"], int(data["metadata"]["version"])
@@ -164,15 +243,23 @@ class VaultStore:
                 path=path, secret=dict(data), cas=cas, mount_point=mount)
         return int(resp["data"]["version"])
 
-    def list(self, path: str, mount: str | None = None) -> list[str]:
+    def list(self, path: str, mount: str | None = None, *, after: str = "", limit: int = 0) -> list[str]:
+        """The keys of a folder (``[]`` when it is missing); with ``limit``, at most that many after ``after``.
+
+        OpenBao pages with ``after``/``limit``; HashiCorp Vault ignores them and
+        answers every key, which callers must allow for. hvac's ``list_secrets``
+        takes no parameters, hence the adapter call for a page.
+        """
         mount = mount or self.kv_mount
-        self.calls.add("kv.list")
-        try:
-            with self._errors(f"listing {mount}/{path}"):
-                resp = self.client.secrets.kv.v2.list_secrets(path=path, mount_point=mount)
-        except NotFound:
-            return []
-        return list(resp["data"]["keys"])
+        what = f"listing {mount}/{path}"
+        if limit:
+            params: dict[str, Any] = {"limit": limit, **({"after": after} if after else {})}
+            resp = self._absent_is_none("kv.list", what, self.client.adapter.list,
+                                        url=format_url("/v1/{}/metadata/{}", mount, path), params=params)
+        else:
+            resp = self._absent_is_none("kv.list", what, self.client.secrets.kv.v2.list_secrets,
+                                        path=path, mount_point=mount)
+        return list(((resp or {}).get("data") or {}).get("keys") or [])
 
     def delete_all_versions(self, path: str, mount: str | None = None) -> None:
         mount = mount or self.kv_mount
@@ -180,43 +267,62 @@ class VaultStore:
         with self._errors(f"deleting {mount}/{path}"):
             self.client.secrets.kv.v2.delete_metadata_and_all_versions(path=path, mount_point=mount)
 
-    def read_metadata(self, path: str, mount: str | None = None) -> dict[str, Any] | None:
-        """A path's KV metadata (``max_versions``, ``cas_required``, ``current_version``, ...), or None."""
+    def destroy_versions(self, path: str, versions: Sequence[int], mount: str | None = None) -> None:
+        """Destroy these versions of ``path`` for good (their data is gone; the metadata stays)."""
         mount = mount or self.kv_mount
-        self.calls.add("kv.read_metadata")
-        try:
-            with self._errors(f"reading the metadata of {mount}/{path}"):
-                resp = self.client.secrets.kv.v2.read_secret_metadata(path=path, mount_point=mount)
-        except NotFound:
-            return None
-        return dict(resp["data"])
+        self.calls.add("kv.destroy")
+        with self._errors(f"destroying old versions of {mount}/{path}"):
+            self.client.secrets.kv.v2.destroy_secret_versions(path=path, versions=list(versions), mount_point=mount)
+
+    def read_metadata(self, path: str, mount: str | None = None) -> dict[str, Any] | None:
+        """A path's KV metadata (``max_versions``, ``cas_required``, ``versions``, ...), or None."""
+        mount = mount or self.kv_mount
+        resp = self._absent_is_none("kv.read_metadata", f"reading the metadata of {mount}/{path}",
+                                    self.client.secrets.kv.v2.read_secret_metadata, path=path, mount_point=mount)
+        return None if resp is None else dict(resp["data"])
 
     def write_metadata(self, path: str, *, max_versions: int, cas_required: bool, mount: str | None = None) -> None:
         """Set how many versions KV keeps of ``path`` and whether writes must be check-and-set.
 
         Only these two fields are sent: the path's other settings (e.g.
         ``custom_metadata``) stay as they are. The path need not exist yet.
+        (hvac's ``update_metadata`` also sends ``delete_version_after``, which
+        would reset it.)
         """
         mount = mount or self.kv_mount
         self.calls.add("kv.write_metadata")
         with self._errors(f"writing the metadata of {mount}/{path}"):
-            self.client.adapter.post(f"/v1/{mount}/metadata/{path}",
+            self.client.adapter.post(format_url("/v1/{}/metadata/{}", mount, path),
                                      json={"max_versions": max_versions, "cas_required": cas_required})
 
-    def read_engine_config(self, mount: str | None = None) -> dict[str, Any]:
-        """The KV mount's own settings (``max_versions`` 0 means Vault's default, 10)."""
+    def read_engine_config(self, mount: str | None = None, *, wait: float = 0.0) -> dict[str, Any]:
+        """The KV mount's own settings (``max_versions`` 0 means Vault's default, 10).
+
+        ``wait``: for up to that many seconds, wait out a KV v2 mount that was
+        just enabled and still answers 400 "upgrading".
+        """
         mount = mount or self.kv_mount
-        self.calls.add("kv.read_config")
-        with self._errors(f"reading the configuration of KV mount {mount!r}"):
-            resp = self.client.adapter.get(f"/v1/{mount}/config")
-        return dict((resp or {}).get("data") or {})
+        deadline = time.monotonic() + wait
+        while True:
+            self.calls.add("kv.read_config")
+            with self._errors(f"reading the configuration of KV mount {mount!r}"):
+                try:
+                    resp = self.client.secrets.kv.v2.read_configuration(mount_point=mount)
+                    return dict((resp or {}).get("data") or {})
+                except hvac.exceptions.InvalidRequest as exc:
+                    if _UPGRADING not in str(exc).lower() or time.monotonic() >= deadline:
+                        raise
+            time.sleep(0.05)
 
     def configure_engine(self, *, max_versions: int, mount: str | None = None) -> None:
-        """Set the mount's default history (paths without their own ``max_versions``); nothing else changes."""
+        """Set the mount's default history (paths without their own ``max_versions``); nothing else changes.
+
+        (hvac's ``configure`` also sends ``delete_version_after``.)
+        """
         mount = mount or self.kv_mount
         self.calls.add("kv.write_config")
         with self._errors(f"configuring KV mount {mount!r}"):
-            self.client.adapter.post(f"/v1/{mount}/config", json={"max_versions": max_versions})
+            self.client.adapter.post(format_url("/v1/{}/config", mount), json={"max_versions": max_versions})
 
     # --- Transit ---------------------------------------------------------------------
 
@@ -228,75 +334,240 @@ class VaultStore:
                 key_version=key_version, mount_point=self.transit_mount)
         return str(resp["data"]["ciphertext"])
 
-    def transit_decrypt(self, key: str, ciphertext: str, context: bytes) -> bytes:
+    def transit_decrypt(self, key: str, ciphertext: str, context: bytes, mount: str | None = None) -> bytes:
+        """The plaintext of a Transit ciphertext; ``TransitNotAuthentic`` when Transit cannot open it.
+
+        An empty ``context`` sends no associated data at all.
+        """
+        mount = mount or self.transit_mount
         self.calls.add("transit.decrypt")
-        with self._errors(f"Transit decrypt with key {key!r}"):
+        what = f"Transit decrypt with key {key!r}" + (f" of mount {mount!r}" if mount != self.transit_mount else "")
+        with self._errors(what, transit_ciphertext=True):
             resp = self.client.secrets.transit.decrypt_data(
-                name=key, ciphertext=ciphertext, associated_data=_b64(context),
-                mount_point=self.transit_mount)
+                name=key, ciphertext=ciphertext, associated_data=_b64(context) if context else None,
+                mount_point=mount)
         return base64.b64decode(resp["data"]["plaintext"])
 
     def transit_read_key(self, key: str) -> dict[str, Any] | None:
-        self.calls.add("transit.read_key")
-        try:
-            with self._errors(f"reading Transit key {key!r}"):
-                resp = self.client.secrets.transit.read_key(name=key, mount_point=self.transit_mount)
-        except NotFound:
-            return None
-        return dict(resp["data"])
+        resp = self._absent_is_none("transit.read_key", f"reading Transit key {key!r}",
+                                    self.client.secrets.transit.read_key, name=key, mount_point=self.transit_mount)
+        return None if resp is None else dict(resp["data"])
+
+    def transit_create_key(self, key: str, key_type: str, *, key_size: int | None = None,
+                           auto_rotate_period: int | None = None) -> None:
+        """Create a key that is never exportable and has no plaintext backup.
+
+        hvac's ``create_key`` has no ``key_size`` (the size of an hmac key), so a
+        sized key goes through the adapter.
+        """
+        self.calls.add("transit.create_key")
+        settings = {"exportable": False, "allow_plaintext_backup": False}
+        with self._errors(f"creating Transit key {key!r}"):
+            if key_size is None:
+                self.client.secrets.transit.create_key(name=key, key_type=key_type, mount_point=self.transit_mount,
+                                                       auto_rotate_period=auto_rotate_period, **settings)
+            else:
+                body: dict[str, Any] = {"type": key_type, "key_size": key_size, **settings}
+                if auto_rotate_period is not None:
+                    body["auto_rotate_period"] = auto_rotate_period
+                self.client.adapter.post(format_url("/v1/{}/keys/{}", self.transit_mount, key), json=body)
+
+    def transit_rotate_key(self, key: str) -> None:
+        self.calls.add("transit.rotate_key")
+        with self._errors(f"rotating Transit key {key!r}"):
+            self.client.secrets.transit.rotate_key(name=key, mount_point=self.transit_mount)
+
+    def transit_delete_key(self, key: str) -> None:
+        """Delete the key and every version of it (irreversible); it must allow deletion."""
+        self.calls.add("transit.delete_key")
+        with self._errors(f"deleting Transit key {key!r}"):
+            self.client.secrets.transit.delete_key(name=key, mount_point=self.transit_mount)
 
     def transit_wrapping_key(self) -> str:
-        """The PEM public key that Transit's BYOK import expects keys wrapped to."""
+        """The PEM public key that Transit's BYOK import expects keys wrapped to (hvac has no call for it)."""
         self.calls.add("transit.wrapping_key")
         with self._errors("reading Transit's wrapping key"):
-            resp = self.client.adapter.get(f"/v1/{self.transit_mount}/wrapping_key")
+            resp = self.client.adapter.get(format_url("/v1/{}/wrapping_key", self.transit_mount))
         return str(resp["data"]["public_key"])
 
     def transit_import(self, key: str, ciphertext: str, new_version: bool, key_type: str = "aes256-gcm96") -> None:
-        """BYOK import (``keys/<name>/import``) or ``import_version`` of a wrapped key.
-
-        hvac has no call for these endpoints; its adapter escapes nothing, so
-        the key name is validated by the caller.
-        """
+        """BYOK import (``keys/<name>/import``) or ``import_version`` of a wrapped key (hvac has no call for these)."""
         self.calls.add("transit.import")
         if new_version:
-            url = f"/v1/{self.transit_mount}/keys/{key}/import_version"
+            url = format_url("/v1/{}/keys/{}/import_version", self.transit_mount, key)
             body: dict[str, Any] = {"ciphertext": ciphertext, "hash_function": "SHA256"}
         else:
-            url = f"/v1/{self.transit_mount}/keys/{key}/import"
+            url = format_url("/v1/{}/keys/{}/import", self.transit_mount, key)
             body = {"ciphertext": ciphertext, "hash_function": "SHA256", "type": key_type,
                     "exportable": False, "allow_plaintext_backup": False}
         with self._errors(f"importing into Transit key {key!r}"):
             self.client.adapter.post(url, json=body)
 
-    def transit_configure_key(self, key: str, **settings: Any) -> None:
+    def transit_configure_key(self, key: str, *, min_decryption_version: int | None = None,
+                              min_encryption_version: int | None = None, deletion_allowed: bool | None = None,
+                              auto_rotate_period: int | None = None) -> None:
+        """Change the given settings of a key (None: unchanged). Never makes a key exportable.
+
+        hvac refuses both minimums equal in one call, although Transit accepts
+        them: then the encryption minimum goes first, in a request of its own
+        (it is at or above the current decryption minimum, as Transit wants).
+        """
+        if min_encryption_version and min_encryption_version == min_decryption_version:
+            self.transit_configure_key(key, min_encryption_version=min_encryption_version)
+            min_encryption_version = None
         self.calls.add("transit.config")
         with self._errors(f"configuring Transit key {key!r}"):
-            self.client.adapter.post(f"/v1/{self.transit_mount}/keys/{key}/config", json=settings)
+            self.client.secrets.transit.update_key_configuration(
+                name=key, min_decryption_version=min_decryption_version,
+                min_encryption_version=min_encryption_version, deletion_allowed=deletion_allowed,
+                auto_rotate_period=auto_rotate_period, mount_point=self.transit_mount)
 
     def transit_trim_key(self, key: str, min_available_version: int) -> None:
         """Delete the Transit key's versions below ``min_available_version`` (irreversible)."""
         self.calls.add("transit.trim")
         with self._errors(f"trimming Transit key {key!r}"):
-            self.client.adapter.post(f"/v1/{self.transit_mount}/keys/{key}/trim",
-                                     json={"min_available_version": min_available_version})
+            self.client.secrets.transit.trim_key(name=key, min_version=min_available_version,
+                                                 mount_point=self.transit_mount)
 
-    # --- server ----------------------------------------------------------------------
+    def transit_generate_hmac(self, key: str, data: bytes, algorithm: str = "sha2-256") -> str:
+        """Transit's HMAC of ``data`` (``vault:vN:...``); ``KeyNotFound`` when the key does not exist."""
+        self.calls.add("transit.hmac")
+        with self._errors(f"HMAC with the Transit key {key!r}", transit_key=True):
+            resp = self.client.secrets.transit.generate_hmac(name=key, hash_input=_b64(data), algorithm=algorithm,
+                                                             mount_point=self.transit_mount)
+        return str(resp["data"]["hmac"])
+
+    def transit_verify_hmacs(self, key: str, items: Sequence[tuple[bytes, str]],
+                             algorithm: str = "sha2-256") -> builtins.list[Any]:
+        """Transit's ``batch_results`` for ``(data, hmac)`` pairs, in one request.
+
+        hvac's ``verify_signed_data`` takes one input, not a batch.
+        """
+        self.calls.add("transit.verify_hmac")
+        with self._errors(f"verifying HMACs with the Transit key {key!r}", transit_key=True):
+            resp = self.client.adapter.post(
+                format_url("/v1/{}/verify/{}", self.transit_mount, key),
+                json={"hash_algorithm": algorithm,
+                      "batch_input": [{"input": _b64(data), "hmac": mac} for data, mac in items]})
+        return list(resp["data"]["batch_results"])
+
+    # --- policies --------------------------------------------------------------------
+
+    def read_policy(self, name: str) -> str | None:
+        """The HCL of an ACL policy, or None when it does not exist."""
+        resp = self._absent_is_none("sys.read_policy", f"reading policy {name!r}", self.client.sys.read_policy,
+                                    name=name)
+        if resp is None:
+            return None
+        data = resp.get("data") or resp
+        rules = data.get("rules", data.get("policy"))
+        return None if rules is None else str(rules)
+
+    def create_or_update_policy(self, name: str, policy: str) -> None:
+        self.calls.add("sys.write_policy")
+        with self._errors(f"writing policy {name!r}"):
+            self.client.sys.create_or_update_policy(name=name, policy=policy)
+
+    def delete_policy(self, name: str) -> None:
+        self.calls.add("sys.delete_policy")
+        with self._errors(f"deleting policy {name!r}"):
+            self.client.sys.delete_policy(name=name)
+
+    # --- tokens ----------------------------------------------------------------------
+
+    def token_fingerprint(self) -> str:
+        """A SHA-256 of our token, to key per-token caches without holding the token itself."""
+        return hashlib.sha256((self.client.token or "").encode()).hexdigest()
+
+    def lookup_self(self) -> dict[str, Any]:
+        """``auth/token/lookup-self``: our token's accessor, policies and metadata (its ``id`` removed)."""
+        self.calls.add("auth.lookup_self")
+        with self._errors("looking up the Vault token"):
+            data = dict(self.client.auth.token.lookup_self()["data"])
+        data.pop("id", None)  # the token itself: nobody above this module needs it
+        return data
 
     def token_accessor(self) -> str | None:
         """The accessor of our token, for audit events (never the token itself)."""
-        self.calls.add("auth.lookup_self")
-        with self._errors("looking up the Vault token"):
-            resp = self.client.auth.token.lookup_self()
-        accessor: str | None = resp["data"].get("accessor")
-        return accessor
+        return self.lookup_self().get("accessor")
+
+    def create_token(self, *, policies: Sequence[str], ttl: str, meta: Mapping[str, str], num_uses: int = 0,
+                     display_name: str | None = None, orphan: bool = False) -> dict[str, Any]:
+        """A new token (an orphan with ``orphan``): the ``auth`` part of the answer, ``client_token`` included."""
+        self.calls.add("auth.create_token")
+        create = self.client.auth.token.create_orphan if orphan else self.client.auth.token.create
+        with self._errors(f"creating a token with policy {', '.join(policies)!r}"):
+            resp = create(policies=list(policies), ttl=ttl, meta=dict(meta), num_uses=num_uses,
+                          display_name=display_name)
+        return dict(resp["auth"])
+
+    # --- auth methods and AppRole ----------------------------------------------------
+
+    def list_auth_methods(self) -> dict[str, Any]:
+        """Enabled auth methods by path (``approle/`` -> its settings)."""
+        self.calls.add("sys.list_auth")
+        with self._errors("listing auth methods"):
+            resp = self.client.sys.list_auth_methods()
+        return dict(resp.get("data", resp))
+
+    def enable_auth_method(self, method_type: str, path: str, description: str = "") -> None:
+        self.calls.add("sys.enable_auth")
+        with self._errors(f"enabling {method_type} auth at {path!r}"):
+            self.client.sys.enable_auth_method(method_type, path=path, description=description or None)
+
+    def read_approle(self, role_name: str, mount: str) -> dict[str, Any] | None:
+        resp = self._absent_is_none("approle.read_role", f"reading AppRole {role_name!r}",
+                                    self.client.auth.approle.read_role, role_name=role_name, mount_point=mount)
+        return None if resp is None else dict(resp["data"])
+
+    def create_or_update_approle(self, role_name: str, mount: str, **settings: Any) -> None:
+        self.calls.add("approle.write_role")
+        with self._errors(f"writing AppRole {role_name!r}"):
+            self.client.auth.approle.create_or_update_approle(role_name=role_name, mount_point=mount, **settings)
+
+    def read_approle_role_id(self, role_name: str, mount: str) -> str:
+        self.calls.add("approle.read_role_id")
+        with self._errors(f"reading the role id of AppRole {role_name!r}"):
+            resp = self.client.auth.approle.read_role_id(role_name=role_name, mount_point=mount)
+        return str(resp["data"]["role_id"])
+
+    def generate_approle_secret_id(self, role_name: str, mount: str) -> tuple[str, str]:
+        """A new secret id of the AppRole and its accessor; the caller keeps the secret id secret."""
+        self.calls.add("approle.secret_id")
+        with self._errors(f"creating a secret id for AppRole {role_name!r}"):
+            resp = self.client.auth.approle.generate_secret_id(role_name=role_name, mount_point=mount)
+        return str(resp["data"]["secret_id"]), str(resp["data"]["secret_id_accessor"])
+
+    # --- server ----------------------------------------------------------------------
+
+    def list_enabled_audit_devices(self) -> dict[str, Any]:
+        """The server's audit devices by path (``file/`` -> type, description, options)."""
+        self.calls.add("sys.list_audit")
+        with self._errors("listing the server's audit devices"):
+            resp = self.client.sys.list_enabled_audit_devices()
+        return dict(resp.get("data", resp))
+
+    def list_mounted_secrets_engines(self) -> dict[str, Any]:
+        """Mounted secrets engines by path (``keyops/`` -> type, options)."""
+        self.calls.add("sys.list_mounts")
+        with self._errors("listing secrets engines"):
+            resp = self.client.sys.list_mounted_secrets_engines()
+        return dict(resp.get("data", resp))
+
+    def enable_secrets_engine(self, backend_type: str, path: str, *, description: str = "",
+                              options: Mapping[str, str] | None = None) -> None:
+        self.calls.add("sys.enable_mount")
+        with self._errors(f"enabling the {backend_type} engine at {path!r}"):
+            self.client.sys.enable_secrets_engine(backend_type=backend_type, path=path,
+                                                  description=description or None,
+                                                  options=dict(options) if options else None)
 
     def check_mounts(self) -> None:
         """Fail early, with a clear error, when the KV mount is missing or not version 2."""
         self.calls.add("sys.read_mount")
         try:
             with self._errors(f"reading the configuration of mount {self.kv_mount!r}"):
-                resp = self.client.adapter.get(f"/v1/sys/mounts/{self.kv_mount}")
+                resp = self.client.adapter.get(format_url("/v1/sys/mounts/{}", self.kv_mount))
         except NotFound as exc:
             raise InvalidInput(f"KV mount {self.kv_mount!r} does not exist; enable it with "
                                f"'bao secrets enable -path={self.kv_mount} -version=2 kv'") from exc

@@ -7,7 +7,7 @@ import json
 import sys
 
 from keyops import audit
-from keyops.backends.vault import VaultStore, vault_errors
+from keyops.backends.vault import VaultStore
 from keyops.cli._common import add_json_flag, open_keyops, print_json
 from keyops.config import Config
 from keyops.errors import AuditChainBroken, ConfigError
@@ -155,9 +155,8 @@ def cmd_show(args: argparse.Namespace) -> int:
 
 
 def cmd_server(args: argparse.Namespace) -> int:
-    with open_keyops() as k, vault_errors("listing the server's audit devices", k.config.vault_addr):
-        devices = k.store.client.sys.list_enabled_audit_devices()
-    devices = devices.get("data", devices)
+    with open_keyops() as k:
+        devices = k.store.list_enabled_audit_devices()
     rows = [{"path": path, "type": d.get("type"), "description": d.get("description"),
              "file_path": (d.get("options") or {}).get("file_path")} for path, d in sorted(devices.items())]
     if args.json:

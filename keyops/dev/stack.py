@@ -61,8 +61,9 @@ import hvac.exceptions
 import requests
 
 from keyops.access import SECRETS_HISTORY
+from keyops.backends.vault import VaultStore
 from keyops.config import Config, find_softhsm_module
-from keyops.errors import DevStackError
+from keyops.errors import AuditError, DevStackError, KeyopsError
 from keyops.files import write_file_atomic
 
 __all__ = [
@@ -362,7 +363,15 @@ class DevStack:
             os.chmod(d, 0o700)
 
     def _client(self, token: str | None = None) -> hvac.Client:
+        """For what comes before keyops' own client can work (no token yet) and the operator's seal:
+        initialising, unsealing and sealing the server."""
         return hvac.Client(url=self._require_addr(), token=token, session=self._http, timeout=10)
+
+    def _store(self) -> VaultStore:
+        """keyops' own Vault client, with the root token: everything once the server is unsealed."""
+        config = Config(vault_addr=self._require_addr(), vault_token=self._root_token(), kv_mount=KV_MOUNT,
+                        transit_mount=TRANSIT_MOUNT, vault_timeout=10.0)
+        return VaultStore(config, pool_size=2)
 
     def _root_token(self) -> str:
         return _read_secret(self.root_token_file, "root token")
@@ -520,48 +529,37 @@ log_level     = "info"
             raise DevStackError(f"unsealing OpenBao failed ({type(exc).__name__}); is {self.unseal_key_file} "
                                 "the key of this stack?") from exc
 
-    def _ensure_mounts(self, client: hvac.Client) -> None:
-        mounts = client.sys.list_mounted_secrets_engines()
-        mounts = mounts.get("data", mounts)
+    def _ensure_mounts(self, store: VaultStore) -> None:
+        mounts = store.list_mounted_secrets_engines()
         kv = mounts.get(f"{KV_MOUNT}/")
         if kv is None:
-            client.sys.enable_secrets_engine(backend_type="kv", path=KV_MOUNT, options={"version": "2"},
-                                             description="keyops keyrings and encrypted secrets")
+            store.enable_secrets_engine("kv", KV_MOUNT, options={"version": "2"},
+                                        description="keyops keyrings and encrypted secrets")
         elif kv.get("type") != "kv" or str((kv.get("options") or {}).get("version")) != "2":
             raise DevStackError(f"the mount {KV_MOUNT}/ exists but is not KV version 2; disable it "
                                 f"('bao secrets disable {KV_MOUNT}') and run 'keyops dev up' again")
-        self._ensure_kv_history(client)
+        self._ensure_kv_history(store)
         transit = mounts.get(f"{TRANSIT_MOUNT}/")
         if transit is None:
-            client.sys.enable_secrets_engine(backend_type="transit", path=TRANSIT_MOUNT,
-                                             description="keyops transit-resident KEKs")
+            store.enable_secrets_engine("transit", TRANSIT_MOUNT, description="keyops transit-resident KEKs")
         elif transit.get("type") != "transit":
             raise DevStackError(f"the mount {TRANSIT_MOUNT}/ exists but is not a Transit engine")
 
-    def _ensure_kv_history(self, client: hvac.Client, timeout: float = 30.0) -> None:
+    def _ensure_kv_history(self, store: VaultStore, timeout: float = 30.0) -> None:
         """Keep more than Vault's 10 versions of every secret record (raised, never lowered).
 
         Keyrings, usage documents and the registry get their own history when
-        they are made. A new KV v2 mount answers "upgrading" for a moment.
+        they are made. A new KV v2 mount needs a moment before it answers.
         """
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                config = client.adapter.get(f"/v1/{KV_MOUNT}/config")
-                break
-            except hvac.exceptions.InvalidRequest as exc:
-                if "upgrading" not in str(exc).lower() or time.monotonic() > deadline:
-                    raise
-                time.sleep(0.05)
-        if int(((config or {}).get("data") or {}).get("max_versions") or 0) < SECRETS_HISTORY:
-            client.adapter.post(f"/v1/{KV_MOUNT}/config", json={"max_versions": SECRETS_HISTORY})
+        current = store.read_engine_config(wait=timeout)
+        if int(current.get("max_versions") or 0) < SECRETS_HISTORY:
+            store.configure_engine(max_versions=SECRETS_HISTORY)
 
-    def _ensure_audit(self, client: hvac.Client, timeout: float = 10.0) -> None:
+    def _ensure_audit(self, store: VaultStore, timeout: float = 10.0) -> None:
         """Check the declarative file audit device of bao.hcl is in place (bao adds it on becoming active)."""
         deadline = time.monotonic() + timeout
         while True:
-            devices = client.sys.list_enabled_audit_devices()
-            devices = devices.get("data", devices)
+            devices = store.list_enabled_audit_devices()
             device = devices.get(f"{AUDIT_DEVICE_PATH}/")
             if device is not None:
                 if device.get("type") != "file":
@@ -572,18 +570,14 @@ log_level     = "info"
                                     f"the end of {self.bao_log}:\n{self._log_tail()}")
             time.sleep(0.05)
 
-    def _ensure_audit_key(self, client: hvac.Client) -> None:
+    def _ensure_audit_key(self, store: VaultStore) -> None:
         """The Transit key that keys keyops' audit chain: type hmac, not exportable, no plaintext backup."""
+        from keyops.audit import ensure_audit_key
+
         try:
-            key = client.secrets.transit.read_key(name=AUDIT_KEY, mount_point=TRANSIT_MOUNT)["data"]
-        except hvac.exceptions.InvalidPath:
-            client.adapter.post(f"/v1/{TRANSIT_MOUNT}/keys/{AUDIT_KEY}",
-                                json={"type": "hmac", "key_size": 32, "exportable": False,
-                                      "allow_plaintext_backup": False})
-            return
-        if key.get("type") != "hmac" or key.get("exportable") or key.get("allow_plaintext_backup"):
-            raise DevStackError(f"the Transit key {TRANSIT_MOUNT}/{AUDIT_KEY} exists but is not a non-exportable "
-                                "hmac key; it cannot key the audit chain")
+            ensure_audit_key(store, AUDIT_KEY)
+        except AuditError as exc:
+            raise DevStackError(str(exc)) from exc
 
     # --- SoftHSM2 ------------------------------------------------------------------------
 
@@ -652,14 +646,15 @@ log_level     = "info"
                 unsealed_now = True
             self._wait_until(pid, "unsealed and active",
                              lambda h: h.get("sealed") is False and not h.get("standby"))
-            client = self._client(self._root_token())
             try:
-                self._ensure_mounts(client)
-                self._ensure_audit(client)
-                self._ensure_audit_key(client)
-            except (hvac.exceptions.VaultError, requests.RequestException) as exc:
-                raise DevStackError(f"configuring OpenBao mounts or audit failed: {type(exc).__name__}: "
-                                    f"{_safe_vault_message(exc)}") from exc
+                store = self._store()
+                self._ensure_mounts(store)
+                self._ensure_audit(store)
+                self._ensure_audit_key(store)
+            except DevStackError:
+                raise
+            except KeyopsError as exc:  # keyops' messages carry no secret
+                raise DevStackError(f"configuring OpenBao mounts or audit failed: {exc}") from exc
             hsm = self._ensure_hsm()
         return StackInfo(
             state_dir=self.state_dir, addr=f"http://{HOST}:{port}", pid=pid, port=port, cluster_port=cluster_port,
@@ -810,13 +805,6 @@ def _read_secret(path: Path, what: str) -> str:
     return value
 
 
-def _safe_vault_message(exc: BaseException) -> str:
-    errors = getattr(exc, "errors", None)
-    if isinstance(errors, list):
-        return "; ".join(str(e) for e in errors)[:500]
-    return type(exc).__name__
-
-
 def _die_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec
     try:
         libc = ctypes.CDLL(None, use_errno=True)
@@ -826,63 +814,35 @@ def _die_with_parent() -> None:  # pragma: no cover - runs in the child between 
 
 
 # --- the HSM helper, run as `python -m keyops.dev.stack hsm ensure|status` ------------------
+#
+# Failures raise DevStackError (or another KeyopsError) like everywhere else; only ``_main``, at the
+# process boundary, turns one into the {"error": ...} answer that ``DevStack._hsm_helper`` reads.
 
 
 def _hsm_main(action: str, request: dict[str, Any]) -> dict[str, Any]:
-    import pkcs11
-    import pkcs11.exceptions as p11e
+    from keyops.backends import hsm as hsm_backend  # PKCS#11 in this child process only
 
     module = request["module"]
     label = request["token_label"]
     pin_file = Path(request["pin_file"])
-    so_pin_file = Path(request["so_pin_file"])
-    try:
-        lib = pkcs11.lib(module)
-    except (OSError, RuntimeError, p11e.PKCS11Error) as exc:
-        return {"error": f"cannot load the SoftHSM2 module {module}: {type(exc).__name__}"}
-
-    def find_token() -> Any:
-        try:
-            return lib.get_token(token_label=label)
-        except p11e.NoSuchToken:
-            return None
-
-    token = find_token()
+    present = hsm_backend.token_present(module, label)
     if action == "status":
-        if token is None:
+        if not present:
             return {"token_present": False, "key_present": False}
         return {"token_present": True, **_master_key_state(request)}
-
     token_created = False
-    if token is None:
-        so_pin = _read_or_create_pin(so_pin_file)
-        user_pin = _read_or_create_pin(pin_file)
-        free = [s for s in lib.get_slots(token_present=True)
-                if not s.get_token().flags & pkcs11.TokenFlag.TOKEN_INITIALIZED]
-        if not free:
-            return {"error": "SoftHSM2 offers no free slot for a new token"}
-        rv = _c_init_token(module, free[0].slot_id, so_pin, label)
-        if rv != 0:
-            return {"error": f"C_InitToken failed with CKR 0x{rv:x}"}
-        lib.reinitialize()
-        token = find_token()
-        if token is None:
-            return {"error": f"the token {label!r} is missing right after it was initialised"}
-        with token.open(rw=True, so_pin=so_pin) as session:
-            session.init_pin(user_pin)
+    if not present:
+        hsm_backend.init_token(module, label, so_pin=_read_or_create_pin(Path(request["so_pin_file"])),
+                               user_pin=_read_or_create_pin(pin_file))
         token_created = True
-    else:
-        if not pin_file.exists():
-            return {"error": f"the HSM token {label!r} exists but its PIN file {pin_file} is missing; remove "
-                             f"{pin_file.parent} and run 'keyops dev up' to make a new token (its keys are lost)"}
+    elif not pin_file.exists():
+        raise DevStackError(f"the HSM token {label!r} exists but its PIN file {pin_file} is missing; remove "
+                            f"{pin_file.parent} and run 'keyops dev up' to make a new token (its keys are lost)")
     return {"token_created": token_created, **_master_key_state(request)}
 
 
 def _master_key_state(request: dict[str, Any]) -> dict[str, Any]:
     """The registered primary master key: its label and whether the token holds it (never made here)."""
-    import pkcs11.exceptions as p11e
-
-    from keyops.errors import KeyopsError
     from keyops.ops.front import Keyops
 
     if "vault_addr" not in request:
@@ -894,7 +854,7 @@ def _master_key_state(request: dict[str, Any]) -> dict[str, Any]:
                 return {"key_present": False}
             primary = found[0].get(found[0].primary)
             return {"key_present": k.hsm.has_key(primary.label, primary.key_id_bytes), "key_label": primary.label}
-    except (KeyopsError, p11e.PKCS11Error):
+    except KeyopsError:
         return {"key_present": False}
 
 
@@ -913,24 +873,13 @@ def _read_or_create_pin(path: Path) -> str:
     return value
 
 
-def _c_init_token(module: str, slot_id: int, so_pin: str, label: str) -> int:
-    """``C_InitToken``, which python-pkcs11 does not expose; the library is already initialised."""
-    lib = ctypes.CDLL(module)
-    fn = lib.C_InitToken
-    fn.argtypes = [ctypes.c_ulong, ctypes.c_char_p, ctypes.c_ulong, ctypes.c_char_p]
-    fn.restype = ctypes.c_ulong
-    pin = so_pin.encode()
-    padded = label.encode().ljust(32, b" ")[:32]
-    return int(fn(slot_id, pin, len(pin), padded))
-
-
 def _main(argv: list[str]) -> int:
     if len(argv) != 2 or argv[0] != "hsm" or argv[1] not in {"ensure", "status"}:
         print("usage: python -m keyops.dev.stack hsm ensure|status  (request as JSON on stdin)", file=sys.stderr)
         return 2
     try:
         answer = _hsm_main(argv[1], json.loads(sys.stdin.read()))
-    except DevStackError as exc:
+    except KeyopsError as exc:  # HsmError from the backend too; keyops' messages carry no secret
         answer = {"error": str(exc)}
     print(json.dumps(answer))
     return 1 if "error" in answer else 0

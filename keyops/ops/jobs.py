@@ -35,8 +35,8 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Generic, TypeVar
 
-from keyops.backends.vault import VaultStore, vault_errors
-from keyops.errors import Conflict, InvalidInput, JobFailed, KeyopsError, NotFound, PermissionDenied
+from keyops.backends.vault import VaultStore
+from keyops.errors import Conflict, InvalidInput, JobFailed, KeyopsError, PermissionDenied
 from keyops.model.keyring import format_time, utcnow
 from keyops.model.names import validate_count
 from keyops.ops.front import Keyops, jobs_path
@@ -251,17 +251,7 @@ class JobRun:
 
 def list_page(store: VaultStore, path: str, after: str, limit: int, mount: str | None = None) -> tuple[list[str], bool]:
     """Keys under ``path`` strictly after ``after``, at most ``limit``; and whether that was the last page."""
-    mount = mount or store.kv_mount
-    params: dict[str, Any] = {"limit": limit}
-    if after:
-        params["after"] = after
-    store.calls.add("kv.list")
-    try:
-        with vault_errors(f"listing {mount}/{path}", store.config.vault_addr):
-            resp = store.client.adapter.request("LIST", f"/v1/{mount}/metadata/{path}", params=params)
-    except NotFound:
-        return [], True
-    keys = list(((resp or {}).get("data") or {}).get("keys") or [])
+    keys = store.list(path, mount, after=after, limit=limit)
     if len(keys) > limit or (after and keys and keys[0] <= after):
         # The server ignored after/limit (HashiCorp Vault): it sent everything, in order.
         return sorted(key for key in keys if key > after), True

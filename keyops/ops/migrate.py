@@ -55,7 +55,6 @@ from collections.abc import Mapping
 from typing import Any, Literal
 
 from keyops import crypto
-from keyops.backends.vault import vault_errors
 from keyops.errors import (
     Conflict,
     DecryptionError,
@@ -64,7 +63,7 @@ from keyops.errors import (
     KeyStateError,
     MalformedCiphertext,
     NotFound,
-    VaultError,
+    TransitNotAuthentic,
 )
 from keyops.model.keyring import Keyring, format_time
 from keyops.model.names import validate_secret_name, validate_tenant
@@ -500,17 +499,10 @@ def _marker_document(data: Mapping[str, Any], value: _Value, meta: dict[str, Any
 
 
 def _transit_decrypt(k: Keyops, mount: str, key: str, ciphertext: str, context: bytes) -> bytes:
-    k.calls.add("transit.decrypt")
     try:
-        with vault_errors(f"Transit decrypt with key {key!r} of mount {mount!r}", k.config.vault_addr):
-            resp = k.store.client.secrets.transit.decrypt_data(
-                name=key, ciphertext=ciphertext, mount_point=mount,
-                associated_data=base64.b64encode(context).decode("ascii") if context else None)
-    except VaultError as exc:
-        if type(exc) is VaultError and "authentication failed" in str(exc):
-            raise DecryptionError() from exc  # wrong key, context or a damaged ciphertext: one opaque error
-        raise
-    return base64.b64decode(resp["data"]["plaintext"])
+        return k.store.transit_decrypt(key, ciphertext, context, mount=mount)
+    except TransitNotAuthentic as exc:
+        raise DecryptionError() from exc  # wrong key, context or a damaged ciphertext: one opaque error
 
 
 # --- purge ---------------------------------------------------------------------------------
@@ -544,17 +536,13 @@ def purge_sources(k: Keyops, tenant: str, source: str, *, source_mount: str | No
             return False
         k.decrypt(tenant, record.ciphertext, secret_context(record.name))  # raises unless it decrypts
         migrated_version = int(marker.get("source_version", 0))
-        k.calls.add("kv.read_metadata")
-        with vault_errors(f"reading the metadata of {mount}/{path}", k.config.vault_addr):
-            meta = k.store.client.secrets.kv.v2.read_secret_metadata(path=path, mount_point=mount)
-        versions = sorted(int(v) for v, info in (meta["data"].get("versions") or {}).items()
+        meta = k.store.read_metadata(path, mount=mount) or {}  # None: deleted since it was read
+        versions = sorted(int(v) for v, info in (meta.get("versions") or {}).items()
                           if int(v) <= migrated_version and not info.get("destroyed"))
         if not versions:
             return False
         if not dry_run:
-            k.calls.add("kv.destroy")
-            with vault_errors(f"destroying old versions of {mount}/{path}", k.config.vault_addr):
-                k.store.client.secrets.kv.v2.destroy_secret_versions(path=path, versions=versions, mount_point=mount)
+            k.store.destroy_versions(path, versions, mount=mount)
         return True
 
     purged = 0

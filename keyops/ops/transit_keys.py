@@ -23,7 +23,7 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-from keyops.backends.vault import VaultStore, vault_errors
+from keyops.backends.vault import VaultStore
 from keyops.errors import InvalidInput, KeyStateError
 from keyops.model.names import validate_tenant
 
@@ -270,9 +270,9 @@ def _check_versions(name: str, key: TransitKeyView) -> None:
 def config_requests(state: TransitKeyView, config: Mapping[str, Any]) -> list[dict[str, Any]]:
     """``config`` as one or more ``/config`` requests, each leaving a state Transit accepts.
 
-    OpenBao refuses ``min_encryption_version`` equal to ``min_decryption_version``
-    when both come in one request (although it accepts the same pair set one at a
-    time), so the two version settings go in separate requests, ordered so that
+    hvac refuses ``min_encryption_version`` equal to ``min_decryption_version``
+    when both come in one call (Transit itself accepts the pair), so the two
+    version settings go in separate requests, ordered so that
     ``min_encryption_version`` is 0 or at least ``min_decryption_version`` after each.
     """
     rest = {k: v for k, v in config.items() if k not in ("min_decryption_version", "min_encryption_version")}
@@ -331,28 +331,21 @@ def apply(store: VaultStore, spec: TransitKeySpec, dry_run: bool = False) -> Tra
     if dry_run or not steps.changed:
         return TransitKeyResult(spec.name, steps.changed, tuple(steps.actions()), current, steps.after, dry_run,
                                 steps.notes)
-    transit = store.client.secrets.transit
-    mount = store.transit_mount
-
-    def call(kind: str, what: str, fn: Any, **kwargs: Any) -> None:
-        store.calls.add(f"transit.{kind}")
-        with vault_errors(f"{what} Transit key {spec.name!r}", store.config.vault_addr):
-            fn(name=spec.name, mount_point=mount, **kwargs)
-
     if steps.create is not None:
-        create = dict(steps.create)
-        call("create_key", "creating", transit.create_key, key_type=create.pop("type"), **create)
+        # Never exportable, no plaintext backup: the store's create sends both as False.
+        store.transit_create_key(spec.name, str(steps.create["type"]),
+                                 auto_rotate_period=steps.create.get("auto_rotate_period"))
     if steps.rotate:
-        call("rotate_key", "rotating", transit.rotate_key)
+        store.transit_rotate_key(spec.name)
     configured = current
     if configured is None:  # created by this call, so the plan holds the key it makes
         assert steps.after is not None
         configured = dataclasses.replace(steps.after, min_decryption_version=1, min_encryption_version=0)
     for request in config_requests(configured, steps.config):
-        call("config", "configuring", transit.update_key_configuration, **request)
+        store.transit_configure_key(spec.name, **request)
     if steps.trim_to is not None:
-        call("trim_key", "trimming", transit.trim_key, min_version=steps.trim_to)
+        store.transit_trim_key(spec.name, steps.trim_to)
     if steps.delete:
-        call("delete_key", "deleting", transit.delete_key)
+        store.transit_delete_key(spec.name)
     after = None if steps.delete else read_key(store, spec.name)
     return TransitKeyResult(spec.name, True, tuple(steps.actions()), current, after, False, steps.notes)

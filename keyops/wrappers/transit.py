@@ -11,11 +11,9 @@ import base64
 import re
 
 from keyops.backends.vault import VaultStore
-from keyops.errors import DecryptionError, VaultError
+from keyops.errors import DecryptionError, TransitNotAuthentic
 
 _TRANSIT_CIPHERTEXT = re.compile(r"vault:v([1-9][0-9]{0,9}):([A-Za-z0-9+/]+={0,2})")
-# Transit's answers for a blob that is not one of its ciphertexts, or does not authenticate.
-_NOT_AUTHENTIC = ("authentication failed", "invalid ciphertext")
 
 
 class TransitWrapper:
@@ -42,13 +40,9 @@ class TransitWrapper:
             raise DecryptionError()
         try:
             return self.store.transit_decrypt(self.key_name, ciphertext, context)
-        except VaultError as exc:
-            # Transit answers 400 "cipher: message authentication failed" for a wrong
-            # context or a tampered blob, "invalid ciphertext: ..." for a mangled one;
-            # keep those as the one opaque error.
-            if type(exc) is VaultError and any(text in str(exc) for text in _NOT_AUTHENTIC):
-                raise DecryptionError() from exc
-            raise
+        except TransitNotAuthentic as exc:
+            # A wrong context, a tampered or a mangled blob: the one opaque error.
+            raise DecryptionError() from exc
 
     def __repr__(self) -> str:
         return f"<TransitWrapper key={self.key_name!r} version={self.key_version}>"

@@ -142,11 +142,23 @@ class _Adapter:
 
 
 class _Store:
+    """``VaultStore.list`` with ``after``/``limit``, over the adapter above."""
+
     def __init__(self, adapter: _Adapter) -> None:
-        self.client = type("Client", (), {"adapter": adapter})()
+        self.adapter = adapter
         self.kv_mount = "kv"
         self.calls = CallCounter()
-        self.config = type("Config", (), {"vault_addr": "http://127.0.0.1:1"})()
+
+    def list(self, path: str, mount: str | None = None, *, after: str = "", limit: int = 0) -> list[str]:
+        from keyops.errors import NotFound
+
+        self.calls.add("kv.list")
+        params: dict[str, Any] = {"limit": limit, **({"after": after} if after else {})}
+        try:
+            resp = self.adapter.request("LIST", f"/v1/{mount or self.kv_mount}/metadata/{path}", params=params)
+        except NotFound:
+            return []
+        return list(resp["data"]["keys"])
 
 
 TREE = ["a", "a-b", "a.c", "a/b", "a/b/c", "a/b0", "a/c", "a0", "b", "b/x/y/z", "b/x0", "c/", "z"]
