@@ -11,11 +11,9 @@ from __future__ import annotations
 
 import collections
 import contextlib
-import dataclasses
 import datetime as dt
 import itertools
 import logging
-import sys
 import threading
 import time
 import uuid
@@ -57,6 +55,7 @@ from keyops.ops import secrets as secret_ops
 from keyops.ops import status as status_ops
 from keyops.ops import tenants as tenant_ops
 from keyops.ops.cas import CAS_ATTEMPTS, retry_on_conflict, update_document
+from keyops.ops.reservations import LOCK_FREE_USES, FastTenant, Reservation, next_block, wall
 from keyops.ops.results import (
     LevelStatus,
     SecretRecord,
@@ -83,75 +82,8 @@ RESTORE_ADVICE = ("an administrator restores a good version from KV's history: s
                   "in docs/access.md")
 RECORD_SCHEMA = 1
 CAS_RETRIES = CAS_ATTEMPTS  # the one retry policy (keyops.ops.cas), under the name other modules import
-#: First block of DEK uses a process reserves; it doubles up to the maximum,
-#: so a busy process writes the keyring rarely and an idle one wastes little.
-FIRST_RESERVATION = 4096
-MAX_RESERVATION = 1 << 20
-#: ``next()`` on an ``itertools.count`` is atomic while the GIL serialises
-#: bytecode, so the hot path draws DEK uses without a lock; a free-threaded
-#: interpreter takes the locked path for every encryption instead.
-_LOCK_FREE_USES = getattr(sys, "_is_gil_enabled", lambda: True)()
 _monotonic = time.monotonic
 _log = logging.getLogger("keyops.ops.front")
-
-
-def _wall() -> dt.datetime:
-    return dt.datetime.now(dt.UTC)
-
-
-@dataclasses.dataclass
-class _Reservation:
-    """Uses ``[start, end)`` of DEK ``dek_version``, reserved in the usage document by this process.
-
-    ``counter`` hands out each number once (``next`` is atomic under the GIL);
-    a number at or past ``end`` is never used for an encryption, so the
-    recorded count is always an upper bound of the encryptions done. No
-    encryption under it starts at or after ``deadline`` (monotonic): the
-    lease recorded in the usage document ends later than that by this
-    process's request deadline, which is what retire and destroy wait out.
-    """
-
-    dek_version: int
-    start: int
-    end: int
-    block: int
-    deadline: float
-    counter: Iterator[int]
-    external: bool
-
-
-def _next_block(previous: _Reservation | None) -> int:
-    """Blocks double while a process spends them before its lease ends, and shrink to its demand otherwise."""
-    if previous is None:
-        return FIRST_RESERVATION
-    spent = next(previous.counter) - previous.start
-    if spent >= previous.end - previous.start:
-        return min(previous.block * 2, MAX_RESERVATION)
-    return max(FIRST_RESERVATION, min(MAX_RESERVATION, spent * 2))
-
-
-class _FastTenant:
-    """The hot path of one tenant, valid while ``src`` is the tenant's cached keyring entry.
-
-    ``src`` is the ``(keyring, kv_version, loaded_at)`` tuple of
-    ``Keyops._keyrings``; any re-read or write of the keyring replaces that
-    tuple and so retires this object, and it expires with the keyring TTL.
-    Bound DEKs enter only after their state was checked against ``src``.
-    """
-
-    __slots__ = ("src", "expires", "header_len", "text_tenant_len", "by_version", "by_header", "by_text", "enc")
-
-    def __init__(self, tenant: str, src: tuple[Keyring, int, float], ttl: float) -> None:
-        self.src = src
-        self.expires = src[2] + ttl
-        self.header_len = len(crypto.binary_tenant_prefix(tenant)) + 4
-        self.text_tenant_len = len(crypto.text_tenant_prefix(tenant))
-        self.by_version: dict[int, crypto.BoundKey] = {}
-        self.by_header: dict[bytes, crypto.BoundKey] = {}  # binary header up to the DEK version
-        self.by_text: dict[str, crypto.BoundKey] = {}  # "keyops:v1:<tenant>:<version>:"
-        # Per purpose (index 0: records of keyops' store, 1: callers outside it): the primary
-        # DEK, this process's live reservation of it and when encrypting with it must stop.
-        self.enc: list[tuple[crypto.BoundKey, _Reservation, float] | None] = [None, None]
 
 
 # --- the API ------------------------------------------------------------------------------
@@ -177,10 +109,10 @@ class Keyops:
             audit.attach(self.store)  # the audit trail's KV copies use this caller's token
         self.hierarchy = Hierarchy(self, cache_size)
         self._keyrings: dict[str, tuple[Keyring, int, float]] = {}
-        self._reservations: dict[tuple[str, bool], _Reservation] = {}
+        self._reservations: dict[tuple[str, bool], Reservation] = {}
         #: Names this object's leases in usage documents (``keyops.model.usage``); no meaning beyond that.
         self.holder = uuid.uuid4().hex[:12]
-        self._fast: dict[str, _FastTenant] = {}
+        self._fast: dict[str, FastTenant] = {}
         self._tenant_locks: collections.defaultdict[str, threading.Lock] = collections.defaultdict(threading.Lock)
         self._lock = threading.Lock()
 
@@ -408,7 +340,7 @@ class Keyops:
             next(r.counter)  # the first number of the new block is this use
             return r.dek_version
 
-    def _reserve(self, tenant: str, previous: _Reservation | None, external: bool) -> _Reservation:
+    def _reserve(self, tenant: str, previous: Reservation | None, external: bool) -> Reservation:
         """Reserve a block of uses of the primary DEK under a lease, with one check-and-set write of the usage.
 
         The usage document is read before the keyring, and the write is a
@@ -420,10 +352,10 @@ class Keyops:
         # Unwrap the primary DEK first: a process that cannot use it (wrong PIN,
         # HSM or Transit refusing) must fail without spending a reservation.
         self.dek(tenant, self.cached_keyring(tenant).dek.primary)
-        block = _next_block(previous)
+        block = next_block(previous)
         lease = self.keyring_ttl
 
-        def attempt() -> _Reservation:
+        def attempt() -> Reservation:
             started = _monotonic()
             usage, cas = self.read_usage(tenant)
             keyring = self.read_keyring(tenant)[0]
@@ -432,15 +364,15 @@ class Keyops:
                 raise KeyStateError(f"the primary DEK of tenant {tenant!r} is {primary.state}")
             # The recorded lease outlasts this process's last encryption under it by the
             # request deadline, so the write of that ciphertext has landed (or failed) by then.
-            lease_until = _wall() + dt.timedelta(seconds=lease + self.config.vault_timeout)
+            lease_until = wall() + dt.timedelta(seconds=lease + self.config.vault_timeout)
             new, start, end = usage.reserve(primary.version, block, keyring.policy.dek_usage_cap,
-                                            external=external, holder=self.holder, now=_wall(),
+                                            external=external, holder=self.holder, now=wall(),
                                             lease_until=lease_until, legacy_uses=primary.uses)
             if end <= start:
                 raise UsageCapReached(f"DEK version {primary.version} of tenant {tenant!r} reached its usage cap; "
                                       f"rotate the DEK: keyops rotate --tenant {tenant} --level dek")
             self.store.write(usage_path(tenant), new.to_dict(), cas=cas)
-            return _Reservation(primary.version, start, end, block, started + lease, itertools.count(start), external)
+            return Reservation(primary.version, start, end, block, started + lease, itertools.count(start), external)
 
         r = retry_on_conflict(attempt, f"the usage document of tenant {tenant!r}")
         self._reservations[(tenant, external)] = r
@@ -488,7 +420,7 @@ class Keyops:
         if st is None or st.src is not src:
             if len(self._fast) >= self.hierarchy.cache_size:
                 self._fast.clear()
-            st = _FastTenant(tenant, src, self.keyring_ttl)
+            st = FastTenant(tenant, src, self.keyring_ttl)
             self._fast[tenant] = st
         st.by_version[version] = bk
         st.by_header[bk.header] = bk
@@ -503,7 +435,7 @@ class Keyops:
     # --- data -----------------------------------------------------------------------------
 
     # The hot path: encrypt, encrypt_bytes and decrypt first try the tenant's
-    # _FastTenant (a few dict look-ups, one clock read and one atomic counter
+    # FastTenant (a few dict look-ups, one clock read and one atomic counter
     # step), and take the checked slow path (validation, keyring TTL, state
     # checks, reservations under the lock) whenever anything is missing or
     # stale. Any error or unusual input also goes the slow way, so errors are
@@ -518,7 +450,7 @@ class Keyops:
         else:
             slot = st.enc[external]
             if (slot is not None and self._keyrings.get(tenant) is st.src and _monotonic() < slot[2]
-                    and _LOCK_FREE_USES and next(slot[1].counter) < slot[1].end):
+                    and LOCK_FREE_USES and next(slot[1].counter) < slot[1].end):
                 return slot[0]
         tenant = validate_tenant(tenant)
         crypto._check_context(context)  # bad input must not spend a reservation

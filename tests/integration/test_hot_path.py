@@ -19,7 +19,7 @@ from keyops import crypto
 from keyops.config import Config
 from keyops.errors import DecryptionError, InvalidInput, KeyopsError, KeyStateError, UsageCapReached
 from keyops.model.keyring import Policy
-from keyops.ops import front as service
+from keyops.ops import reservations
 from keyops.ops.front import Keyops, b64e
 
 pytestmark = pytest.mark.integration
@@ -30,8 +30,8 @@ CONTEXT = b"secret:hot/path"
 @pytest.fixture
 def small_blocks(monkeypatch: pytest.MonkeyPatch) -> int:
     """Reservations of 50 uses, so that a few thousand encryptions cross many blocks."""
-    monkeypatch.setattr(service, "FIRST_RESERVATION", 50)
-    monkeypatch.setattr(service, "MAX_RESERVATION", 50)
+    monkeypatch.setattr(reservations, "FIRST_RESERVATION", 50)
+    monkeypatch.setattr(reservations, "MAX_RESERVATION", 50)
     return 50
 
 
