@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import dataclasses
-import json
 import sys
 from typing import Any
 
 from keyops.config import Config
 from keyops.ops.front import Keyops
+from keyops.ops.views import dump_json
 
 
 def open_keyops() -> Keyops:
@@ -24,19 +23,9 @@ def open_keyops() -> Keyops:
     return Keyops(config, audit=audit)
 
 
-def to_jsonable(value: Any) -> Any:
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return to_jsonable(dataclasses.asdict(value))
-    if isinstance(value, dict):
-        return {k: to_jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [to_jsonable(v) for v in value]
-    return value
-
-
 def print_json(value: Any) -> None:
-    json.dump(to_jsonable(value), sys.stdout, indent=2, sort_keys=True)
-    sys.stdout.write("\n")
+    """``--json`` output: the library's one view of results (``keyops.ops.views``), as the modules return it."""
+    dump_json(value, sys.stdout)
 
 
 def add_json_flag(parser: Any) -> None:

@@ -69,7 +69,7 @@ import os
 import socket
 import time
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Literal
 
@@ -77,6 +77,7 @@ from keyops import crypto
 from keyops.errors import Conflict, InvalidInput, KeyopsError, KeyStateError, NotFound, TenantNotFound
 from keyops.model.keyring import TENANT_LEVELS, Keyring, age_days, due_rotations, format_time
 from keyops.ops.jobs import MAX_WORKERS
+from keyops.ops.outcomes import TenantFailure
 from keyops.model.names import validate_count, validate_tenant, validate_version
 from keyops.ops.front import (
     MASTER_PATH,
@@ -138,27 +139,52 @@ class MasterRotationResult:
     tenant: str | None = None
 
 
-@dataclasses.dataclass(frozen=True)
-class DueFailure:
-    tenant: str | None
-    level: str
-    error: str  # the KeyopsError code
-    message: str
+#: A tenant (or the master key) whose rotation failed; the others still ran.
+DueFailure = TenantFailure
 
 
 @dataclasses.dataclass(frozen=True)
-class DueRotationReport:
-    """What ``rotate_due`` found due, and what it rotated (or would, in a dry run)."""
+class RotationReport:
+    """Rotations of several tenants (``rotate_tenants``): each one's result or failure, in the order given.
+
+    A result's ``changed`` is already what check mode reports: in a dry run,
+    whether it would rotate.
+    """
 
     dry_run: bool
-    tenants_checked: int
-    master_checked: bool
     rotations: tuple[RotationResult | MasterRotationResult, ...]
-    failures: tuple[DueFailure, ...]
+    failures: tuple[TenantFailure, ...]
 
     @property
     def changed(self) -> bool:
         return any(r.changed for r in self.rotations)
+
+    @property
+    def rotated(self) -> tuple[RotationResult | MasterRotationResult, ...]:
+        return tuple(r for r in self.rotations if r.changed)
+
+    @property
+    def unchanged(self) -> tuple[RotationResult | MasterRotationResult, ...]:
+        return tuple(r for r in self.rotations if not r.changed)
+
+    def _done(self, scope: str = "") -> str:
+        verb = "would rotate" if self.dry_run else "rotated"
+        done = len(self.rotated)
+        text = f"{verb} {done} key{'s' if done != 1 else ''}{scope}"
+        if self.failures:
+            text += f"; {len(self.failures)} failed"
+        return text
+
+    def summary(self) -> str:
+        return self._done()
+
+
+@dataclasses.dataclass(frozen=True)
+class DueRotationReport(RotationReport):
+    """What ``rotate_due`` found due, and what it rotated (or would, in a dry run)."""
+
+    tenants_checked: int = 0
+    master_checked: bool = False
 
     @property
     def nothing_due(self) -> bool:
@@ -170,12 +196,7 @@ class DueRotationReport:
             scope += " and the master key"
         if self.nothing_due:
             return f"nothing due ({scope} checked)"
-        verb = "would rotate" if self.dry_run else "rotated"
-        done = sum(1 for r in self.rotations if r.changed)
-        text = f"{verb} {done} key{'s' if done != 1 else ''} ({scope} checked)"
-        if self.failures:
-            text += f"; {len(self.failures)} failed"
-        return text
+        return self._done(f" ({scope} checked)")
 
 
 # --- pure helpers (no I/O) --------------------------------------------------------------------
@@ -649,6 +670,31 @@ def sync_transit_key(k: Keyops, keyring: Keyring, *, trim: bool = False) -> list
     return changed
 
 
+def rotate_tenants(k: Keyops, tenants: Sequence[str], level: Literal["dek", "kek", "master"], *,
+                   dry_run: bool = False, expect_version: int | None = None,
+                   reason: str = "on demand") -> RotationReport:
+    """Rotate ``level`` of each tenant now, one after the other, in the order given.
+
+    A tenant whose rotation fails is reported in ``failures`` and the others
+    still run. ``level="master"`` takes no tenant: it rotates the master key
+    (``rotate_master``), one operation whose failure raises.
+    """
+    if level == "master":
+        if tenants:
+            raise InvalidInput("the master key belongs to no tenant; give no tenant with level master")
+        return RotationReport(dry_run, (rotate_master(k, dry_run=dry_run, expect_version=expect_version,
+                                                      reason=reason),), ())
+    rotations: list[RotationResult | MasterRotationResult] = []
+    failures: list[TenantFailure] = []
+    for tenant in tenants:
+        try:
+            rotations.append(rotate(k, tenant, level, dry_run=dry_run, expect_version=expect_version,
+                                    reason=reason))
+        except KeyopsError as exc:
+            failures.append(TenantFailure.of(tenant, level, exc))
+    return RotationReport(dry_run, tuple(rotations), tuple(failures))
+
+
 # --- master key -------------------------------------------------------------------------------
 
 
@@ -904,7 +950,7 @@ def rotate_due(k: Keyops, *, dry_run: bool = False, tenants: list[str] | None = 
     names = [validate_tenant(t) for t in tenants] if tenants is not None else k.list_tenants()
     now = k.clock()
     rotations: list[RotationResult | MasterRotationResult] = []
-    failures: list[DueFailure] = []
+    failures: list[TenantFailure] = []
 
     def read(tenant: str) -> tuple[Keyring, int] | KeyopsError:
         try:
@@ -938,9 +984,9 @@ def rotate_due(k: Keyops, *, dry_run: bool = False, tenants: list[str] | None = 
                     rotations.append(rotate_master(k, dry_run=dry_run, expect_version=registry.primary,
                                                    reason=f"due: {why}"))
         except KeyopsError as exc:
-            failures.append(DueFailure(None, "master", exc.code, str(exc)))
+            failures.append(TenantFailure.of(None, "master", exc))
 
-    def one(tenant: str) -> tuple[list[RotationResult], list[DueFailure]]:
+    def one(tenant: str) -> tuple[list[RotationResult], list[TenantFailure]]:
         done: list[RotationResult] = []
         level = "kek"
         try:
@@ -959,14 +1005,15 @@ def rotate_due(k: Keyops, *, dry_run: bool = False, tenants: list[str] | None = 
                     done.append(rotate(k, tenant, level, dry_run=dry_run, expect_version=due.version,
                                        reason=f"due: {due.reason}: {due.detail}"))
         except KeyopsError as exc:
-            return done, [DueFailure(tenant, level, exc.code, str(exc))]
+            return done, [TenantFailure.of(tenant, level, exc)]
         return done, []
 
     with ThreadPoolExecutor(max_workers=tenant_workers) as pool:
         for done, failed in pool.map(one, names):  # results in the order of the tenants
             rotations.extend(done)
             failures.extend(failed)
-    return DueRotationReport(dry_run, len(names), master_checked, tuple(rotations), tuple(failures))
+    return DueRotationReport(dry_run, tuple(rotations), tuple(failures), tenants_checked=len(names),
+                             master_checked=master_checked)
 
 
 def _list(versions: list[int]) -> str:

@@ -144,7 +144,11 @@ due:
 """
 
 from ansible_collections.keyops.kms.plugins.module_utils._connection import KeyopsModule
-from ansible_collections.keyops.kms.plugins.module_utils._views import jsonable
+
+try:
+    from keyops.ops.views import to_json
+except ImportError:
+    pass  # KeyopsModule reports the missing library
 
 
 def main():
@@ -155,12 +159,12 @@ def main():
     with module.session() as k:
         statuses = k.status(module.params["tenant"])
         found = k.read_master()
-    tenants = [jsonable(s) for s in statuses]
+    tenants = [to_json(s) for s in statuses]
     due = [dict(tenant=s["tenant"], **d) for s in tenants for d in s["due"]]
-    master = jsonable(found[0].to_dict()) if found else None
+    master = to_json(found[0].to_dict()) if found else None
     if master is not None:
         master.pop("schema", None)
-    problems = [jsonable(p) for p in getattr(statuses, "problems", ())]
+    problems = [to_json(p) for p in getattr(statuses, "problems", ())]
     module.exit_json(changed=False, master=master, tenants=tenants, due=due, problems=problems)
 
 

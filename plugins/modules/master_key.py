@@ -146,10 +146,10 @@ rotation:
 """
 
 from ansible_collections.keyops.kms.plugins.module_utils._connection import KeyopsModule
-from ansible_collections.keyops.kms.plugins.module_utils._views import jsonable, master_view
 
 try:
     from keyops.ops import rotation
+    from keyops.ops.views import master_view, to_json
 except ImportError:
     pass  # KeyopsModule reports the missing library
 
@@ -157,7 +157,7 @@ except ImportError:
 def predicted(registry, result, label):
     """The registry a dry-run rotation would leave: the new version primary, the old one decrypt_only."""
     versions = [dict(v, state="decrypt_only" if v["state"] == "active" else v["state"])
-                for v in jsonable(registry.versions) if v["version"] != result.new_version]
+                for v in to_json(registry.versions) if v["version"] != result.new_version]
     versions.append({"version": result.new_version, "label": label(result.new_version), "state": "active",
                      "created_at": None})
     return {"primary": result.new_version, "versions": versions}
@@ -189,7 +189,7 @@ def main():
     if rotated is not None and rotated.changed and module.check_mode:
         after = predicted(registry, rotated, label)
     else:
-        after = {"primary": registry.primary, "versions": jsonable(registry.versions)}
+        after = {"primary": registry.primary, "versions": to_json(registry.versions)}
     primary = [v for v in after["versions"] if v["version"] == after["primary"]][0]
     changed = created or bool(rotated and rotated.changed)
     rotation_out = None

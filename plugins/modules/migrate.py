@@ -206,10 +206,10 @@ resumed:
 """
 
 from ansible_collections.keyops.kms.plugins.module_utils._connection import KeyopsModule
-from ansible_collections.keyops.kms.plugins.module_utils._views import jsonable
 
 try:
     from keyops.ops.migrate import migrate
+    from keyops.ops.views import to_json
 except ImportError:
     pass  # KeyopsModule reports the missing library
 
@@ -241,7 +241,7 @@ def main():
                          workers=p["workers"], batch_size=p["batch_size"], dry_run=module.check_mode,
                          job_id=p["job_id"], purge_source=p["purge_source"])
     view = {name: getattr(result, name) for name in _FIELDS}
-    view["skipped"] = jsonable(result.skipped)
+    view["skipped"] = to_json(result.skipped)
     if module.check_mode:
         changed = result.migrated > 0 or result.purged > 0
     else:

@@ -178,29 +178,33 @@ rewritten:
 from ansible_collections.keyops.kms.plugins.module_utils._connection import KeyopsModule
 
 try:
-    from keyops.errors import KeyopsError
-    from keyops.ops.reencrypt import reencrypt, reencrypt_tenants
+    from keyops.ops.reencrypt import reencrypt_tenants
 except ImportError:
     pass  # KeyopsModule reports the missing library
 
 _FIELDS = ("tenant", "job_id", "dek_version", "total", "rewritten", "already_current", "redone_after_conflict",
-           "vanished", "rewritten_late", "resumed")
+           "vanished", "rewritten_late", "resumed", "references", "unreferenced")
 
 
-def result_view(result, check_mode):
-    view = {name: getattr(result, name) for name in _FIELDS}
-    view["references"] = {str(v): n for v, n in sorted(result.references.items())}
-    view["unreferenced"] = list(result.unreferenced)
-    view["changed"] = result.rewritten > 0 if check_mode else result.changed
-    return view
+def result_view(outcome):
+    view = outcome.result.to_dict()
+    return {**{name: view[name] for name in _FIELDS}, "changed": outcome.changed}
 
 
-def _one(k, p, check_mode):
-    try:
-        return reencrypt(k, p["tenant"], workers=p["workers"], batch_size=p["batch_size"], job_id=p["job_id"],
-                         dry_run=check_mode)
-    except KeyopsError as err:
-        return err
+def failure_view(failure):
+    return {"tenant": failure.tenant, "error": failure.error, "message": failure.message}
+
+
+def diff_of(outcomes):
+    """Per tenant with records to move: where its records are, before and after."""
+    before, after = {}, {}
+    for r in (o.result for o in outcomes if o.changed):
+        moved, current = r.rewritten, r.already_current
+        before[r.tenant] = {"primary_dek": r.dek_version, "records_under_primary": current,
+                            "records_under_older_deks": moved}
+        after[r.tenant] = {"primary_dek": r.dek_version, "records_under_primary": current + moved,
+                           "records_under_older_deks": 0}
+    return before, after
 
 
 def main():
@@ -218,34 +222,14 @@ def main():
         supports_check_mode=True,
     )
     p = module.params
-    tenants = [p["tenant"]] if p["tenant"] else p["tenants"]
-    results, failures = [], []
     with module.session() as k:
-        if p["job_id"] is not None:  # one tenant (job_id excludes tenants)
-            outcomes = [(p["tenant"], _one(k, p, module.check_mode))]
-        else:
-            outcomes = reencrypt_tenants(k, tenants, tenant_workers=p["tenant_workers"], workers=p["workers"],
-                                         batch_size=p["batch_size"], dry_run=module.check_mode)
-    for tenant, outcome in outcomes:
-        if isinstance(outcome, KeyopsError):
-            failures.append({"tenant": tenant, "error": outcome.code, "message": str(outcome)})
-        else:
-            results.append(result_view(outcome, module.check_mode))
-    before, after = {}, {}
-    for r in results:
-        if r["changed"]:
-            moved, current = r["rewritten"], r["already_current"]
-            before[r["tenant"]] = {"primary_dek": r["dek_version"], "records_under_primary": current,
-                                   "records_under_older_deks": moved}
-            after[r["tenant"]] = {"primary_dek": r["dek_version"], "records_under_primary": current + moved,
-                                  "records_under_older_deks": 0}
-    out = dict(changed=any(r["changed"] for r in results), results=results, failures=failures,
-               rewritten=sum(r["rewritten"] for r in results),
-               **module.diff(before, after))
-    if failures:
-        module.fail_json(msg=f"re-encryption failed for {len(failures)} of {len(tenants)} tenants: "
-                             f"{failures[0]['message']}", error=failures[0]["error"], retryable=False, **out)
-    module.exit_json(**out)
+        report = reencrypt_tenants(k, [p["tenant"]] if p["tenant"] else p["tenants"],
+                                   tenant_workers=p["tenant_workers"], workers=p["workers"],
+                                   batch_size=p["batch_size"], job_id=p["job_id"], dry_run=module.check_mode)
+    done = [o for o in report.outcomes if not o.failed]
+    module.exit_report(report, report.summary(), changed=report.changed, results=[result_view(o) for o in done],
+                       failures=[failure_view(f) for f in report.failures], rewritten=report.rewritten,
+                       **module.diff(*diff_of(done)))
 
 
 if __name__ == "__main__":

@@ -186,7 +186,7 @@ from ansible_collections.keyops.kms.plugins.module_utils._connection import Keyo
 
 try:
     from keyops.ops import rotation
-    from keyops.errors import KeyopsError
+    from keyops.ops.views import to_json
 except ImportError:
     pass  # KeyopsModule reports the missing library
 
@@ -194,26 +194,8 @@ _FIELDS = ("tenant", "level", "old_version", "new_version", "reason", "detail", 
 
 
 def rotation_view(result):
-    return {name: getattr(result, name, None) for name in _FIELDS}
-
-
-def failure_view(tenant, level, err):
-    return {"tenant": tenant, "level": level, "error": err.code, "message": str(err)}
-
-
-def on_demand(k, params, check_mode):
-    """Rotations of O(level): (results, failures)."""
-    level, expect, reason = params["level"], params["expect_version"], params["reason"]
-    if level == "master":
-        return [rotation.rotate_master(k, dry_run=check_mode, expect_version=expect, reason=reason)], []
-    results, failures = [], []
-    for tenant in [params["tenant"]] if params["tenant"] else params["tenants"]:
-        try:
-            results.append(rotation.rotate(k, tenant, level, dry_run=check_mode, expect_version=expect,
-                                           reason=reason))
-        except KeyopsError as err:
-            failures.append(failure_view(tenant, level, err))
-    return results, failures
+    view = to_json(result)
+    return {name: view.get(name) for name in _FIELDS}
 
 
 def diff_of(results):
@@ -242,38 +224,26 @@ def main():
         supports_check_mode=True,
     )
     p = module.params
-    if p["level"] == "master" and (p["tenant"] or p["tenants"]):
+    tenants = [p["tenant"]] if p["tenant"] else p["tenants"]
+    if p["level"] == "master" and tenants:
         module.fail_json(msg="level master rotates the HSM master key of every tenant; give no tenant",
                          error="invalid_input", retryable=False)
-    if p["level"] in ("dek", "kek") and not (p["tenant"] or p["tenants"]):
+    if p["level"] in ("dek", "kek") and not tenants:
         module.fail_json(msg=f"level {p['level']} needs tenant or tenants (or use due_only: true)",
                          error="invalid_input", retryable=False)
     extra = {}
     with module.session() as k:
         if p["due_only"]:
-            report = rotation.rotate_due(k, dry_run=module.check_mode, tenants=p["tenants"] or (
-                [p["tenant"]] if p["tenant"] else None), include_master=p["include_master"])
-            results = list(report.rotations)
-            failures = [{"tenant": f.tenant, "level": f.level, "error": f.error, "message": f.message}
-                        for f in report.failures]
-            summary = report.summary()
+            report = rotation.rotate_due(k, dry_run=module.check_mode, tenants=tenants or None,
+                                         include_master=p["include_master"])
             extra["checked"] = report.tenants_checked
         else:
-            results, failures = on_demand(k, p, module.check_mode)
-            done = sum(1 for r in results if r.changed)
-            verb = "would rotate" if module.check_mode else "rotated"
-            summary = f"{verb} {done} key{'s' if done != 1 else ''}"
-            if failures:
-                summary += f"; {len(failures)} failed"
-    rotated = [r for r in results if r.changed]
-    before, after = diff_of(rotated)
-    out = dict(changed=bool(rotated), rotated=[rotation_view(r) for r in rotated],
-               unchanged=[rotation_view(r) for r in results if not r.changed], failures=failures,
-               summary=summary, **extra, **module.diff(before, after))
-    if failures:
-        first = failures[0]
-        module.fail_json(msg=f"{summary}: {first['message']}", error=first["error"], retryable=False, **out)
-    module.exit_json(**out)
+            report = rotation.rotate_tenants(k, tenants or [], p["level"], dry_run=module.check_mode,
+                                             expect_version=p["expect_version"], reason=p["reason"])
+    summary = report.summary()
+    module.exit_report(report, summary, changed=report.changed, rotated=[rotation_view(r) for r in report.rotated],
+                       unchanged=[rotation_view(r) for r in report.unchanged], failures=to_json(report.failures),
+                       summary=summary, **extra, **module.diff(*diff_of(report.rotated)))
 
 
 if __name__ == "__main__":

@@ -144,11 +144,11 @@ dek_version:
 """
 
 from ansible_collections.keyops.kms.plugins.module_utils._connection import KeyopsModule
-from ansible_collections.keyops.kms.plugins.module_utils._views import keyring_view
 
 try:
     from keyops.errors import TenantNotFound
     from keyops.model.keyring import Policy
+    from keyops.ops.views import keyring_view
 except ImportError:
     pass  # KeyopsModule reports the missing library
 
