@@ -143,13 +143,8 @@ class MasterRotationResult:
 DueFailure = TenantFailure
 
 
-@dataclasses.dataclass(frozen=True)
-class RotationReport:
-    """Rotations of several tenants (``rotate_tenants``): each one's result or failure, in the order given.
-
-    A result's ``changed`` is already what check mode reports: in a dry run,
-    whether it would rotate.
-    """
+class _Rotations:
+    """What a report of rotations says; a result's ``changed`` is already what check mode reports."""
 
     dry_run: bool
     rotations: tuple[RotationResult | MasterRotationResult, ...]
@@ -175,16 +170,28 @@ class RotationReport:
             text += f"; {len(self.failures)} failed"
         return text
 
+
+@dataclasses.dataclass(frozen=True)
+class RotationReport(_Rotations):
+    """Rotations on demand (``rotate_tenants``): each tenant's result or failure, in the order given."""
+
+    dry_run: bool
+    rotations: tuple[RotationResult | MasterRotationResult, ...]
+    failures: tuple[TenantFailure, ...]
+
     def summary(self) -> str:
         return self._done()
 
 
 @dataclasses.dataclass(frozen=True)
-class DueRotationReport(RotationReport):
+class DueRotationReport(_Rotations):
     """What ``rotate_due`` found due, and what it rotated (or would, in a dry run)."""
 
-    tenants_checked: int = 0
-    master_checked: bool = False
+    dry_run: bool
+    tenants_checked: int
+    master_checked: bool
+    rotations: tuple[RotationResult | MasterRotationResult, ...]
+    failures: tuple[TenantFailure, ...]
 
     @property
     def nothing_due(self) -> bool:
@@ -1012,8 +1019,7 @@ def rotate_due(k: Keyops, *, dry_run: bool = False, tenants: list[str] | None = 
         for done, failed in pool.map(one, names):  # results in the order of the tenants
             rotations.extend(done)
             failures.extend(failed)
-    return DueRotationReport(dry_run, tuple(rotations), tuple(failures), tenants_checked=len(names),
-                             master_checked=master_checked)
+    return DueRotationReport(dry_run, len(names), master_checked, tuple(rotations), tuple(failures))
 
 
 def _list(versions: list[int]) -> str:

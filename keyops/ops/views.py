@@ -2,10 +2,10 @@
 
 Pure (no I/O). Results are frozen dataclasses that hold no key material
 (versions, states, counts, names, messages); ``to_json`` turns them into
-plain JSON values, and refuses bytes, so that a wrapped or raw key can never
-reach an output through it. ``keyring_view`` and ``master_view`` show a
-keyring or the master registry as versions and states only: never the
-wrapped material they also hold.
+plain JSON values, and refuses bytes (raw key material is bytes), so that a
+key can never reach an output through it. A keyring or the master registry
+is shown through ``keyring_view`` and ``master_view``: versions and states
+only, never the wrapped keys a keyring also holds.
 """
 
 from __future__ import annotations
