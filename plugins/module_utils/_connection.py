@@ -167,9 +167,9 @@ def error_result(err):
     return {"msg": str(err), "error": err.code, "retryable": err.retryable}
 
 
-def failure_result(summary, failure):
+def failure_result(what, failure):
     """The fields of ``fail_json`` for a report in which ``failure`` (a TenantFailure) came first."""
-    return {"msg": "%s: %s" % (summary, failure.message), "error": failure.error, "retryable": failure.retryable}
+    return {"msg": "%s: %s" % (what, failure.message), "error": failure.error, "retryable": failure.retryable}
 
 
 class KeyopsModule(AnsibleModule):
@@ -183,14 +183,15 @@ class KeyopsModule(AnsibleModule):
     def fail_keyops(self, err):
         self.fail_json(**error_result(err))
 
-    def exit_report(self, report, summary, **result):
+    def exit_report(self, report, **result):
         """``exit_json(**result)``, or ``fail_json`` with it when a tenant of ``report`` failed.
 
         The others still ran, so their results go with the failure; its
-        fields are the first failure's (code, message, retryable).
+        fields are the first failure's (code, retryable) and ``msg`` is the
+        report's summary and that failure's message.
         """
         if report.failures:
-            self.fail_json(**failure_result(summary, report.failures[0]), **result)
+            self.fail_json(**failure_result(report.summary(), report.failures[0]), **result)
         self.exit_json(**result)
 
     @contextlib.contextmanager

@@ -227,7 +227,7 @@ def main():
                                    tenant_workers=p["tenant_workers"], workers=p["workers"],
                                    batch_size=p["batch_size"], job_id=p["job_id"], dry_run=module.check_mode)
     done = [o for o in report.outcomes if not o.failed]
-    module.exit_report(report, report.summary(), changed=report.changed, results=[result_view(o) for o in done],
+    module.exit_report(report, changed=report.changed, results=[result_view(o) for o in done],
                        failures=[failure_view(f) for f in report.failures], rewritten=report.rewritten,
                        **module.diff(*diff_of(done)))
 

@@ -185,6 +185,7 @@ summary:
 from ansible_collections.keyops.kms.plugins.module_utils._connection import KeyopsModule
 
 try:
+    from keyops.errors import InvalidInput
     from keyops.ops import rotation
     from keyops.ops.views import to_json
 except ImportError:
@@ -226,11 +227,9 @@ def main():
     p = module.params
     tenants = [p["tenant"]] if p["tenant"] else p["tenants"]
     if p["level"] == "master" and tenants:
-        module.fail_json(msg="level master rotates the HSM master key of every tenant; give no tenant",
-                         error="invalid_input", retryable=False)
+        module.fail_keyops(InvalidInput("level master rotates the HSM master key of every tenant; give no tenant"))
     if p["level"] in ("dek", "kek") and not tenants:
-        module.fail_json(msg=f"level {p['level']} needs tenant or tenants (or use due_only: true)",
-                         error="invalid_input", retryable=False)
+        module.fail_keyops(InvalidInput(f"level {p['level']} needs tenant or tenants (or use due_only: true)"))
     extra = {}
     with module.session() as k:
         if p["due_only"]:
@@ -240,10 +239,9 @@ def main():
         else:
             report = rotation.rotate_tenants(k, tenants or [], p["level"], dry_run=module.check_mode,
                                              expect_version=p["expect_version"], reason=p["reason"])
-    summary = report.summary()
-    module.exit_report(report, summary, changed=report.changed, rotated=[rotation_view(r) for r in report.rotated],
+    module.exit_report(report, changed=report.changed, rotated=[rotation_view(r) for r in report.rotated],
                        unchanged=[rotation_view(r) for r in report.unchanged], failures=to_json(report.failures),
-                       summary=summary, **extra, **module.diff(*diff_of(report.rotated)))
+                       summary=report.summary(), **extra, **module.diff(*diff_of(report.rotated)))
 
 
 if __name__ == "__main__":
