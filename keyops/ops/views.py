@@ -15,8 +15,16 @@ import json
 from typing import IO, TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from collections.abc import Iterable
+
     from keyops.model.keyring import KeyChain, Keyring
     from keyops.model.master import MasterRegistry
+    from keyops.ops.outcomes import TenantOutcome
+    from keyops.ops.reencrypt import ReencryptResult
+    from keyops.ops.rotation import MasterRotationResult, RotationResult
+
+#: A diff: what a change shows before and after it (``--diff`` in Ansible).
+Diff = tuple[dict[str, Any], dict[str, Any]]
 
 
 def to_json(value: Any) -> Any:
@@ -67,3 +75,32 @@ def master_view(registry: MasterRegistry | None) -> dict[str, Any]:
     if registry is None:
         return {"exists": False}
     return {"exists": True, **chain_view(registry)}
+
+
+def rotation_diff(rotations: Iterable[RotationResult | MasterRotationResult]) -> Diff:
+    """The primary version of each level that rotates (or would), before and after; keys ``tenant/level``, ``master``."""
+    before: dict[str, Any] = {}
+    after: dict[str, Any] = {}
+    for r in rotations:
+        if not r.changed:
+            continue
+        key = "master" if r.level == "master" else f"{r.tenant}/{r.level}"
+        before[key] = {"primary": r.old_version}
+        after[key] = {"primary": r.new_version}
+    return before, after
+
+
+def reencrypt_diff(outcomes: Iterable[TenantOutcome[ReencryptResult]]) -> Diff:
+    """For each tenant with records to move: its primary DEK and how many records are under it, before and after."""
+    before: dict[str, Any] = {}
+    after: dict[str, Any] = {}
+    for outcome in outcomes:
+        r = outcome.result
+        if r is None or not outcome.changed:
+            continue
+        moved, current = r.rewritten, r.already_current
+        before[r.tenant] = {"primary_dek": r.dek_version, "records_under_primary": current,
+                            "records_under_older_deks": moved}
+        after[r.tenant] = {"primary_dek": r.dek_version, "records_under_primary": current + moved,
+                           "records_under_older_deks": 0}
+    return before, after

@@ -8,6 +8,8 @@ from __future__ import annotations
 DOCUMENTATION = r"""
 module: reencrypt
 short_description: Re-encrypt tenants' secrets to their primary DEK, resumably
+author:
+  - keyops contributors (!UNKNOWN)
 version_added: 0.1.0
 description:
   - Moves every secret of each tenant to the tenant's primary DEK, with a pool of workers, in
@@ -17,25 +19,17 @@ description:
     A verification pass counts the records per DEK version and names the old DEK versions that
     nothing refers to any more (RV(results[].unreferenced)), ready for retirement.
   - One task handles many tenants (O(tenants)), one after the other, in one module run.
-requirements:
-  - python >= 3.11
-  - the C(keyops) Python library (C(pip install keyops)) on the host that runs the module
+extends_documentation_fragment:
+  - keyops.kms.connection
+  - keyops.kms.hsm
+  - keyops.kms.attributes
 notes:
-  - 'Runs where the Vault token and the HSM are reachable, usually the controller
-    (C(connection: local) or C(delegate_to: localhost)) with C(ansible_python_interpreter)
-    pointing at the Python that has C(keyops) installed.'
   - Secrets already under the primary DEK are left alone, so a re-run reports C(changed=false).
   - When the job of one tenant fails, the other tenants still run; the task then fails, with
     RV(results) and RV(failures) in its result.
 seealso:
   - module: keyops.kms.rotate
   - module: keyops.kms.key_info
-author:
-  - keyops contributors (!UNKNOWN)
-extends_documentation_fragment:
-  - keyops.kms.connection
-  - keyops.kms.hsm
-  - keyops.kms.attributes
 attributes:
   check_mode:
     description: Reads and decrypts every record, writes nothing, and counts what would be re-encrypted.
@@ -91,23 +85,6 @@ EXAMPLES = r"""
   keyops.kms.reencrypt:
     tenant: acme
     job_id: reencrypt-20250107T100000Z-3f2a
-
-- name: Re-encrypt with the connection set once for the play
-  hosts: localhost
-  connection: local
-  gather_facts: false
-  module_defaults:
-    group/keyops.kms.all:
-      url: https://vault.example.com:8200
-      auth_method: approle
-      kv_mount: keyops
-      pkcs11_module: /opt/hsm/lib/libvendor-pkcs11.so
-      pkcs11_token: keyops
-      pkcs11_pin_file: /etc/keyops/hsm.pin
-  tasks:
-    - name: Re-encrypt
-      keyops.kms.reencrypt:
-        tenants: [acme, globex]
 """
 
 RETURN = r"""
@@ -179,6 +156,7 @@ from ansible_collections.keyops.kms.plugins.module_utils._connection import Keyo
 
 try:
     from keyops.ops.reencrypt import reencrypt_tenants
+    from keyops.ops.views import reencrypt_diff
 except ImportError:
     pass  # KeyopsModule reports the missing library
 
@@ -193,18 +171,6 @@ def result_view(outcome):
 
 def failure_view(failure):
     return {"tenant": failure.tenant, "error": failure.error, "message": failure.message}
-
-
-def diff_of(outcomes):
-    """Per tenant with records to move: where its records are, before and after."""
-    before, after = {}, {}
-    for r in (o.result for o in outcomes if o.changed):
-        moved, current = r.rewritten, r.already_current
-        before[r.tenant] = {"primary_dek": r.dek_version, "records_under_primary": current,
-                            "records_under_older_deks": moved}
-        after[r.tenant] = {"primary_dek": r.dek_version, "records_under_primary": current + moved,
-                           "records_under_older_deks": 0}
-    return before, after
 
 
 def main():
@@ -226,10 +192,10 @@ def main():
         report = reencrypt_tenants(k, [p["tenant"]] if p["tenant"] else p["tenants"],
                                    tenant_workers=p["tenant_workers"], workers=p["workers"],
                                    batch_size=p["batch_size"], job_id=p["job_id"], dry_run=module.check_mode)
-    done = [o for o in report.outcomes if not o.failed]
-    module.exit_report(report, changed=report.changed, results=[result_view(o) for o in done],
+    module.exit_report(report, changed=report.changed,
+                       results=[result_view(o) for o in report.outcomes if not o.failed],
                        failures=[failure_view(f) for f in report.failures], rewritten=report.rewritten,
-                       **module.diff(*diff_of(done)))
+                       **module.diff(*reencrypt_diff(report.outcomes)))
 
 
 if __name__ == "__main__":

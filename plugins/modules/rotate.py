@@ -8,6 +8,8 @@ from __future__ import annotations
 DOCUMENTATION = r"""
 module: rotate
 short_description: Rotate keyops keys on demand, or everything that is due across tenants
+author:
+  - keyops contributors (!UNKNOWN)
 version_added: 0.1.0
 description:
   - With O(level), rotates one level now. V(dek) makes a new DEK primary (older versions turn
@@ -18,13 +20,11 @@ description:
     key, and rotates only what the policies say is due (age against the periods, DEK usage against
     its cap); most runs find nothing due and report C(changed=false).
   - An interrupted rotation is finished first, by either form.
-requirements:
-  - python >= 3.11
-  - the C(keyops) Python library (C(pip install keyops)) on the host that runs the module
+extends_documentation_fragment:
+  - keyops.kms.connection
+  - keyops.kms.hsm
+  - keyops.kms.attributes
 notes:
-  - 'Runs where the Vault token and the HSM are reachable, usually the controller
-    (C(connection: local) or C(delegate_to: localhost)) with C(ansible_python_interpreter)
-    pointing at the Python that has C(keyops) installed.'
   - A rotation on demand without O(expect_version) rotates on every run, like any "do it now"
     action. Give O(expect_version) (the primary version you expect to replace) so that a re-run
     finds the primary moved on and reports no change, or use O(due_only=true).
@@ -34,12 +34,6 @@ seealso:
   - module: keyops.kms.reencrypt
   - module: keyops.kms.key_info
   - module: keyops.kms.master_key
-author:
-  - keyops contributors (!UNKNOWN)
-extends_documentation_fragment:
-  - keyops.kms.connection
-  - keyops.kms.hsm
-  - keyops.kms.attributes
 attributes:
   check_mode:
     description: The library plans the rotations without writing; RV(rotated) lists what would rotate and why.
@@ -117,15 +111,8 @@ EXAMPLES = r"""
 - name: Scheduled rotation with the connection set once for the play
   hosts: localhost
   connection: local
-  gather_facts: false
   module_defaults:
-    group/keyops.kms.all:
-      url: https://vault.example.com:8200
-      auth_method: approle
-      kv_mount: keyops
-      pkcs11_module: /opt/hsm/lib/libvendor-pkcs11.so
-      pkcs11_token: keyops
-      pkcs11_pin_file: /etc/keyops/hsm.pin
+    group/keyops.kms.all: "{{ keyops_connection }}"
   tasks:
     - name: Scheduled rotation
       keyops.kms.rotate:
@@ -187,7 +174,7 @@ from ansible_collections.keyops.kms.plugins.module_utils._connection import Keyo
 try:
     from keyops.errors import InvalidInput
     from keyops.ops import rotation
-    from keyops.ops.views import to_json
+    from keyops.ops.views import rotation_diff, to_json
 except ImportError:
     pass  # KeyopsModule reports the missing library
 
@@ -197,15 +184,6 @@ _FIELDS = ("tenant", "level", "old_version", "new_version", "reason", "detail", 
 def rotation_view(result):
     view = to_json(result)
     return {name: view.get(name) for name in _FIELDS}
-
-
-def diff_of(results):
-    before, after = {}, {}
-    for r in results:
-        key = "master" if r.level == "master" else f"{r.tenant}/{r.level}"
-        before[key] = {"primary": r.old_version}
-        after[key] = {"primary": r.new_version}
-    return before, after
 
 
 def main():
@@ -241,7 +219,7 @@ def main():
                                              expect_version=p["expect_version"], reason=p["reason"])
     module.exit_report(report, changed=report.changed, rotated=[rotation_view(r) for r in report.rotated],
                        unchanged=[rotation_view(r) for r in report.unchanged], failures=to_json(report.failures),
-                       summary=report.summary(), **extra, **module.diff(*diff_of(report.rotated)))
+                       summary=report.summary(), **extra, **module.diff(*rotation_diff(report.rotations)))
 
 
 if __name__ == "__main__":
