@@ -28,5 +28,21 @@ def print_json(value: Any) -> None:
     dump_json(value, sys.stdout)
 
 
+def print_names(names: list[str], as_json: bool) -> None:
+    """A list of names (tenants, secrets): a JSON array, or one name a line."""
+    if as_json:
+        print_json(names)
+    else:
+        for name in names:
+            print(name)
+
+
 def add_json_flag(parser: Any) -> None:
     parser.add_argument("--json", action="store_true", help="machine-readable JSON output")
+
+
+def set_command(parser: Any, func: Any, *, json: bool = True, **defaults: Any) -> None:
+    """End a command's parser: its ``--json`` flag (listed last, as in every command) and the function it runs."""
+    if json:
+        add_json_flag(parser)
+    parser.set_defaults(func=func, **defaults)
