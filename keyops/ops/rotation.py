@@ -122,6 +122,9 @@ class RotationResult:
     detail: str = ""
 
 
+# The fields from ``changed`` to ``resumed`` repeat RotationResult's on purpose: a base class
+# would put them first, and both results are built positionally (MasterRotationResult has no
+# tenant, so its ``level`` and ``tenant`` come last, with defaults).
 @dataclasses.dataclass(frozen=True)
 class MasterRotationResult:
     """A master key rotation. ``tenants``: keyrings whose KEKs were (or would be) re-wrapped."""
