@@ -16,6 +16,12 @@ class KeyopsError(Exception):
     code = "error"
     #: Process exit code used by the CLI for this kind of error.
     exit_code = 1
+    #: Whether the same call, unchanged, may pass later on its own: a lost
+    #: check-and-set race, a Vault or HSM that is down or sealed. Every other
+    #: error needs something changed first. The one table of it: the Ansible
+    #: modules report it (``until: not result.failed or not result.retryable``),
+    #: and ``is_retryable`` reads it for a stored error code.
+    retryable = False
 
 
 class InvalidInput(KeyopsError, ValueError):
@@ -87,6 +93,7 @@ class Conflict(KeyopsError):
 
     code = "conflict"
     exit_code = 7
+    retryable = True
 
 
 class CheckAndSetFailed(Conflict):
@@ -142,11 +149,13 @@ class VaultError(KeyopsError):
 class VaultUnreachable(VaultError):
     code = "vault_unreachable"
     exit_code = 11
+    retryable = True
 
 
 class VaultSealed(VaultError):
     code = "vault_sealed"
     exit_code = 12
+    retryable = True
 
 
 class AuthenticationFailed(VaultError):
@@ -186,9 +195,10 @@ class NotPermitted(PermissionDenied):
 class JobFailed(KeyopsError):
     """An item of a re-encryption or migration job failed; the job stopped at its last checkpoint.
 
-    Carries the ``code`` and ``exit_code`` of the failure that stopped it, so
-    the CLI and the Ansible modules report the cause (sealed Vault, a record
-    that does not decrypt, ...), while the message names the job and the item.
+    Carries the ``code``, ``exit_code`` and ``retryable`` of the failure that
+    stopped it, so the CLI and the Ansible modules report the cause (sealed
+    Vault, a record that does not decrypt, ...), while the message names the
+    job and the item.
     """
 
     code = "job_failed"
@@ -199,6 +209,7 @@ class JobFailed(KeyopsError):
         if cause is not None:
             self.code = cause.code
             self.exit_code = cause.exit_code
+            self.retryable = cause.retryable
 
 
 class HsmError(KeyopsError):
@@ -209,6 +220,7 @@ class HsmError(KeyopsError):
 class HsmUnavailable(HsmError):
     code = "hsm_unavailable"
     exit_code = 21
+    retryable = True
 
 
 class HsmLoginFailed(HsmError):
@@ -245,3 +257,21 @@ class AuditChainBroken(AuditError):
 class DevStackError(KeyopsError):
     code = "dev_stack"
     exit_code = 30
+
+
+def _classes(root: type[KeyopsError]) -> list[type[KeyopsError]]:
+    found = [root]
+    for sub in root.__subclasses__():
+        found += _classes(sub)
+    return found
+
+
+def is_retryable(code: str) -> bool:
+    """``retryable`` of the error class with this ``code`` (False for an unknown code).
+
+    For results that keep a failure as its code and message (per-tenant
+    outcomes, ``keyops rotate --due --json``) rather than as the exception.
+    Codes are unique across the tree (tests/unit/test_error_tree.py), and a
+    ``JobFailed`` carries its cause's code, so the code names the class.
+    """
+    return any(cls.retryable for cls in _classes(KeyopsError) if cls.code == code)

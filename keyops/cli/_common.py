@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import dataclasses
-import json
 import sys
 from typing import Any
 
 from keyops.config import Config
 from keyops.ops.front import Keyops
+from keyops.ops.views import dump_json
 
 
 def open_keyops() -> Keyops:
@@ -26,20 +25,26 @@ def open_keyops() -> Keyops:
     return Keyops(config, audit=audit)  # type: ignore[arg-type]
 
 
-def to_jsonable(value: Any) -> Any:
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return to_jsonable(dataclasses.asdict(value))
-    if isinstance(value, dict):
-        return {k: to_jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [to_jsonable(v) for v in value]
-    return value
-
-
 def print_json(value: Any) -> None:
-    json.dump(to_jsonable(value), sys.stdout, indent=2, sort_keys=True)
-    sys.stdout.write("\n")
+    """``--json`` output: the library's one view of results (``keyops.ops.views``), as the modules return it."""
+    dump_json(value, sys.stdout)
+
+
+def print_names(names: list[str], as_json: bool) -> None:
+    """A list of names (tenants, secrets): a JSON array, or one name a line."""
+    if as_json:
+        print_json(names)
+    else:
+        for name in names:
+            print(name)
 
 
 def add_json_flag(parser: Any) -> None:
     parser.add_argument("--json", action="store_true", help="machine-readable JSON output")
+
+
+def set_command(parser: Any, func: Any, *, json: bool = True, **defaults: Any) -> None:
+    """End a command's parser: its ``--json`` flag (listed last, as in every command) and the function it runs."""
+    if json:
+        add_json_flag(parser)
+    parser.set_defaults(func=func, **defaults)

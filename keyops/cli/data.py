@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from keyops.cli._common import open_keyops
+from keyops.cli._common import open_keyops, set_command
 
 
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -13,12 +13,12 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     enc.add_argument("--tenant", required=True)
     enc.add_argument("--context", default="", help="associated data the ciphertext is bound to (e.g. a path)")
     enc.add_argument("--binary", action="store_true", help="write the binary form instead of text")
-    enc.set_defaults(func=cmd_encrypt)
+    set_command(enc, cmd_encrypt, json=False)
 
     dec = sub.add_parser("decrypt", help="decrypt a keyops ciphertext (text or binary) from stdin")
     dec.add_argument("--tenant", required=True)
     dec.add_argument("--context", default="")
-    dec.set_defaults(func=cmd_decrypt)
+    set_command(dec, cmd_decrypt, json=False)
 
     rew = sub.add_parser("rewrap", help="move a ciphertext kept outside keyops' store to the tenant's primary DEK",
                          description="Re-encrypt a keyops ciphertext (text or binary, from stdin) under the "
@@ -27,7 +27,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
                                      "ciphertexts an application keeps before an older DEK version is retired.")
     rew.add_argument("--tenant", required=True)
     rew.add_argument("--context", default="", help="the associated data the ciphertext is bound to")
-    rew.set_defaults(func=cmd_rewrap)
+    set_command(rew, cmd_rewrap, json=False)
 
 
 def cmd_encrypt(args: argparse.Namespace) -> int:

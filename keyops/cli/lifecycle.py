@@ -16,7 +16,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from keyops.cli._common import add_json_flag, open_keyops, print_json
+from keyops.cli._common import open_keyops, print_json, set_command
 from keyops.cli.rotate import EXIT_DONE, EXIT_NOTHING_TO_DO
 from keyops.ops.lifecycle import LifecycleResult, destroy, retire
 
@@ -39,8 +39,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
                             help="a DEK version that encrypted for callers outside keyops' store: proceed anyway "
                                  "(after applications rewrapped their ciphertexts with 'keyops rewrap')")
         parser.add_argument("--dry-run", action="store_true", help="check and say what would happen, change nothing")
-        add_json_flag(parser)
-        parser.set_defaults(func=cmd_lifecycle, action=action)
+        set_command(parser, cmd_lifecycle, action=action)
 
 
 def cmd_lifecycle(args: argparse.Namespace) -> int:

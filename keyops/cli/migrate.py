@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import argparse
 
-from keyops.cli._common import add_json_flag, open_keyops, print_json
+from keyops.cli._common import open_keyops, print_json, set_command
 from keyops.cli.reencrypt import EXIT_DONE, EXIT_NOTHING_TO_DO, progress_bar
 from keyops.errors import Conflict
 from keyops.ops.migrate import DEFAULT_BATCH_SIZE, DEFAULT_WORKERS, SOURCE_KINDS, MigrationResult, migrate
@@ -50,8 +50,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     parser.add_argument("--dry-run", action="store_true", help="say what would be migrated, write nothing")
     parser.add_argument("--progress", action="store_true",
                         help="progress bar on stderr even when stderr is not a terminal")
-    add_json_flag(parser)
-    parser.set_defaults(func=cmd_migrate)
+    set_command(parser, cmd_migrate)
 
 
 def cmd_migrate(args: argparse.Namespace) -> int:

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from keyops import access
-from keyops.cli._common import add_json_flag, open_keyops, print_json
+from keyops.cli._common import open_keyops, print_json, set_command
 from keyops.config import Config
 from keyops.errors import InvalidInput
 from keyops.files import write_file_atomic
@@ -22,23 +22,19 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
 
     roles = psub.add_parser("roles", help="list the roles of the roles file and whether they need the HSM PIN")
     _roles_file_flag(roles)
-    add_json_flag(roles)
-    roles.set_defaults(func=cmd_roles)
+    set_command(roles, cmd_roles)
 
     ops = psub.add_parser("operations", help="list the operations roles can grant, with their Vault paths")
-    add_json_flag(ops)
-    ops.set_defaults(func=cmd_operations)
+    set_command(ops, cmd_operations)
 
     render = psub.add_parser("render", help="print the HCL policies (no change anywhere)")
     _selection_flags(render)
-    add_json_flag(render)
-    render.set_defaults(func=cmd_render)
+    set_command(render, cmd_render)
 
     apply = psub.add_parser("apply", help="create or update the policies in Vault (unchanged ones are left alone)")
     _selection_flags(apply)
     apply.add_argument("--dry-run", action="store_true", help="say what would change, change nothing")
-    add_json_flag(apply)
-    apply.set_defaults(func=cmd_apply)
+    set_command(apply, cmd_apply)
 
     mint = psub.add_parser("mint", help="mint a token or AppRole secret id bound to a role's policy")
     mint.add_argument("--role", required=True)
@@ -53,12 +49,10 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
                       help="file that receives the token or secret id (created with mode 0600; never printed)")
     mint.add_argument("--force", action="store_true", help="overwrite FILE if it exists")
     _roles_file_flag(mint)
-    add_json_flag(mint)
-    mint.set_defaults(func=cmd_mint, kind="token")
+    set_command(mint, cmd_mint, kind="token")
 
     whoami = psub.add_parser("whoami", help="the caller's token accessor and keyops roles (no secret shown)")
-    add_json_flag(whoami)
-    whoami.set_defaults(func=cmd_whoami)
+    set_command(whoami, cmd_whoami)
 
 
 def _roles_file_flag(parser: argparse.ArgumentParser) -> None:

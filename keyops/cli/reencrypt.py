@@ -17,7 +17,7 @@ import contextlib
 import sys
 from collections.abc import Iterator
 
-from keyops.cli._common import add_json_flag, open_keyops, print_json
+from keyops.cli._common import open_keyops, print_json, set_command
 from keyops.ops.progress import ProgressBar
 from keyops.ops.reencrypt import DEFAULT_BATCH_SIZE, DEFAULT_WORKERS, ReencryptResult, reencrypt
 
@@ -41,8 +41,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     parser.add_argument("--dry-run", action="store_true", help="count what would move, write nothing")
     parser.add_argument("--progress", action="store_true",
                         help="progress bar on stderr even when stderr is not a terminal")
-    add_json_flag(parser)
-    parser.set_defaults(func=cmd_reencrypt)
+    set_command(parser, cmd_reencrypt)
 
 
 @contextlib.contextmanager

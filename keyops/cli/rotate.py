@@ -30,7 +30,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from keyops.cli._common import add_json_flag, open_keyops, print_json
+from keyops.cli._common import open_keyops, print_json, set_command
 from keyops.errors import InvalidInput
 from keyops.ops.rotation import (
     DueRotationReport,
@@ -60,8 +60,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
                         help="rotate only what is due by policy (age, DEK usage), across all tenants")
     parser.add_argument("--no-master", action="store_true", help="with --due: leave the master key alone")
     parser.add_argument("--dry-run", action="store_true", help="say what would be rotated, change nothing")
-    add_json_flag(parser)
-    parser.set_defaults(func=cmd_rotate)
+    set_command(parser, cmd_rotate)
 
 
 def cmd_rotate(args: argparse.Namespace) -> int:

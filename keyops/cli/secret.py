@@ -5,37 +5,37 @@ from __future__ import annotations
 import argparse
 import sys
 
-from keyops.cli._common import add_json_flag, open_keyops, print_json
+from keyops.cli._common import open_keyops, print_json, print_names, set_command
 
 
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = sub.add_parser("secret", help="store and read encrypted secrets")
     ssub = parser.add_subparsers(dest="secret_command", metavar="ACTION", required=True)
 
-    put = ssub.add_parser("put", help="store the bytes read from stdin as secret NAME")
-    put.add_argument("tenant")
-    put.add_argument("name")
+    put = _one_secret(ssub, "put", "store the bytes read from stdin as secret NAME")
     put.add_argument("--dry-run", action="store_true")
-    add_json_flag(put)
-    put.set_defaults(func=cmd_put)
+    set_command(put, cmd_put)
 
-    get = ssub.add_parser("get", help="write the secret's bytes, exactly as stored, to stdout")
-    get.add_argument("tenant")
-    get.add_argument("name")
-    get.set_defaults(func=cmd_get)
+    get = _one_secret(ssub, "get", "write the secret's bytes, exactly as stored, to stdout")
+    set_command(get, cmd_get, json=False)
 
     lst = ssub.add_parser("list", help="list a tenant's secret names")
     lst.add_argument("tenant")
     lst.add_argument("--prefix", default="")
-    add_json_flag(lst)
-    lst.set_defaults(func=cmd_list)
+    set_command(lst, cmd_list)
 
-    delete = ssub.add_parser("delete", help="delete a secret and its history")
-    delete.add_argument("tenant")
-    delete.add_argument("name")
+    delete = _one_secret(ssub, "delete", "delete a secret and its history")
     delete.add_argument("--dry-run", action="store_true")
-    add_json_flag(delete)
-    delete.set_defaults(func=cmd_delete)
+    set_command(delete, cmd_delete)
+
+
+def _one_secret(ssub: argparse._SubParsersAction[argparse.ArgumentParser], action: str,
+                summary: str) -> argparse.ArgumentParser:
+    """The parser of an action on one secret: TENANT NAME."""
+    parser: argparse.ArgumentParser = ssub.add_parser(action, help=summary)
+    parser.add_argument("tenant")
+    parser.add_argument("name")
+    return parser
 
 
 def cmd_put(args: argparse.Namespace) -> int:
@@ -65,11 +65,7 @@ def cmd_get(args: argparse.Namespace) -> int:
 def cmd_list(args: argparse.Namespace) -> int:
     with open_keyops() as k:
         names = k.list_secrets(args.tenant, args.prefix)
-    if args.json:
-        print_json(names)
-    else:
-        for name in names:
-            print(name)
+    print_names(names, args.json)
     return 0
 
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from keyops.cli._common import add_json_flag, open_keyops, print_json
+from keyops.cli._common import open_keyops, print_json, set_command
 from keyops.cli.tenant import print_status_table
 
 STATUS_SCHEMA = 1
@@ -26,8 +26,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
                                         "1 some tenants could not be read (each is reported; the others are "
                                         "shown), others: the error's code.")
     parser.add_argument("--tenant")
-    add_json_flag(parser)
-    parser.set_defaults(func=cmd_status)
+    set_command(parser, cmd_status)
 
 
 def cmd_status(args: argparse.Namespace) -> int:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from collections.abc import Sequence
 
-from keyops.cli._common import add_json_flag, open_keyops, print_json
+from keyops.cli._common import open_keyops, print_json, print_names, set_command
 from keyops.model.keyring import DEFAULT_DEK_USAGE_CAP, Policy
 from keyops.ops.front import Keyops, TenantStatus
 
@@ -23,17 +23,14 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     create.add_argument("--dek-usage-cap", type=int, default=DEFAULT_DEK_USAGE_CAP,
                         help="encryptions per DEK before it must rotate")
     create.add_argument("--dry-run", action="store_true", help="say what would be created, create nothing")
-    add_json_flag(create)
-    create.set_defaults(func=cmd_create)
+    set_command(create, cmd_create)
 
     lst = tsub.add_parser("list", help="list tenants")
-    add_json_flag(lst)
-    lst.set_defaults(func=cmd_list)
+    set_command(lst, cmd_list)
 
     show = tsub.add_parser("show", help="show a tenant's policy and key versions (no key material)")
     show.add_argument("tenant")
-    add_json_flag(show)
-    show.set_defaults(func=cmd_show)
+    set_command(show, cmd_show)
 
 
 def cmd_create(args: argparse.Namespace) -> int:
@@ -57,11 +54,7 @@ def cmd_create(args: argparse.Namespace) -> int:
 def cmd_list(args: argparse.Namespace) -> int:
     with open_keyops() as k:
         tenants = k.list_tenants()
-    if args.json:
-        print_json(tenants)
-    else:
-        for t in tenants:
-            print(t)
+    print_names(tenants, args.json)
     return 0
 
 

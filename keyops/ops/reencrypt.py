@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -50,6 +50,7 @@ from keyops.ops.jobs import (
     validate_job_id,
     validate_pool,
 )
+from keyops.ops.outcomes import TenantFailure, TenantOutcome
 from keyops.ops.progress import PhaseClock, ProgressCallback
 from keyops.ops.references import dek_reference_names
 
@@ -129,25 +130,66 @@ class _Moved:
 DEFAULT_TENANT_WORKERS = 8
 
 
-def reencrypt_tenants(k: Keyops, tenants: list[str], *, tenant_workers: int = DEFAULT_TENANT_WORKERS,
+@dataclasses.dataclass(frozen=True)
+class ReencryptReport:
+    """Re-encryptions of several tenants (``reencrypt_tenants``): each tenant's outcome, in the order given.
+
+    An outcome's ``changed`` is what check mode reports: whether the job
+    wrote something, or in a dry run whether it would rewrite a record (the
+    dry run's own ``ReencryptResult.changed`` stays False: it wrote nothing).
+    """
+
+    dry_run: bool
+    outcomes: tuple[TenantOutcome[ReencryptResult], ...]
+
+    @property
+    def results(self) -> tuple[ReencryptResult, ...]:
+        return tuple(o.result for o in self.outcomes if o.result is not None)
+
+    @property
+    def failures(self) -> tuple[TenantFailure, ...]:
+        return tuple(o.failure for o in self.outcomes if o.failure is not None)
+
+    @property
+    def changed(self) -> bool:
+        return any(o.changed for o in self.outcomes)
+
+    @property
+    def rewritten(self) -> int:
+        """Records re-encrypted across the tenants (in a dry run, that would be)."""
+        return sum(r.rewritten for r in self.results)
+
+    def summary(self) -> str:
+        tenants = len(self.outcomes)
+        if self.failures:
+            return f"re-encryption failed for {len(self.failures)} of {tenants} tenants"
+        verb = "would re-encrypt" if self.dry_run else "re-encrypted"
+        return f"{verb} {self.rewritten} records of {tenants} tenant{'s' if tenants != 1 else ''}"
+
+
+def reencrypt_tenants(k: Keyops, tenants: Sequence[str], *, tenant_workers: int = DEFAULT_TENANT_WORKERS,
                       workers: int = DEFAULT_WORKERS, batch_size: int = DEFAULT_BATCH_SIZE,
-                      dry_run: bool = False) -> list[tuple[str, ReencryptResult | KeyopsError]]:
-    """Re-encrypt several tenants, up to ``tenant_workers`` at once, in the order given.
+                      job_id: str | None = None, dry_run: bool = False) -> ReencryptReport:
+    """Re-encrypt several tenants, up to ``tenant_workers`` at once; outcomes in the order given.
 
     Tenants are independent jobs, so one failing is reported in its place
     and the others still run. A scheduled rotation over many tenants then
-    costs their Vault round trips in parallel, not in sequence.
+    costs their Vault round trips in parallel, not in sequence. ``job_id``
+    names the job to resume (or start) and goes with exactly one tenant.
     """
     validate_count(tenant_workers, "tenant_workers", MAX_WORKERS)
+    if job_id is not None and len(tenants) != 1:
+        raise InvalidInput(f"a job id names the job of one tenant, not of {len(tenants)}")
 
-    def one(tenant: str) -> tuple[str, ReencryptResult | KeyopsError]:
+    def one(tenant: str) -> TenantOutcome[ReencryptResult]:
         try:
-            return tenant, reencrypt(k, tenant, workers=workers, batch_size=batch_size, dry_run=dry_run)
+            result = reencrypt(k, tenant, workers=workers, batch_size=batch_size, job_id=job_id, dry_run=dry_run)
         except KeyopsError as exc:
-            return tenant, exc
+            return TenantOutcome(tenant, failure=TenantFailure.of(tenant, "dek", exc))
+        return TenantOutcome(tenant, result.rewritten > 0 if dry_run else result.changed, result)
 
     with ThreadPoolExecutor(max_workers=tenant_workers) as pool:
-        return list(pool.map(one, tenants))
+        return ReencryptReport(dry_run, tuple(pool.map(one, tenants)))
 
 
 def reencrypt(k: Keyops, tenant: str, *, workers: int = DEFAULT_WORKERS, batch_size: int = DEFAULT_BATCH_SIZE,

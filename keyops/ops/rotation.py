@@ -69,7 +69,7 @@ import os
 import socket
 import time
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Literal
 
@@ -83,6 +83,7 @@ from keyops.model.paths import LOCKS_PATH, MASTER_PATH, transit_key_name
 from keyops.ops.cas import retry_on_conflict
 from keyops.ops.front import Keyops
 from keyops.ops.jobs import MAX_WORKERS
+from keyops.ops.outcomes import TenantFailure
 from keyops.wrappers import AeadWrapper, KeyWrapper, Pkcs11Wrapper
 
 PENDING = MASTER_PENDING
@@ -113,6 +114,9 @@ class RotationResult:
     detail: str = ""
 
 
+# The fields from ``changed`` to ``resumed`` repeat RotationResult's on purpose: a base class
+# would put them first, and both results are built positionally (MasterRotationResult has no
+# tenant, so its ``level`` and ``tenant`` come last, with defaults).
 @dataclasses.dataclass(frozen=True)
 class MasterRotationResult:
     """A master key rotation. ``tenants``: keyrings whose KEKs were (or would be) re-wrapped."""
@@ -130,27 +134,59 @@ class MasterRotationResult:
     tenant: str | None = None
 
 
-@dataclasses.dataclass(frozen=True)
-class DueFailure:
-    tenant: str | None
-    level: str
-    error: str  # the KeyopsError code
-    message: str
+#: A tenant (or the master key) whose rotation failed; the others still ran.
+DueFailure = TenantFailure
+
+
+class _Rotations:
+    """What a report of rotations says; a result's ``changed`` is already what check mode reports."""
+
+    dry_run: bool
+    rotations: tuple[RotationResult | MasterRotationResult, ...]
+    failures: tuple[TenantFailure, ...]
+
+    @property
+    def changed(self) -> bool:
+        return any(r.changed for r in self.rotations)
+
+    @property
+    def rotated(self) -> tuple[RotationResult | MasterRotationResult, ...]:
+        return tuple(r for r in self.rotations if r.changed)
+
+    @property
+    def unchanged(self) -> tuple[RotationResult | MasterRotationResult, ...]:
+        return tuple(r for r in self.rotations if not r.changed)
+
+    def _done(self, scope: str = "") -> str:
+        verb = "would rotate" if self.dry_run else "rotated"
+        done = len(self.rotated)
+        text = f"{verb} {done} key{'s' if done != 1 else ''}{scope}"
+        if self.failures:
+            text += f"; {len(self.failures)} failed"
+        return text
 
 
 @dataclasses.dataclass(frozen=True)
-class DueRotationReport:
+class RotationReport(_Rotations):
+    """Rotations on demand (``rotate_tenants``): each tenant's result or failure, in the order given."""
+
+    dry_run: bool
+    rotations: tuple[RotationResult | MasterRotationResult, ...]
+    failures: tuple[TenantFailure, ...]
+
+    def summary(self) -> str:
+        return self._done()
+
+
+@dataclasses.dataclass(frozen=True)
+class DueRotationReport(_Rotations):
     """What ``rotate_due`` found due, and what it rotated (or would, in a dry run)."""
 
     dry_run: bool
     tenants_checked: int
     master_checked: bool
     rotations: tuple[RotationResult | MasterRotationResult, ...]
-    failures: tuple[DueFailure, ...]
-
-    @property
-    def changed(self) -> bool:
-        return any(r.changed for r in self.rotations)
+    failures: tuple[TenantFailure, ...]
 
     @property
     def nothing_due(self) -> bool:
@@ -162,12 +198,7 @@ class DueRotationReport:
             scope += " and the master key"
         if self.nothing_due:
             return f"nothing due ({scope} checked)"
-        verb = "would rotate" if self.dry_run else "rotated"
-        done = sum(1 for r in self.rotations if r.changed)
-        text = f"{verb} {done} key{'s' if done != 1 else ''} ({scope} checked)"
-        if self.failures:
-            text += f"; {len(self.failures)} failed"
-        return text
+        return self._done(f" ({scope} checked)")
 
 
 # --- pure helpers (no I/O) --------------------------------------------------------------------
@@ -645,6 +676,31 @@ def sync_transit_key(k: Keyops, keyring: Keyring, *, trim: bool = False) -> list
     return changed
 
 
+def rotate_tenants(k: Keyops, tenants: Sequence[str], level: Literal["dek", "kek", "master"], *,
+                   dry_run: bool = False, expect_version: int | None = None,
+                   reason: str = "on demand") -> RotationReport:
+    """Rotate ``level`` of each tenant now, one after the other, in the order given.
+
+    A tenant whose rotation fails is reported in ``failures`` and the others
+    still run. ``level="master"`` takes no tenant: it rotates the master key
+    (``rotate_master``), one operation whose failure raises.
+    """
+    if level == "master":
+        if tenants:
+            raise InvalidInput("the master key belongs to no tenant; give no tenant with level master")
+        return RotationReport(dry_run, (rotate_master(k, dry_run=dry_run, expect_version=expect_version,
+                                                      reason=reason),), ())
+    rotations: list[RotationResult | MasterRotationResult] = []
+    failures: list[TenantFailure] = []
+    for tenant in tenants:
+        try:
+            rotations.append(rotate(k, tenant, level, dry_run=dry_run, expect_version=expect_version,
+                                    reason=reason))
+        except KeyopsError as exc:
+            failures.append(TenantFailure.of(tenant, level, exc))
+    return RotationReport(dry_run, tuple(rotations), tuple(failures))
+
+
 # --- master key -------------------------------------------------------------------------------
 
 
@@ -904,7 +960,7 @@ def rotate_due(k: Keyops, *, dry_run: bool = False, tenants: list[str] | None = 
     names = [validate_tenant(t) for t in tenants] if tenants is not None else k.list_tenants()
     now = k.clock()
     rotations: list[RotationResult | MasterRotationResult] = []
-    failures: list[DueFailure] = []
+    failures: list[TenantFailure] = []
 
     def read(tenant: str) -> tuple[Keyring, int] | KeyopsError:
         try:
@@ -938,9 +994,9 @@ def rotate_due(k: Keyops, *, dry_run: bool = False, tenants: list[str] | None = 
                     rotations.append(rotate_master(k, dry_run=dry_run, expect_version=registry.primary,
                                                    reason=f"due: {why}"))
         except KeyopsError as exc:
-            failures.append(DueFailure(None, "master", exc.code, str(exc)))
+            failures.append(TenantFailure.of(None, "master", exc))
 
-    def one(tenant: str) -> tuple[list[RotationResult], list[DueFailure]]:
+    def one(tenant: str) -> tuple[list[RotationResult], list[TenantFailure]]:
         done: list[RotationResult] = []
         level = "kek"
         try:
@@ -959,7 +1015,7 @@ def rotate_due(k: Keyops, *, dry_run: bool = False, tenants: list[str] | None = 
                     done.append(rotate(k, tenant, level, dry_run=dry_run, expect_version=due.version,
                                        reason=f"due: {due.reason}: {due.detail}"))
         except KeyopsError as exc:
-            return done, [DueFailure(tenant, level, exc.code, str(exc))]
+            return done, [TenantFailure.of(tenant, level, exc)]
         return done, []
 
     with ThreadPoolExecutor(max_workers=tenant_workers) as pool:

@@ -31,7 +31,7 @@ options:
     type: str
   pkcs11_pin_file:
     description:
-      - File holding the user PIN on one line. keyops refuses a file that group or others may read.
+      - File holding the user PIN on one line, readable by its owner only (keyops refuses it otherwise).
       - When unset, C(KEYOPS_PKCS11_PIN_FILE).
     type: path
   master_key_label:

@@ -15,7 +15,10 @@ environment fallbacks are Vault's own names (``VAULT_ADDR``, ``VAULT_TOKEN``
 reads; an option set on the task wins over the environment.
 
 Every library error becomes ``fail_json(msg=<the library's message>,
-error=<its code>, retryable=<bool>)`` here and nowhere else.
+error=<its code>, retryable=<bool>)`` here and nowhere else; ``retryable``
+is the library's (``keyops.errors``: the one table of which errors may pass
+on their own), for an error raised and for a tenant's failure in a report
+alike.
 """
 
 from __future__ import annotations
@@ -29,20 +32,14 @@ from ansible.module_utils.basic import AnsibleModule, env_fallback, missing_requ
 try:
     from keyops.audit import sink_from_config
     from keyops.config import Config
-    from keyops.errors import ConfigError, Conflict, HsmUnavailable, KeyopsError, VaultSealed, VaultUnreachable
+    from keyops.errors import ConfigError, KeyopsError
     from keyops.ops.front import Keyops
 except ImportError:
     KEYOPS_IMPORT_ERROR = traceback.format_exc()
     # The modules fail with missing_required_lib before they could need these.
     KeyopsError = ConfigError = Exception
-    RETRYABLE_ERRORS = ()
 else:
     KEYOPS_IMPORT_ERROR = None
-    #: The error table. Message and code always come from the library (they
-    #: name what failed and what to do, and never carry a secret);
-    #: ``retryable`` tells a playbook which failures may pass on their own
-    #: (``until: not result.failed or not result.retryable``).
-    RETRYABLE_ERRORS = (Conflict, VaultUnreachable, VaultSealed, HsmUnavailable)
 
 
 def _env(*names):
@@ -160,8 +157,19 @@ def open_keyops(params):
 
 
 def error_result(err):
-    """The fields of ``fail_json`` for a library error: the one place they are decided."""
-    return {"msg": str(err), "error": err.code, "retryable": isinstance(err, RETRYABLE_ERRORS)}
+    """The fields of ``fail_json`` for a library error: the one place they are decided.
+
+    Message and code always come from the library (they name what failed and
+    what to do, and never carry a secret); ``retryable`` tells a playbook
+    which failures may pass on their own (``until: not result.failed or not
+    result.retryable``).
+    """
+    return {"msg": str(err), "error": err.code, "retryable": err.retryable}
+
+
+def failure_result(what, failure):
+    """The fields of ``fail_json`` for a report in which ``failure`` (a TenantFailure) came first."""
+    return {"msg": f"{what}: {failure.message}", "error": failure.error, "retryable": failure.retryable}
 
 
 class KeyopsModule(AnsibleModule):
@@ -174,6 +182,17 @@ class KeyopsModule(AnsibleModule):
 
     def fail_keyops(self, err):
         self.fail_json(**error_result(err))
+
+    def exit_report(self, report, **result):
+        """``exit_json(**result)``, or ``fail_json`` with it when a tenant of ``report`` failed.
+
+        The others still ran, so their results go with the failure; its
+        fields are the first failure's (code, retryable) and ``msg`` is the
+        report's summary and that failure's message.
+        """
+        if report.failures:
+            self.fail_json(**failure_result(report.summary(), report.failures[0]), **result)
+        self.exit_json(**result)
 
     @contextlib.contextmanager
     def errors(self):

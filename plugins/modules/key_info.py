@@ -8,32 +8,24 @@ from __future__ import annotations
 DOCUMENTATION = r"""
 module: key_info
 short_description: Versions, states, ages, usage and due rotations of keyops keys
+author:
+  - keyops contributors (!UNKNOWN)
 version_added: 0.1.0
 description:
   - Reports the master key registry and, for one tenant or every tenant, the KEK and DEK versions
     with their states, ages, DEK usage against its cap, when each level is next due and what is
     due now (and why).
   - Reads keyrings from KV only; needs no HSM access and never changes anything.
-requirements:
-  - python >= 3.11
-  - the C(keyops) Python library (C(pip install keyops)) on the host that runs the module
-notes:
-  - 'Runs where the Vault token is reachable, usually the controller (C(connection: local) or
-    C(delegate_to: localhost)) with C(ansible_python_interpreter) pointing at the Python that has
-    C(keyops) installed.'
-  - Returns no key material; wrapped keys are not returned either.
-  - Does not use the HSM; it accepts the HSM options so that C(module_defaults) can set them once
-    for the whole action group C(keyops.kms.all).
-seealso:
-  - module: keyops.kms.rotate
-  - module: keyops.kms.tenant
-author:
-  - keyops contributors (!UNKNOWN)
 extends_documentation_fragment:
   - keyops.kms.connection
   - keyops.kms.hsm
   - keyops.kms.attributes
   - keyops.kms.attributes.read_only
+notes:
+  - Returns no key material; wrapped keys are not returned either.
+seealso:
+  - module: keyops.kms.rotate
+  - module: keyops.kms.tenant
 options:
   tenant:
     description: Report only this tenant. Every tenant when unset.
@@ -61,12 +53,8 @@ EXAMPLES = r"""
 - name: Status with the connection set once for the play
   hosts: localhost
   connection: local
-  gather_facts: false
   module_defaults:
-    group/keyops.kms.all:
-      url: https://vault.example.com:8200
-      auth_method: approle
-      kv_mount: keyops
+    group/keyops.kms.all: "{{ keyops_connection }}"
   tasks:
     - name: Status
       keyops.kms.key_info:
@@ -136,7 +124,7 @@ due:
   type: list
   elements: dict
   sample:
-    - tenant: acme
+    - tenant: globex
       level: dek
       version: 2
       reason: age
@@ -144,7 +132,11 @@ due:
 """
 
 from ansible_collections.keyops.kms.plugins.module_utils._connection import KeyopsModule
-from ansible_collections.keyops.kms.plugins.module_utils._views import jsonable
+
+try:
+    from keyops.ops.views import to_json
+except ImportError:
+    pass  # KeyopsModule reports the missing library
 
 
 def main():
@@ -155,12 +147,12 @@ def main():
     with module.session() as k:
         statuses = k.status(module.params["tenant"])
         found = k.read_master()
-    tenants = [jsonable(s) for s in statuses]
+    tenants = [to_json(s) for s in statuses]
     due = [dict(tenant=s["tenant"], **d) for s in tenants for d in s["due"]]
-    master = jsonable(found[0].to_dict()) if found else None
+    master = to_json(found[0].to_dict()) if found else None
     if master is not None:
         master.pop("schema", None)
-    problems = [jsonable(p) for p in getattr(statuses, "problems", ())]
+    problems = [to_json(p) for p in getattr(statuses, "problems", ())]
     module.exit_json(changed=False, master=master, tenants=tenants, due=due, problems=problems)
 
 

@@ -8,6 +8,8 @@ from __future__ import annotations
 DOCUMENTATION = r"""
 module: master_key
 short_description: Ensure the HSM master key exists and is registered; rotate it
+author:
+  - keyops contributors (!UNKNOWN)
 version_added: 0.1.0
 description:
   - Ensures the master key, an AES-256 key on the PKCS#11 token (sensitive, never extractable),
@@ -22,13 +24,11 @@ description:
   - With O(rotate=true), creates the next master key version on the token, makes it primary and
     re-wraps every KEK of every tenant under it (the previous version turns C(decrypt_only) and is
     kept until nothing refers to it). An interrupted rotation is finished first.
-requirements:
-  - python >= 3.11
-  - the C(keyops) Python library (C(pip install keyops)) on the host that runs the module
+extends_documentation_fragment:
+  - keyops.kms.connection
+  - keyops.kms.hsm
+  - keyops.kms.attributes
 notes:
-  - 'Runs where the Vault token and the HSM are reachable, usually the controller
-    (C(connection: local) or C(delegate_to: localhost)) with C(ansible_python_interpreter)
-    pointing at the Python that has C(keyops) installed.'
   - O(rotate=true) without O(expect_version) rotates on every run. Give O(expect_version) (the
     primary version to replace) so that a re-run reports no change.
   - A registered master key missing from the token is an error, never silently replaced.
@@ -39,12 +39,6 @@ seealso:
   - name: PKCS#11 v2.40 base specification
     description: The token interface keyops uses for the master key.
     link: https://docs.oasis-open.org/pkcs11/pkcs11-base/v2.40/pkcs11-base-v2.40.html
-author:
-  - keyops contributors (!UNKNOWN)
-extends_documentation_fragment:
-  - keyops.kms.connection
-  - keyops.kms.hsm
-  - keyops.kms.attributes
 attributes:
   check_mode:
     description: Reports whether the key would be created or rotated, and how many KEKs would be re-wrapped;
@@ -88,22 +82,6 @@ EXAMPLES = r"""
     expect_version: 1
   check_mode: true
   diff: true
-
-- name: Ensure the master key, with the HSM options set once for the play
-  hosts: localhost
-  connection: local
-  gather_facts: false
-  module_defaults:
-    group/keyops.kms.all:
-      url: https://vault.example.com:8200
-      auth_method: approle
-      kv_mount: keyops
-      pkcs11_module: /opt/hsm/lib/libvendor-pkcs11.so
-      pkcs11_token: keyops
-      pkcs11_pin_file: /etc/keyops/hsm.pin
-  tasks:
-    - name: Ensure the master key,
-      keyops.kms.master_key:
 """
 
 RETURN = r"""
@@ -147,10 +125,10 @@ rotation:
 """
 
 from ansible_collections.keyops.kms.plugins.module_utils._connection import KeyopsModule
-from ansible_collections.keyops.kms.plugins.module_utils._views import jsonable, master_view
 
 try:
     from keyops.ops import rotation
+    from keyops.ops.views import master_view, to_json
 except ImportError:
     pass  # KeyopsModule reports the missing library
 
@@ -158,7 +136,7 @@ except ImportError:
 def predicted(registry, result, label):
     """The registry a dry-run rotation would leave: the new version primary, the old one decrypt_only."""
     versions = [dict(v, state="decrypt_only" if v["state"] == "active" else v["state"])
-                for v in jsonable(registry.versions) if v["version"] != result.new_version]
+                for v in to_json(registry.versions) if v["version"] != result.new_version]
     versions.append({"version": result.new_version, "label": label(result.new_version), "state": "active",
                      "created_at": None})
     return {"primary": result.new_version, "versions": versions}
@@ -190,7 +168,7 @@ def main():
     if rotated is not None and rotated.changed and module.check_mode:
         after = predicted(registry, rotated, label)
     else:
-        after = {"primary": registry.primary, "versions": jsonable(registry.versions)}
+        after = {"primary": registry.primary, "versions": to_json(registry.versions)}
     primary = [v for v in after["versions"] if v["version"] == after["primary"]][0]
     changed = created or bool(rotated and rotated.changed)
     rotation_out = None

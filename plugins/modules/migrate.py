@@ -8,6 +8,8 @@ from __future__ import annotations
 DOCUMENTATION = r"""
 module: migrate
 short_description: Bring plaintext or Transit-encrypted KV secrets under keyops
+author:
+  - keyops contributors (!UNKNOWN)
 version_added: 0.1.0
 description:
   - Every secret below O(source) in a KV version 2 mount becomes the keyops record
@@ -20,13 +22,11 @@ description:
     by a marker (check-and-set); the original stays in the source's KV history until
     O(purge_source=true) destroys those versions. Resumable from a checkpoint; a second run finds
     the markers and changes nothing.
-requirements:
-  - python >= 3.11
-  - the C(keyops) Python library (C(pip install keyops)) on the host that runs the module
+extends_documentation_fragment:
+  - keyops.kms.connection
+  - keyops.kms.hsm
+  - keyops.kms.attributes
 notes:
-  - 'Runs where the Vault token and the HSM are reachable, usually the controller
-    (C(connection: local) or C(delegate_to: localhost)) with C(ansible_python_interpreter)
-    pointing at the Python that has C(keyops) installed.'
   - A keyops record of the same name that holds another value is never overwritten; that source is
     reported in RV(skipped) (reason C(exists)) and left as it was.
 seealso:
@@ -35,12 +35,6 @@ seealso:
   - name: OpenBao Transit secrets engine
     description: The C(vault:vN:) ciphertexts this module can migrate.
     link: https://openbao.org/docs/secrets/transit/
-author:
-  - keyops contributors (!UNKNOWN)
-extends_documentation_fragment:
-  - keyops.kms.connection
-  - keyops.kms.hsm
-  - keyops.kms.attributes
 attributes:
   check_mode:
     description: Reads and decrypts every source, writes nothing, and counts what would be migrated.
@@ -119,30 +113,11 @@ EXAMPLES = r"""
     kind: transit
     transit_key: app1
     purge_source: true
-
-- name: Migrate with the connection set once for the play
-  hosts: localhost
-  connection: local
-  gather_facts: false
-  module_defaults:
-    group/keyops.kms.all:
-      url: https://vault.example.com:8200
-      auth_method: approle
-      kv_mount: keyops
-      pkcs11_module: /opt/hsm/lib/libvendor-pkcs11.so
-      pkcs11_token: keyops
-      pkcs11_pin_file: /etc/keyops/hsm.pin
-  tasks:
-    - name: Migrate
-      keyops.kms.migrate:
-        tenant: acme
-        source: legacy/app1
-        source_mount: secret
 """
 
 RETURN = r"""
 tenant:
-  description: The tenant.
+  description: The tenant the secrets are brought under.
   returned: always
   type: str
   sample: acme
@@ -206,10 +181,10 @@ resumed:
 """
 
 from ansible_collections.keyops.kms.plugins.module_utils._connection import KeyopsModule
-from ansible_collections.keyops.kms.plugins.module_utils._views import jsonable
 
 try:
     from keyops.ops.migrate import migrate
+    from keyops.ops.views import to_json
 except ImportError:
     pass  # KeyopsModule reports the missing library
 
@@ -241,7 +216,7 @@ def main():
                          workers=p["workers"], batch_size=p["batch_size"], dry_run=module.check_mode,
                          job_id=p["job_id"], purge_source=p["purge_source"])
     view = {name: getattr(result, name) for name in _FIELDS}
-    view["skipped"] = jsonable(result.skipped)
+    view["skipped"] = to_json(result.skipped)
     changed = (result.migrated > 0 or result.purged > 0) if module.check_mode else result.changed
     where = f"{result.mount}/{result.source}"
     before = {where: {"migrated": result.already_migrated, "not_migrated": result.migrated,

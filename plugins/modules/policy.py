@@ -8,6 +8,8 @@ from __future__ import annotations
 DOCUMENTATION = r"""
 module: policy
 short_description: Apply the Vault ACL policies generated from the keyops roles file
+author:
+  - keyops contributors (!UNKNOWN)
 version_added: 0.1.0
 description:
   - Renders one Vault ACL policy per global role (C(keyops-<role>)) and one per tenant role and
@@ -16,29 +18,19 @@ description:
   - With O(state=absent), removes the selected policies (for example those of an offboarded tenant).
   - The roles are C(app) (one tenant), C(rotation), C(auditor) and C(security-admin), plus any role
     an operator adds to the roles file; see C(docs/access.md) of keyops.
-requirements:
-  - python >= 3.11
-  - the C(keyops) Python library (C(pip install keyops)) on the host that runs the module
+extends_documentation_fragment:
+  - keyops.kms.connection
+  - keyops.kms.hsm
+  - keyops.kms.attributes
 notes:
-  - 'Runs where the Vault token is reachable, usually the controller (C(connection: local) or
-    C(delegate_to: localhost)) with C(ansible_python_interpreter) pointing at the Python that has
-    C(keyops) installed.'
   - Needs a token of the C(security-admin) role (or root); other tokens are refused before any change.
   - A roles file with an unknown role, operation, capability or key fails the task and applies nothing.
-  - Does not use the HSM; it accepts the HSM options so that C(module_defaults) can set them once
-    for the whole action group C(keyops.kms.all).
 seealso:
   - module: keyops.kms.tenant
   - module: keyops.kms.key_info
   - name: OpenBao policies
     description: How Vault/OpenBao ACL policies grant capabilities on paths.
     link: https://openbao.org/docs/concepts/policies/
-author:
-  - keyops contributors (!UNKNOWN)
-extends_documentation_fragment:
-  - keyops.kms.connection
-  - keyops.kms.hsm
-  - keyops.kms.attributes
 attributes:
   check_mode:
     description: Reports which policies would be created, updated or removed, and changes nothing.

@@ -8,6 +8,8 @@ from __future__ import annotations
 DOCUMENTATION = r"""
 module: reencrypt
 short_description: Re-encrypt tenants' secrets to their primary DEK, resumably
+author:
+  - keyops contributors (!UNKNOWN)
 version_added: 0.1.0
 description:
   - Moves every secret of each tenant to the tenant's primary DEK, with a pool of workers, in
@@ -17,25 +19,17 @@ description:
     A verification pass counts the records per DEK version and names the old DEK versions that
     nothing refers to any more (RV(results[].unreferenced)), ready for retirement.
   - One task handles many tenants (O(tenants)), one after the other, in one module run.
-requirements:
-  - python >= 3.11
-  - the C(keyops) Python library (C(pip install keyops)) on the host that runs the module
+extends_documentation_fragment:
+  - keyops.kms.connection
+  - keyops.kms.hsm
+  - keyops.kms.attributes
 notes:
-  - 'Runs where the Vault token and the HSM are reachable, usually the controller
-    (C(connection: local) or C(delegate_to: localhost)) with C(ansible_python_interpreter)
-    pointing at the Python that has C(keyops) installed.'
   - Secrets already under the primary DEK are left alone, so a re-run reports C(changed=false).
   - When the job of one tenant fails, the other tenants still run; the task then fails, with
     RV(results) and RV(failures) in its result.
 seealso:
   - module: keyops.kms.rotate
   - module: keyops.kms.key_info
-author:
-  - keyops contributors (!UNKNOWN)
-extends_documentation_fragment:
-  - keyops.kms.connection
-  - keyops.kms.hsm
-  - keyops.kms.attributes
 attributes:
   check_mode:
     description: Reads and decrypts every record, writes nothing, and counts what would be re-encrypted.
@@ -91,23 +85,6 @@ EXAMPLES = r"""
   keyops.kms.reencrypt:
     tenant: acme
     job_id: reencrypt-20250107T100000Z-3f2a
-
-- name: Re-encrypt with the connection set once for the play
-  hosts: localhost
-  connection: local
-  gather_facts: false
-  module_defaults:
-    group/keyops.kms.all:
-      url: https://vault.example.com:8200
-      auth_method: approle
-      kv_mount: keyops
-      pkcs11_module: /opt/hsm/lib/libvendor-pkcs11.so
-      pkcs11_token: keyops
-      pkcs11_pin_file: /etc/keyops/hsm.pin
-  tasks:
-    - name: Re-encrypt
-      keyops.kms.reencrypt:
-        tenants: [acme, globex]
 """
 
 RETURN = r"""
@@ -179,29 +156,22 @@ rewritten:
 from ansible_collections.keyops.kms.plugins.module_utils._connection import KeyopsModule
 
 try:
-    from keyops.errors import KeyopsError
-    from keyops.ops.reencrypt import reencrypt, reencrypt_tenants
+    from keyops.ops.reencrypt import reencrypt_tenants
+    from keyops.ops.views import reencrypt_diff
 except ImportError:
     pass  # KeyopsModule reports the missing library
 
 _FIELDS = ("tenant", "job_id", "dek_version", "total", "rewritten", "already_current", "redone_after_conflict",
-           "vanished", "rewritten_late", "resumed")
+           "vanished", "rewritten_late", "resumed", "references", "unreferenced")
 
 
-def result_view(result, check_mode):
-    view = {name: getattr(result, name) for name in _FIELDS}
-    view["references"] = {str(v): n for v, n in sorted(result.references.items())}
-    view["unreferenced"] = list(result.unreferenced)
-    view["changed"] = result.rewritten > 0 if check_mode else result.changed
-    return view
+def result_view(outcome):
+    view = outcome.result.to_dict()
+    return {**{name: view[name] for name in _FIELDS}, "changed": outcome.changed}
 
 
-def _one(k, p, check_mode):
-    try:
-        return reencrypt(k, p["tenant"], workers=p["workers"], batch_size=p["batch_size"], job_id=p["job_id"],
-                         dry_run=check_mode)
-    except KeyopsError as err:
-        return err
+def failure_view(failure):
+    return {"tenant": failure.tenant, "error": failure.error, "message": failure.message}
 
 
 def main():
@@ -219,34 +189,14 @@ def main():
         supports_check_mode=True,
     )
     p = module.params
-    tenants = [p["tenant"]] if p["tenant"] else p["tenants"]
-    results, failures = [], []
     with module.session() as k:
-        if p["job_id"] is not None:  # one tenant (job_id excludes tenants)
-            outcomes = [(p["tenant"], _one(k, p, module.check_mode))]
-        else:
-            outcomes = reencrypt_tenants(k, tenants, tenant_workers=p["tenant_workers"], workers=p["workers"],
-                                         batch_size=p["batch_size"], dry_run=module.check_mode)
-    for tenant, outcome in outcomes:
-        if isinstance(outcome, KeyopsError):
-            failures.append({"tenant": tenant, "error": outcome.code, "message": str(outcome)})
-        else:
-            results.append(result_view(outcome, module.check_mode))
-    before, after = {}, {}
-    for r in results:
-        if r["changed"]:
-            moved, current = r["rewritten"], r["already_current"]
-            before[r["tenant"]] = {"primary_dek": r["dek_version"], "records_under_primary": current,
-                                   "records_under_older_deks": moved}
-            after[r["tenant"]] = {"primary_dek": r["dek_version"], "records_under_primary": current + moved,
-                                  "records_under_older_deks": 0}
-    out = dict(changed=any(r["changed"] for r in results), results=results, failures=failures,
-               rewritten=sum(r["rewritten"] for r in results),
-               **module.diff(before, after))
-    if failures:
-        module.fail_json(msg=f"re-encryption failed for {len(failures)} of {len(tenants)} tenants: "
-                             f"{failures[0]['message']}", error=failures[0]["error"], retryable=False, **out)
-    module.exit_json(**out)
+        report = reencrypt_tenants(k, [p["tenant"]] if p["tenant"] else p["tenants"],
+                                   tenant_workers=p["tenant_workers"], workers=p["workers"],
+                                   batch_size=p["batch_size"], job_id=p["job_id"], dry_run=module.check_mode)
+    module.exit_report(report, changed=report.changed,
+                       results=[result_view(o) for o in report.outcomes if not o.failed],
+                       failures=[failure_view(f) for f in report.failures], rewritten=report.rewritten,
+                       **module.diff(*reencrypt_diff(report.outcomes)))
 
 
 if __name__ == "__main__":

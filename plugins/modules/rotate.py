@@ -8,6 +8,8 @@ from __future__ import annotations
 DOCUMENTATION = r"""
 module: rotate
 short_description: Rotate keyops keys on demand, or everything that is due across tenants
+author:
+  - keyops contributors (!UNKNOWN)
 version_added: 0.1.0
 description:
   - With O(level), rotates one level now. V(dek) makes a new DEK primary (older versions turn
@@ -18,13 +20,11 @@ description:
     key, and rotates only what the policies say is due (age against the periods, DEK usage against
     its cap); most runs find nothing due and report C(changed=false).
   - An interrupted rotation is finished first, by either form.
-requirements:
-  - python >= 3.11
-  - the C(keyops) Python library (C(pip install keyops)) on the host that runs the module
+extends_documentation_fragment:
+  - keyops.kms.connection
+  - keyops.kms.hsm
+  - keyops.kms.attributes
 notes:
-  - 'Runs where the Vault token and the HSM are reachable, usually the controller
-    (C(connection: local) or C(delegate_to: localhost)) with C(ansible_python_interpreter)
-    pointing at the Python that has C(keyops) installed.'
   - A rotation on demand without O(expect_version) rotates on every run, like any "do it now"
     action. Give O(expect_version) (the primary version you expect to replace) so that a re-run
     finds the primary moved on and reports no change, or use O(due_only=true).
@@ -34,12 +34,6 @@ seealso:
   - module: keyops.kms.reencrypt
   - module: keyops.kms.key_info
   - module: keyops.kms.master_key
-author:
-  - keyops contributors (!UNKNOWN)
-extends_documentation_fragment:
-  - keyops.kms.connection
-  - keyops.kms.hsm
-  - keyops.kms.attributes
 attributes:
   check_mode:
     description: The library plans the rotations without writing; RV(rotated) lists what would rotate and why.
@@ -117,15 +111,8 @@ EXAMPLES = r"""
 - name: Scheduled rotation with the connection set once for the play
   hosts: localhost
   connection: local
-  gather_facts: false
   module_defaults:
-    group/keyops.kms.all:
-      url: https://vault.example.com:8200
-      auth_method: approle
-      kv_mount: keyops
-      pkcs11_module: /opt/hsm/lib/libvendor-pkcs11.so
-      pkcs11_token: keyops
-      pkcs11_pin_file: /etc/keyops/hsm.pin
+    group/keyops.kms.all: "{{ keyops_connection }}"
   tasks:
     - name: Scheduled rotation
       keyops.kms.rotate:
@@ -185,8 +172,9 @@ summary:
 from ansible_collections.keyops.kms.plugins.module_utils._connection import KeyopsModule
 
 try:
-    from keyops.errors import KeyopsError
+    from keyops.errors import InvalidInput
     from keyops.ops import rotation
+    from keyops.ops.views import rotation_diff, to_json
 except ImportError:
     pass  # KeyopsModule reports the missing library
 
@@ -194,35 +182,8 @@ _FIELDS = ("tenant", "level", "old_version", "new_version", "reason", "detail", 
 
 
 def rotation_view(result):
-    return {name: getattr(result, name, None) for name in _FIELDS}
-
-
-def failure_view(tenant, level, err):
-    return {"tenant": tenant, "level": level, "error": err.code, "message": str(err)}
-
-
-def on_demand(k, params, check_mode):
-    """Rotations of O(level): (results, failures)."""
-    level, expect, reason = params["level"], params["expect_version"], params["reason"]
-    if level == "master":
-        return [rotation.rotate_master(k, dry_run=check_mode, expect_version=expect, reason=reason)], []
-    results, failures = [], []
-    for tenant in [params["tenant"]] if params["tenant"] else params["tenants"]:
-        try:
-            results.append(rotation.rotate(k, tenant, level, dry_run=check_mode, expect_version=expect,
-                                           reason=reason))
-        except KeyopsError as err:
-            failures.append(failure_view(tenant, level, err))
-    return results, failures
-
-
-def diff_of(results):
-    before, after = {}, {}
-    for r in results:
-        key = "master" if r.level == "master" else f"{r.tenant}/{r.level}"
-        before[key] = {"primary": r.old_version}
-        after[key] = {"primary": r.new_version}
-    return before, after
+    view = to_json(result)
+    return {name: view.get(name) for name in _FIELDS}
 
 
 def main():
@@ -242,38 +203,23 @@ def main():
         supports_check_mode=True,
     )
     p = module.params
-    if p["level"] == "master" and (p["tenant"] or p["tenants"]):
-        module.fail_json(msg="level master rotates the HSM master key of every tenant; give no tenant",
-                         error="invalid_input", retryable=False)
-    if p["level"] in ("dek", "kek") and not (p["tenant"] or p["tenants"]):
-        module.fail_json(msg=f"level {p['level']} needs tenant or tenants (or use due_only: true)",
-                         error="invalid_input", retryable=False)
+    tenants = [p["tenant"]] if p["tenant"] else p["tenants"]
+    if p["level"] == "master" and tenants:
+        module.fail_keyops(InvalidInput("level master rotates the HSM master key of every tenant; give no tenant"))
+    if p["level"] in ("dek", "kek") and not tenants:
+        module.fail_keyops(InvalidInput(f"level {p['level']} needs tenant or tenants (or use due_only: true)"))
     extra = {}
     with module.session() as k:
         if p["due_only"]:
-            report = rotation.rotate_due(k, dry_run=module.check_mode, tenants=p["tenants"] or (
-                [p["tenant"]] if p["tenant"] else None), include_master=p["include_master"])
-            results = list(report.rotations)
-            failures = [{"tenant": f.tenant, "level": f.level, "error": f.error, "message": f.message}
-                        for f in report.failures]
-            summary = report.summary()
+            report = rotation.rotate_due(k, dry_run=module.check_mode, tenants=tenants or None,
+                                         include_master=p["include_master"])
             extra["checked"] = report.tenants_checked
         else:
-            results, failures = on_demand(k, p, module.check_mode)
-            done = sum(1 for r in results if r.changed)
-            verb = "would rotate" if module.check_mode else "rotated"
-            summary = f"{verb} {done} key{'s' if done != 1 else ''}"
-            if failures:
-                summary += f"; {len(failures)} failed"
-    rotated = [r for r in results if r.changed]
-    before, after = diff_of(rotated)
-    out = dict(changed=bool(rotated), rotated=[rotation_view(r) for r in rotated],
-               unchanged=[rotation_view(r) for r in results if not r.changed], failures=failures,
-               summary=summary, **extra, **module.diff(before, after))
-    if failures:
-        first = failures[0]
-        module.fail_json(msg=f"{summary}: {first['message']}", error=first["error"], retryable=False, **out)
-    module.exit_json(**out)
+            report = rotation.rotate_tenants(k, tenants or [], p["level"], dry_run=module.check_mode,
+                                             expect_version=p["expect_version"], reason=p["reason"])
+    module.exit_report(report, changed=report.changed, rotated=[rotation_view(r) for r in report.rotated],
+                       unchanged=[rotation_view(r) for r in report.unchanged], failures=to_json(report.failures),
+                       summary=report.summary(), **extra, **module.diff(*rotation_diff(report.rotations)))
 
 
 if __name__ == "__main__":

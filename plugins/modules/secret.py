@@ -8,6 +8,8 @@ from __future__ import annotations
 DOCUMENTATION = r"""
 module: secret
 short_description: Store, read or delete a tenant's secret, encrypted under its DEK
+author:
+  - keyops contributors (!UNKNOWN)
 version_added: 0.1.0
 description:
   - V(present) encrypts O(value) with the tenant's primary DEK and stores the record in KV
@@ -15,13 +17,11 @@ description:
     when the stored record already decrypts to O(value).
   - V(get) reads and decrypts the secret and returns it as RV(value).
   - V(absent) removes the record and its KV history.
-requirements:
-  - python >= 3.11
-  - the C(keyops) Python library (C(pip install keyops)) on the host that runs the module
+extends_documentation_fragment:
+  - keyops.kms.connection
+  - keyops.kms.hsm
+  - keyops.kms.attributes
 notes:
-  - 'Runs where the Vault token and the HSM are reachable, usually the controller
-    (C(connection: local) or C(delegate_to: localhost)) with C(ansible_python_interpreter)
-    pointing at the Python that has C(keyops) installed.'
   - O(value) is a C(no_log) option, so Ansible masks it in every output.
   - 'The result of V(get) is always hidden from Ansible''s output and logs (as with C(no_log) on
     the task) by the module''s action plugin, at every verbosity; it stays available to
@@ -32,12 +32,6 @@ seealso:
     plugin_type: lookup
   - module: keyops.kms.tenant
   - module: keyops.kms.migrate
-author:
-  - keyops contributors (!UNKNOWN)
-extends_documentation_fragment:
-  - keyops.kms.connection
-  - keyops.kms.hsm
-  - keyops.kms.attributes
 attributes:
   check_mode:
     description:
@@ -108,25 +102,6 @@ EXAMPLES = r"""
     tenant: acme
     name: db/old-password
     state: absent
-
-- name: Store a secret with the connection set once for the play
-  hosts: localhost
-  connection: local
-  gather_facts: false
-  module_defaults:
-    group/keyops.kms.all:
-      url: https://vault.example.com:8200
-      auth_method: approle
-      kv_mount: keyops
-      pkcs11_module: /opt/hsm/lib/libvendor-pkcs11.so
-      pkcs11_token: keyops
-      pkcs11_pin_file: /etc/keyops/hsm.pin
-  tasks:
-    - name: Store a secret
-      keyops.kms.secret:
-        tenant: acme
-        name: api/key
-        value: "{{ vault_api_key }}"
 """
 
 RETURN = r"""

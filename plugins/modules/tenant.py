@@ -8,6 +8,8 @@ from __future__ import annotations
 DOCUMENTATION = r"""
 module: tenant
 short_description: Ensure a keyops tenant keyring exists with its rotation policy, or is removed
+author:
+  - keyops contributors (!UNKNOWN)
 version_added: 0.1.0
 description:
   - Creates a tenant's keyring with its first KEK (wrapped by the HSM master key) and first DEK, or
@@ -15,13 +17,11 @@ description:
     keyring of a tenant that has no secrets left.
   - A keyring left half-made by an interrupted run is completed.
   - Options left unset keep an existing tenant's value; a new tenant gets the documented defaults.
-requirements:
-  - python >= 3.11
-  - the C(keyops) Python library (C(pip install keyops)) on the host that runs the module
+extends_documentation_fragment:
+  - keyops.kms.connection
+  - keyops.kms.hsm
+  - keyops.kms.attributes
 notes:
-  - 'Runs where the Vault token and the HSM are reachable, usually the controller
-    (C(connection: local) or C(delegate_to: localhost)) with C(ansible_python_interpreter)
-    pointing at the Python that has C(keyops) installed.'
   - The KEK residence cannot change in place; create another tenant and migrate its secrets.
   - O(state=absent) refuses while the tenant still has secrets, and leaves the Transit key of a
     residence C(transit) tenant in place (remove it with M(keyops.kms.transit_key) if wanted).
@@ -32,12 +32,6 @@ seealso:
   - name: OpenBao KV version 2
     description: The secrets engine that holds keyrings (C(tenants/<name>/keyring)) with check-and-set.
     link: https://openbao.org/docs/secrets/kv/kv-v2/
-author:
-  - keyops contributors (!UNKNOWN)
-extends_documentation_fragment:
-  - keyops.kms.connection
-  - keyops.kms.hsm
-  - keyops.kms.attributes
 attributes:
   check_mode:
     description: Reports what would be created, changed or removed, and changes nothing.
@@ -94,21 +88,10 @@ EXAMPLES = r"""
   check_mode: true
   diff: true
 
-- name: Connection options once for every keyops module of the play
-  hosts: localhost
-  connection: local
-  module_defaults:
-    group/keyops.kms.all:
-      url: https://vault.example.com:8200
-      auth_method: approle
-      kv_mount: keyops
-      pkcs11_module: /opt/hsm/lib/libcloudhsm_pkcs11.so
-      pkcs11_token: keyops
-  tasks:
-    - name: Remove a tenant that has no secrets left
-      keyops.kms.tenant:
-        name: retired-customer
-        state: absent
+- name: Remove a tenant that has no secrets left
+  keyops.kms.tenant:
+    name: retired-customer
+    state: absent
 """
 
 RETURN = r"""
@@ -144,11 +127,11 @@ dek_version:
 """
 
 from ansible_collections.keyops.kms.plugins.module_utils._connection import KeyopsModule
-from ansible_collections.keyops.kms.plugins.module_utils._views import keyring_view
 
 try:
     from keyops.errors import TenantNotFound
     from keyops.model.keyring import Policy
+    from keyops.ops.views import keyring_view
 except ImportError:
     pass  # KeyopsModule reports the missing library
 

@@ -8,6 +8,8 @@ from __future__ import annotations
 DOCUMENTATION = r"""
 module: transit_key
 short_description: Idempotent Vault/OpenBao Transit keys of any name
+author:
+  - keyops contributors (!UNKNOWN)
 version_added: 0.1.0
 description:
   - Ensures a Transit key exists with the wanted type and settings (C(auto_rotate_period),
@@ -17,15 +19,11 @@ description:
     was (or, in check mode, would be) written. Every constraint Transit checks between the version
     settings is checked before the first write, so a bad request changes nothing.
   - Settings left unset are not managed (a new key gets Transit's defaults).
-requirements:
-  - python >= 3.11
-  - the C(keyops) Python library (C(pip install keyops)) on the host that runs the module
+extends_documentation_fragment:
+  - keyops.kms.connection
+  - keyops.kms.hsm
+  - keyops.kms.attributes
 notes:
-  - 'Runs where the Vault token is reachable, usually the controller (C(connection: local) or
-    C(delegate_to: localhost)) with C(ansible_python_interpreter) pointing at the Python that has
-    C(keyops) installed.'
-  - Does not use the HSM; it accepts the HSM options so that C(module_defaults) can set them once
-    for the whole action group C(keyops.kms.all).
   - Returns the key's settings and version numbers only, never a raw Vault response (Transit
     answers can carry key material or plaintext).
   - The keys of keyops tenants of residence C(transit) are named C(keyops-<tenant>); this module
@@ -35,12 +33,6 @@ seealso:
   - name: OpenBao Transit secrets engine API
     description: Create, read, configure, rotate and trim keys.
     link: https://openbao.org/api-docs/secret/transit/
-author:
-  - keyops contributors (!UNKNOWN)
-extends_documentation_fragment:
-  - keyops.kms.connection
-  - keyops.kms.hsm
-  - keyops.kms.attributes
 attributes:
   check_mode:
     description: Reports exactly the steps a real run would take (RV(actions)), and writes nothing.
@@ -134,21 +126,6 @@ EXAMPLES = r"""
     name: old-app
     state: absent
     deletion_allowed: true
-
-- name: A Transit key with the connection set once for the play
-  hosts: localhost
-  connection: local
-  gather_facts: false
-  module_defaults:
-    group/keyops.kms.all:
-      url: https://vault.example.com:8200
-      auth_method: approle
-      kv_mount: keyops
-  tasks:
-    - name: A Transit key
-      keyops.kms.transit_key:
-        name: payments
-        auto_rotate_period: 30d
 """
 
 RETURN = r"""

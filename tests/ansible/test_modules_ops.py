@@ -10,8 +10,11 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
+import os
+import socket
 import subprocess
 import sys
+import time
 import uuid
 from pathlib import Path
 from typing import Any
@@ -143,6 +146,37 @@ def test_rotate_and_reencrypt_argument_errors(ansible_playbook: Any) -> None:
     missing = run.result("missing tenants")
     assert run.status("missing tenants") == "failed" and missing["error"] == "tenant_not_found"
     assert len(missing["failures"]) == 2 and missing["results"] == []
+
+
+def test_a_failing_tenant_fails_the_task_with_the_error_tables_retryable(ansible_playbook: Any, vault_client: Any,
+                                                                         config: Config) -> None:
+    """The others still rotate; the task fails with the first failure's code, and retryable from the table."""
+    free, locked = f"t-{uid()}", f"t-{uid()}"
+    with Keyops(config) as k:
+        for tenant in (free, locked):
+            k.create_tenant(tenant)
+    # A live rotation of ``locked`` (this test's process holds its lease): rotating it now is a Conflict.
+    vault_client.secrets.kv.v2.create_or_update_secret(
+        path=f"locks/tenants/{locked}", mount_point="keyops",
+        secret={"owner": uid(), "host": socket.gethostname(), "pid": os.getpid(), "what": "a test's rotation",
+                "since": "2025-01-01T00:00:00Z", "expires_at": time.time() + 600})
+    run = ansible_playbook(apply_play([], then=[
+        {"name": "rotate both", "keyops.kms.rotate": {"tenants": [locked, free], "level": "dek"},
+         "ignore_errors": True},
+        {"name": "reencrypt a missing one", "keyops.kms.reencrypt": {"tenants": [free, f"missing-{uid()}"]},
+         "ignore_errors": True},
+    ])).assert_ok()
+    both = run.result("rotate both")
+    assert run.status("rotate both") == "failed" and both["error"] == "conflict" and both["retryable"] is True
+    assert both["msg"].startswith("rotated 1 key; 1 failed: another rotation of tenant")
+    assert [(r["tenant"], r["new_version"]) for r in both["rotated"]] == [(free, 2)] and both["changed"] is True
+    assert [(f["tenant"], f["level"], f["error"]) for f in both["failures"]] == [(locked, "dek", "conflict")]
+    assert kv_read(vault_client, keyring_path(locked))["dek"]["primary"] == 1
+    missing = run.result("reencrypt a missing one")
+    assert missing["error"] == "tenant_not_found" and missing["retryable"] is False
+    assert missing["msg"].startswith("re-encryption failed for 1 of 2 tenants: tenant ")
+    assert [r["tenant"] for r in missing["results"]] == [free] and set(missing["failures"][0]) == {
+        "tenant", "error", "message"}
 
 
 def test_migrate(ansible_playbook: Any, vault_client: Any, config: Config, stack: Any, find_leaks: Any) -> None:

@@ -9,6 +9,7 @@ from keyops.config import Config
 from keyops.errors import InvalidInput, TenantNotFound
 from keyops.model.keyring import Policy
 from keyops.ops.front import Keyops, secret_path
+from keyops.ops.outcomes import TenantFailure
 from keyops.ops.reencrypt import reencrypt_tenants
 from keyops.ops.rotation import rotate
 
@@ -24,12 +25,15 @@ def test_reencrypt_tenants_moves_each_and_reports_failures_in_place(config: Conf
                 k.put_secret(tenant, f"s{j}", f"{tenant}-{j}".encode())
             rotate(k, tenant, "dek")
         missing = new_tenant("missing")
-        outcomes = reencrypt_tenants(k, tenants[:2] + [missing] + tenants[2:], tenant_workers=3)
-        assert [t for t, _ in outcomes] == tenants[:2] + [missing] + tenants[2:]
-        by_tenant = dict(outcomes)
-        assert isinstance(by_tenant[missing], TenantNotFound)
+        report = reencrypt_tenants(k, tenants[:2] + [missing] + tenants[2:], tenant_workers=3)
+        assert [o.tenant for o in report.outcomes] == tenants[:2] + [missing] + tenants[2:]
+        by_tenant = {o.tenant: o for o in report.outcomes}
+        assert by_tenant[missing].failure == TenantFailure.of(missing, "dek", TenantNotFound(missing))
+        assert report.failures == (by_tenant[missing].failure,) and not by_tenant[missing].failure.retryable
+        assert report.changed and report.rewritten == 15
         for tenant in tenants:
-            result = by_tenant[tenant]
+            result = by_tenant[tenant].result
+            assert by_tenant[tenant].changed and result is not None
             assert result.rewritten == 3 and result.dek_version == 2
             for j in range(3):
                 stored = vault_client.secrets.kv.v2.read_secret_version(
