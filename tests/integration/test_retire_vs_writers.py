@@ -47,8 +47,7 @@ WRITER_TTL, WRITER_TIMEOUT = 12.0, 2
 WRITER = textwrap.dedent("""
     import sys
     from keyops.config import Config
-    from keyops.service import Keyops, usage_path
-from keyops.usage import Usage
+    from keyops.service import Keyops
     tenant = sys.argv[1]
     with Keyops(Config.load(), keyring_ttl=float(sys.argv[2])) as k:
         for line in sys.stdin:
