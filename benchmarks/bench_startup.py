@@ -51,6 +51,8 @@ def main(argv: list[str] | None = None) -> int:
     with temporary_stack() as stack, tempfile.TemporaryDirectory(prefix="keyops-startup-") as tmp:
         env = {**os.environ, **stack.env()}
         env.pop("PYTHONPATH", None)
+        # As an installed keyops runs: from compiled bytecode (written by the warm-up run below).
+        env.pop("PYTHONDONTWRITEBYTECODE", None)
         tenant = f"start-{uuid.uuid4().hex[:6]}"
         with Keyops(stack.config()) as k:
             k.create_tenant(tenant)
