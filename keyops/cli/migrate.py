@@ -71,9 +71,7 @@ def cmd_migrate(args: argparse.Namespace) -> int:
 def exit_code(result: MigrationResult) -> int:
     if result.skipped:
         return EXIT_SKIPPED
-    if result.dry_run:
-        return EXIT_DONE if result.migrated or result.purged else EXIT_NOTHING_TO_DO
-    return EXIT_DONE if result.changed else EXIT_NOTHING_TO_DO
+    return EXIT_DONE if result.would_change else EXIT_NOTHING_TO_DO
 
 
 def summary(r: MigrationResult) -> str:

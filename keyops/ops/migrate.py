@@ -137,6 +137,11 @@ class MigrationResult:
     changed: bool = False
     purged: int = 0
 
+    @property
+    def would_change(self) -> bool:
+        """``changed``; in a dry run, whether the run would change anything (what check mode reports)."""
+        return (self.migrated > 0 or self.purged > 0) if self.dry_run else self.changed
+
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 

@@ -217,7 +217,7 @@ def main():
                          job_id=p["job_id"], purge_source=p["purge_source"])
     view = {name: getattr(result, name) for name in _FIELDS}
     view["skipped"] = to_json(result.skipped)
-    changed = (result.migrated > 0 or result.purged > 0) if module.check_mode else result.changed
+    changed = result.would_change  # in check mode: what the run would change
     where = f"{result.mount}/{result.source}"
     before = {where: {"migrated": result.already_migrated, "not_migrated": result.migrated,
                       "original_versions_purged": 0}}
