@@ -139,6 +139,8 @@ class ConfirmationRequired(InvalidInput):
     code = "confirmation_required"
 
 
+# Each kind of failure is a class of the same shape (a docstring, a code, an exit code): the shape
+# repeats on purpose, since the classes are the table (README's exit codes) that callers match on.
 class VaultError(KeyopsError):
     """Vault/OpenBao refused or failed a request."""
 

@@ -388,17 +388,10 @@ class Hsm:
 
     def _remove_half_made(self, objects: list[pkcs11.Object], label: str) -> None:
         for obj in objects:
-            if _attr(obj, Attribute.DESTROYABLE) is False:
+            if not self._destroy_object(obj, f"remove a half-made key labelled {label!r}"):
                 _log.warning("a half-made key labelled %r stays on HSM token %r: it is not destroyable; it holds "
                              "nothing keyops uses, and the token's security officer may remove it", label,
                              self.token_label)
-                continue
-            self.calls.add("hsm.destroy_key")
-            try:
-                obj.destroy()
-            except p11e.PKCS11Error as exc:
-                raise HsmError(f"could not remove a half-made key labelled {label!r} from token "
-                               f"{self.token_label!r}: {type(exc).__name__}") from exc
 
     def _generate(self, session: pkcs11.Session, label: str, key_id: bytes) -> AesKey:
         """A new AES-256 token key, permanent for PIN holders where the token supports it."""
@@ -444,6 +437,17 @@ class Hsm:
                 destroyable=_attr(key, Attribute.DESTROYABLE), modifiable=_attr(key, Attribute.MODIFIABLE),
                 copyable=_attr(key, Attribute.COPYABLE))
 
+    def _destroy_object(self, obj: pkcs11.Object, what: str) -> bool:
+        """Destroy ``obj``, unless the token marks it not destroyable (then False: it stays)."""
+        if _attr(obj, Attribute.DESTROYABLE) is False:
+            return False
+        self.calls.add("hsm.destroy_key")
+        try:
+            obj.destroy()
+        except p11e.PKCS11Error as exc:
+            raise HsmError(f"could not {what} from HSM token {self.token_label!r}: {type(exc).__name__}") from exc
+        return True
+
     def destroy_key(self, label: str, *, key_id: bytes) -> Removal:
         """Delete the key ``label`` / ``key_id`` (and half-made twins) where the token lets a PIN holder.
 
@@ -458,16 +462,10 @@ class Hsm:
                 raise HsmError(f"looking up key {label!r} on HSM token {self.token_label!r} failed: "
                                f"{type(exc).__name__}") from exc
             for obj in found:
-                if _attr(obj, Attribute.DESTROYABLE) is False:
+                if self._destroy_object(obj, f"delete key {label!r}"):
+                    deleted += 1
+                else:
                     kept += 1
-                    continue
-                self.calls.add("hsm.destroy_key")
-                try:
-                    obj.destroy()
-                except p11e.PKCS11Error as exc:
-                    raise HsmError(f"could not delete key {label!r} from HSM token {self.token_label!r}: "
-                                   f"{type(exc).__name__}") from exc
-                deleted += 1
             self._keys.pop((label, key_id), None)
         return Removal(deleted, kept)
 

@@ -43,6 +43,7 @@ value and did not come from this source is never overwritten: the secret is
 reported as skipped (``exists``) and its source is left as it was.
 """
 
+# Its imports repeat those as keyops.ops.reencrypt: both are resumable jobs over secret records (keyops.ops.jobs).
 from __future__ import annotations
 
 import base64
