@@ -31,7 +31,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import math
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from keyops.errors import InvalidInput, KeyStateError
@@ -40,6 +40,8 @@ from keyops.model.keyring import format_time, parse_time
 SCHEMA = 1
 
 
+#: Clocks of the hosts that write and the host that retires or re-encrypts may differ this much.
+CLOCK_SKEW_SECONDS = 2.0
 #: Expired leases are dropped once they are this old (a lease is never needed after its end).
 LEASE_PRUNE_SECONDS = 300
 
@@ -115,11 +117,25 @@ class Usage:
                                   leases=leases)
         return self._with(version, new), start, end
 
-    def release(self, holder: str) -> Usage:
-        """``holder`` encrypts no more: its leases end now (the reserved counts stay)."""
-        versions = {v: dataclasses.replace(u, leases={h: t for h, t in u.leases.items() if h != holder})
-                    if holder in u.leases else u for v, u in self.versions.items()}
+    def release(self, holder: str, now: dt.datetime) -> Usage:
+        """``holder`` encrypts no more: its leases end now (kept as the time of its last possible write).
+
+        Ending rather than removing them keeps ``lease_end`` an upper bound of
+        every write under a version, which a re-encryption relies on to skip
+        its verification (``keyops.ops.reencrypt``); they are pruned later.
+        """
+        stamp = _ceil_seconds(now)
+        versions = {}
+        for v, u in self.versions.items():
+            held = u.leases.get(holder)
+            if held is not None and parse_time(held) > stamp:
+                u = dataclasses.replace(u, leases={**u.leases, holder: format_time(stamp)})
+            versions[v] = u
         return dataclasses.replace(self, versions=versions)
+
+    def leases_end(self, versions: Iterable[int]) -> dt.datetime | None:
+        """When the last lease of any of ``versions`` ends (None: none was ever recorded)."""
+        return max((end for v in versions if (end := self.get(v).lease_end()) is not None), default=None)
 
     def close(self, version: int, now: dt.datetime) -> Usage:
         """Fence ``version``: no reservation of it is granted any more (idempotent)."""

@@ -143,7 +143,7 @@ class Keyops:
             self._fast.clear()  # no encryption under the released reservations from here on
         for tenant in tenants:
             try:
-                self.update_usage(tenant, lambda u: u.release(self.holder))
+                self.update_usage(tenant, lambda u: u.release(self.holder, wall()))
             except KeyopsError as exc:
                 _log.info("the leases of tenant %r run out by themselves: %s", tenant, exc.code)
 

@@ -53,14 +53,12 @@ from keyops.errors import (
 from keyops.model.keyring import LEVELS, STATES, Keyring, format_time
 from keyops.model.master import MasterRegistry
 from keyops.model.names import validate_tenant, validate_version
-from keyops.model.usage import seconds_until
+from keyops.model.usage import CLOCK_SKEW_SECONDS, seconds_until
 from keyops.ops.cas import retry_on_conflict
 from keyops.ops.front import MASTER_PATH, Keyops
 from keyops.ops.references import count_dek_references, count_kek_references, count_master_references
 from keyops.ops.rotation import PENDING, sync_transit_key
 
-#: Clocks of the hosts that write and the host that retires may differ this much.
-LEASE_SKEW_SECONDS = 2.0
 #: A lease longer than this (a garbled usage document, or a writer with an absurd deadline)
 #: is not waited out: retire refuses, naming when to try again.
 MAX_LEASE_WAIT_SECONDS = 600.0
@@ -236,7 +234,7 @@ def _stop_encryptions(k: Keyops, keyring: Keyring, version: int, action: Action,
 def _lease_wait(end: dt.datetime | None) -> float:
     if end is None:
         return 0.0
-    return seconds_until(end + dt.timedelta(seconds=LEASE_SKEW_SECONDS), dt.datetime.now(dt.UTC))
+    return seconds_until(end + dt.timedelta(seconds=CLOCK_SKEW_SECONDS), dt.datetime.now(dt.UTC))
 
 
 def _external_message(action: str, version: int, tenant: str, external: int, legacy: int) -> str:

@@ -7,8 +7,10 @@ through a fresh Keyops.
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import threading
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -29,6 +31,7 @@ from jobs_support import (
 from keyops.config import Config
 from keyops.errors import InvalidInput, JobFailed, TenantNotFound
 from keyops.model.keyring import Policy
+from keyops.model.usage import CLOCK_SKEW_SECONDS
 from keyops.ops.front import Keyops, secret_context
 from keyops.ops.progress import ProgressEvent
 from keyops.ops.reencrypt import JOB_FIELD, ReencryptResult, reencrypt
@@ -344,3 +347,29 @@ def test_cli_reencrypt(k: Keyops, stack: Any, vault_client: Any) -> None:
     assert json.loads(missing.stderr)["error"] == "tenant_not_found"
     output = dry.stdout + done.stdout + done.stderr + again.stdout
     assert not any(value.decode() in output for value in values.values())
+
+
+def test_a_job_after_the_writers_are_done_reads_each_record_once(config: Config) -> None:
+    """No lease of an older DEK outlives the pass's start: the verification reads nothing again.
+
+    The pass reads and writes each record once; listing, checkpoints and the job's own documents add
+    a few requests per job. With a writer still holding a lease of the old DEK the verification reads
+    every record again (``test_verification_moves_records_written_late_with_an_old_dek``).
+    """
+    count = 120
+    with Keyops(config) as writer:
+        tenant, values = _tenant(writer, [f"r-{i:03d}" for i in range(count)])
+    # The writer closed: its lease of DEK v1 ended then; the pass starts after that, clock skew included.
+    with Keyops(config) as k:
+        rotate_dek(k, tenant)
+        end = k.read_usage(tenant)[0].get(1).lease_end()
+        assert end is not None
+        wait = (end - dt.datetime.now(dt.UTC)).total_seconds() + CLOCK_SKEW_SECONDS + 0.5
+        if wait > 0:
+            time.sleep(wait)
+        k.calls.reset()
+        result = reencrypt(k, tenant, batch_size=50)
+        requests = sum(n for name, n in k.calls.snapshot().items() if name.startswith(("kv.", "transit.")))
+    assert result.rewritten == count and result.references == {2: count} and result.unreferenced == (1,)
+    assert requests / count <= 2.2, (requests, k.calls.snapshot())
+    assert decrypt_all(config, tenant, values) == values

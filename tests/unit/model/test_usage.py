@@ -41,9 +41,12 @@ def test_reserve_counts_up_to_the_cap_and_splits_external_uses() -> None:
 
 def test_leases_are_released_by_their_holder_and_pruned_once_long_expired() -> None:
     u = reserve(reserve(Usage("acme"), 1, 4, 100, holder="p1")[0], 1, 4, 100, holder="p2", until=20)[0]
-    released = u.release("p1")
-    assert released.get(1).leases == {"p2": "2026-05-01T12:00:20Z"} and released.get(1).reserved == 8
-    assert released.release("p2").get(1).lease_end() is None  # no lease left: nothing to wait for
+    released = u.release("p1", at(5.5))
+    assert released.get(1).leases == {"p1": "2026-05-01T12:00:06Z", "p2": "2026-05-01T12:00:20Z"}
+    assert released.get(1).reserved == 8
+    assert released.release("p2", at(7)).get(1).lease_end() == at(7)  # ended: the last write's bound
+    assert released.release("p1", at(9)).get(1).leases["p1"] == "2026-05-01T12:00:06Z"  # never extended
+    assert u.leases_end([1, 2]) == at(30) and Usage("acme").leases_end([1]) is None
     later = reserve(u, 1, 4, 100, holder="p3", now=400, until=430)[0]
     assert set(later.get(1).leases) == {"p3"}  # the others ended more than LEASE_PRUNE_SECONDS ago
 
