@@ -54,7 +54,7 @@ from keyops.ops import master_keys
 from keyops.ops import secrets as secret_ops
 from keyops.ops import status as status_ops
 from keyops.ops import tenants as tenant_ops
-from keyops.ops.cas import CAS_ATTEMPTS, retry_on_conflict, update_document
+from keyops.ops.cas import retry_on_conflict, update_document
 from keyops.ops.reservations import LOCK_FREE_USES, FastTenant, Reservation, next_block, wall
 from keyops.ops.results import (
     LevelStatus,
@@ -80,8 +80,6 @@ b64e = crypto.b64e
 #: What to do about a keyring keyops refuses (KeyringCorrupt).
 RESTORE_ADVICE = ("an administrator restores a good version from KV's history: see 'Restoring a keyring' "
                   "in docs/access.md")
-RECORD_SCHEMA = 1
-CAS_RETRIES = CAS_ATTEMPTS  # the one retry policy (keyops.ops.cas), under the name other modules import
 _monotonic = time.monotonic
 _log = logging.getLogger("keyops.ops.front")
 

@@ -68,7 +68,8 @@ from keyops.errors import (
 )
 from keyops.model.keyring import Keyring, format_time
 from keyops.model.names import validate_secret_name, validate_tenant
-from keyops.ops.front import CAS_RETRIES, Keyops, secret_context, secret_path, transit_key_name
+from keyops.ops.cas import CAS_ATTEMPTS
+from keyops.ops.front import Keyops, secret_context, secret_path, transit_key_name
 from keyops.ops.jobs import (
     Checkpoint,
     JobRun,
@@ -363,7 +364,7 @@ class _Migration:
         k, o = self.k, self.o
         path = self.source_path(name)
         origin_ref = f"{o.mount}/{path}"
-        for _ in range(CAS_RETRIES):
+        for _ in range(CAS_ATTEMPTS):
             found = k.store.read(path, mount=o.mount)
             if found is None:
                 return _Item("vanished")

@@ -37,7 +37,8 @@ from keyops.errors import Conflict, InvalidInput, KeyopsError, KeyStateError
 from keyops.model.keyring import Keyring
 from keyops.model.names import validate_count, validate_tenant
 from keyops.model.usage import CLOCK_SKEW_SECONDS
-from keyops.ops.front import CAS_RETRIES, Keyops, secret_context, secret_path
+from keyops.ops.cas import CAS_ATTEMPTS
+from keyops.ops.front import Keyops, secret_context, secret_path
 from keyops.ops.jobs import (
     MAX_WORKERS,
     Checkpoint,
@@ -394,7 +395,7 @@ def _move_one(k: Keyops, tenant: str, name: str, target: int, job_id: str, dry_r
     path = secret_path(tenant, name)
     context = secret_context(name)
     conflicts = 0
-    for _ in range(CAS_RETRIES):
+    for _ in range(CAS_ATTEMPTS):
         found = k.store.read(path)
         if found is None:
             return _Moved("vanished", None, None, conflicts)
@@ -417,7 +418,7 @@ def _move_one(k: Keyops, tenant: str, name: str, target: int, job_id: str, dry_r
             conflicts += 1  # an application wrote it meanwhile: its value wins; read it again
             continue
         return _Moved("rewritten", version, ct.dek_version, conflicts)
-    raise Conflict(f"secret {name!r} of tenant {tenant!r} changed {CAS_RETRIES} times while it was being "
+    raise Conflict(f"secret {name!r} of tenant {tenant!r} changed {CAS_ATTEMPTS} times while it was being "
                    "re-encrypted; re-run when its writers are quieter")
 
 
