@@ -3,9 +3,9 @@
 Every document keyops changes (keyrings, usage documents, the master
 registry, secret records, job checkpoints) is written with a check-and-set
 on the version it was read at, so two writers never both win. The loser
-gets ``CheckAndSetFailed`` (a ``Conflict``) from the Vault boundary; here it reads again and decides
-again, a bounded number of times, and then gives up with a ``Conflict`` that
-says nothing was changed. The per-record moves of re-encryption and
+gets ``CheckAndSetFailed`` (a ``Conflict``) from the Vault boundary; here it
+reads again and decides again, a bounded number of times, and then gives up
+with a ``Conflict`` that says nothing was changed. The per-record moves of re-encryption and
 migration loop on ``CAS_ATTEMPTS`` themselves, because they count each lost
 race for their reports (an application's write won, and its value stays).
 """

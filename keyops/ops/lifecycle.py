@@ -199,7 +199,9 @@ def _stop_encryptions(k: Keyops, keyring: Keyring, version: int, action: Action,
 
     Returns a note for the result's detail. Refuses (``KeyInUse``) a version
     that encrypted for callers outside the store unless acknowledged, and
-    a lease too long to wait for; in both cases before changing anything.
+    a lease too long to wait for: before any write when the first read shows
+    it, else after the fence, which only stops new reservations of a version
+    that is no longer primary (so it changes nothing a caller relies on).
     """
     tenant = keyring.tenant
     usage = k.read_usage(tenant)[0].get(version)
