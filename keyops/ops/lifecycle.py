@@ -211,8 +211,7 @@ def _stop_encryptions(k: Keyops, keyring: Keyring, version: int, action: Action,
     end = usage.lease_end()
     wait = _lease_wait(end)
     if end is not None and wait > MAX_LEASE_WAIT_SECONDS:
-        raise KeyInUse(f"cannot {action} DEK v{version} of tenant {tenant!r} yet: a process holds a reservation "
-                       f"of it until {format_time(end)}; retry after that")
+        raise _lease_too_long(action, version, tenant, end, "")
     if options.dry_run:
         return f"; would first wait {wait:.0f}s for live reservations of it to end" if wait else ""
     fenced = k.update_usage(tenant, lambda u: u.close(version, k.clock()))[0].get(version)
@@ -223,14 +222,18 @@ def _stop_encryptions(k: Keyops, keyring: Keyring, version: int, action: Action,
     if end is None or not wait:  # no wait without a lease
         return ""
     if wait > MAX_LEASE_WAIT_SECONDS:
-        raise KeyInUse(f"cannot {action} DEK v{version} of tenant {tenant!r} yet: a process holds a reservation "
-                       f"of it until {format_time(end)}; retry after that (no new one is granted)")
+        raise _lease_too_long(action, version, tenant, end, " (no new one is granted)")
     why = f"a process may still encrypt under DEK v{version} of tenant {tenant!r} until {format_time(end)}"
     _log.info("waiting %.0fs: %s", wait, why)
     if options.on_wait is not None:
         options.on_wait(wait, why)
     time.sleep(wait)
     return f"; waited {wait:.0f}s for live reservations of it to end"
+
+
+def _lease_too_long(action: str, version: int, tenant: str, end: dt.datetime, note: str) -> KeyInUse:
+    return KeyInUse(f"cannot {action} DEK v{version} of tenant {tenant!r} yet: a process holds a reservation "
+                    f"of it until {format_time(end)}; retry after that{note}")
 
 
 def _lease_wait(end: dt.datetime | None) -> float:
