@@ -13,7 +13,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import os
-import threading
 
 from keyops import crypto
 from keyops.errors import DecryptionError, InvalidInput, KeyopsError, KeyStateError, NotFound
@@ -73,35 +72,42 @@ class TenantKeys:
         self.k = k
         self.tenant = validate_tenant(tenant)
         self.context = context
-        self._known_ids: dict[str, int] = {}  # key ids found genuine: a version's id never changes
-        self._lock = threading.Lock()
+        # A version's key id and ciphertext header never change: both are worked out once.
+        self._header_of_id: dict[str, bytes] = {}  # key ids found genuine -> their version's header
+        self._id_of_version: dict[int, str] = {}
+        self._version_at = slice(2 + len(self.tenant), 6 + len(self.tenant))
 
     def encrypt(self, plaintext: bytes) -> tuple[bytes, str]:
         """The binary keyops ciphertext and the key id of the DEK version that made it."""
         blob = self.k.encrypt_bytes(self.tenant, plaintext, self.context)
-        version = crypto.Ciphertext.from_bytes(blob).dek_version
-        return blob, self.key_id(version)
+        version = int.from_bytes(blob[self._version_at], "big")  # the header keyops just wrote
+        return blob, self._id_of_version.get(version) or self.key_id(version)
 
     def decrypt(self, blob: bytes, claimed_key_id: str) -> bytes:
         """Decrypt ``blob``, which must be a ciphertext of the version ``claimed_key_id`` names."""
-        version = self.version_of(claimed_key_id)
-        ct = crypto.Ciphertext.from_bytes(blob)
-        if ct.tenant != self.tenant or ct.dek_version != version:
-            raise DecryptionError()  # the same opaque answer as a wrong key
-        return self.k.decrypt(self.tenant, ct, self.context)
+        header = self._header_of_id.get(claimed_key_id)
+        if header is None:
+            header = self._learn(claimed_key_id)
+        if not blob.startswith(header):
+            crypto.Ciphertext.from_bytes(blob)  # a malformed one is told so
+            raise DecryptionError()  # another version or tenant: the same opaque answer as a wrong key
+        return self.k.decrypt(self.tenant, blob, self.context)
 
     def key_id(self, version: int) -> str:
         keyring = self.k.cached_keyring(self.tenant)
         try:
-            return key_id(keyring, version)
+            text = key_id(keyring, version)
         except NotFound:  # a version newer than the cached keyring
-            return key_id(self.k.read_keyring(self.tenant)[0], version)
+            text = key_id(self.k.read_keyring(self.tenant)[0], version)
+        self._id_of_version[version] = text
+        return text
 
     def version_of(self, text: str) -> int:
         """The DEK version of a key id this tenant made; ``NotFound`` for any other id."""
-        version = self._known_ids.get(text)
-        if version is not None:
-            return version
+        header = self._header_of_id.get(text) or self._learn(text)
+        return int.from_bytes(header[-4:], "big")
+
+    def _learn(self, text: str) -> bytes:
         tenant, version = parse_key_id(text)
         if tenant != self.tenant:
             raise NotFound(f"key id names tenant {tenant!r}; this server serves {self.tenant!r}")
@@ -111,9 +117,9 @@ class TenantKeys:
             genuine = False
         if not genuine:
             raise NotFound(f"tenant {self.tenant!r} has no DEK version with key id {text!r}")
-        with self._lock:
-            self._known_ids[text] = version
-        return version
+        header = crypto.binary_header(self.tenant, version)
+        self._header_of_id[text] = header
+        return header
 
     def probe(self) -> str:
         """A fresh keyring read (Vault), a probe of the master key for residence kv (HSM) and an
