@@ -10,8 +10,10 @@ from keyops.ops.front import Keyops
 from keyops.ops.views import dump_json
 
 
-def open_keyops() -> Keyops:
-    """A Keyops from the environment (VAULT_ADDR, VAULT_TOKEN, KEYOPS_*), with audit when configured."""
+def open_keyops(**options: Any) -> Keyops:
+    """A Keyops from the environment (VAULT_ADDR, VAULT_TOKEN, KEYOPS_*), with audit when configured.
+
+    ``options`` go to ``Keyops`` (a long-lived server's ``stale_for``, say)."""
     config = Config.load()
     audit = None
     try:
@@ -22,7 +24,7 @@ def open_keyops() -> Keyops:
         audit = sink_from_config(config)
     # AuditTrail returns the entry it wrote; front.py's AuditSink (Callable[..., None]) should say
     # Callable[..., object]. Temporary, until the front is split and typed (issue 14, item 1).
-    return Keyops(config, audit=audit)  # type: ignore[arg-type]
+    return Keyops(config, audit=audit, **options)  # type: ignore[arg-type]
 
 
 def print_json(value: Any) -> None:

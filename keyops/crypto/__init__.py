@@ -277,6 +277,12 @@ def binary_tenant_prefix(tenant: str) -> bytes:
     return bytes([FORMAT_VERSION, len(raw)]) + raw
 
 
+def binary_header(tenant: str, version: int) -> bytes:
+    """The header of every binary ciphertext of DEK ``version`` of ``tenant``."""
+    _check_version(version)
+    return binary_tenant_prefix(tenant) + struct.pack(">I", version)
+
+
 def text_tenant_prefix(tenant: str) -> str:
     """The first characters of every text ciphertext of ``tenant`` (before the DEK version)."""
     return f"{TEXT_PREFIX}{validate_tenant(tenant)}:"
@@ -305,7 +311,7 @@ class BoundKey:
         _check_version(version)
         self.tenant = validate_tenant(tenant)
         self.version = version
-        self.header = binary_tenant_prefix(tenant) + struct.pack(">I", version)
+        self.header = binary_header(tenant, version)
         self.text_prefix = f"{text_tenant_prefix(tenant)}{version}:"
         self._aead = key._aead
         self._hlen = len(self.header)

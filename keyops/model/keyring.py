@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import secrets
 from collections.abc import Iterable, Mapping
 from typing import Any, Literal
 
@@ -43,6 +44,8 @@ MAX_DEK_USAGE_CAP = 2**32 - 1
 #: scheduled rotation happens before encryption would be refused at the cap.
 DUE_USAGE_FRACTION = 0.9
 MAX_TOMBSTONES = 64
+#: Random bytes in a key version's ``uid``: 128 bits, so two versions anywhere never share one.
+UID_BYTES = 16
 
 
 def utcnow() -> dt.datetime:
@@ -107,6 +110,9 @@ class KeyVersion:
     state_changed_at: str | None = None
     uses: int = 0  # DEK: encryptions reserved before usage moved to its own document (keyops.model.usage); read only
     transit_version: int | None = None  # KEK of residence transit: its version in the Transit key
+    #: Random, public and never reused (not even by a tenant deleted and made again): what names this
+    #: version outside keyops, e.g. as the Kubernetes KMS ``key_id``. None for versions made before it.
+    uid: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {k: v for k, v in dataclasses.asdict(self).items() if v is not None}
@@ -219,7 +225,7 @@ class Keyring:
         stamp = format_time(now)
         new = KeyVersion(version=chain.latest_version + 1, state="active", created_at=stamp,
                          wrapped=wrapped, parent_version=parent_version, state_changed_at=stamp,
-                         transit_version=transit_version)
+                         transit_version=transit_version, uid=secrets.token_hex(UID_BYTES))
         versions = tuple(
             dataclasses.replace(kv, state="decrypt_only", state_changed_at=stamp)
             if kv.state == "active" else kv for kv in chain.versions)

@@ -35,6 +35,8 @@ from keyops.errors import (
     PermissionDenied,
     TenantNotFound,
     UsageCapReached,
+    VaultSealed,
+    VaultUnreachable,
 )
 from keyops.hierarchy import Hierarchy
 from keyops.model.keyring import Keyring, Policy, utcnow
@@ -81,6 +83,8 @@ b64e = crypto.b64e
 RESTORE_ADVICE = ("an administrator restores a good version from KV's history: see 'Restoring a keyring' "
                   "in docs/access.md")
 _monotonic = time.monotonic
+#: With ``stale_for``: how long a failed keyring refresh is not tried again.
+STALE_RETRY_SECONDS = 2.0
 _log = logging.getLogger("keyops.ops.front")
 
 
@@ -93,13 +97,18 @@ AuditSink = Callable[..., None]
 class Keyops:
     def __init__(self, config: Config | None = None, *, store: VaultStore | None = None, hsm: Hsm | None = None,
                  cache_size: int = 1024, keyring_ttl: float = 30.0, clock: Callable[[], dt.datetime] = utcnow,
-                 audit: AuditSink | None = None, pool_size: int = 32) -> None:
+                 audit: AuditSink | None = None, pool_size: int = 32, stale_for: float = 0.0) -> None:
         self.config = config or Config.load()
         self.calls = store.calls if store else CallCounter()
         self.store = store or VaultStore(self.config, counter=self.calls, pool_size=pool_size)
         self._hsm = hsm
         self.clock = clock
         self.keyring_ttl = keyring_ttl
+        #: How long past ``keyring_ttl`` a cached keyring still serves while Vault is unreachable or
+        #: sealed (0: never). For long-lived servers only, which would otherwise stop decrypting in a
+        #: brief outage; a version retired meanwhile stays usable here for at most this long.
+        self.stale_for = stale_for
+        self._refresh_after: dict[str, float] = {}
         self.audit = audit
         self._roles: access.Roles | None = None
         self._principal: access.Principal | None = None
@@ -290,11 +299,31 @@ class Keyops:
                                f"the keyring of tenant {tenant!r}")
 
     def cached_keyring(self, tenant: str) -> Keyring:
-        """The tenant's keyring as read in the last ``keyring_ttl`` seconds, else read now."""
+        """The tenant's keyring as read in the last ``keyring_ttl`` seconds, else read now.
+
+        With ``stale_for``, an older copy serves while Vault cannot be reached, and a failed
+        refresh is tried again only after ``STALE_RETRY_SECONDS``, so that an outage costs one
+        failed request a tenant that often, not one per call.
+        """
         cached = self._keyrings.get(tenant)
-        if cached is not None and time.monotonic() - cached[2] < self.keyring_ttl:
-            return cached[0]
-        return self.read_keyring(tenant)[0]
+        now = time.monotonic()
+        if cached is None:
+            return self.read_keyring(tenant)[0]
+        keyring, _, read_at = cached
+        if now - read_at < self.keyring_ttl:
+            return keyring
+        usable_stale = now - read_at < self.keyring_ttl + self.stale_for
+        if usable_stale and now < self._refresh_after.get(tenant, 0.0):
+            return keyring
+        try:
+            return self.read_keyring(tenant)[0]
+        except (VaultUnreachable, VaultSealed):
+            if not usable_stale:
+                raise
+            self._refresh_after[tenant] = now + STALE_RETRY_SECONDS
+            _log.warning("serving tenant %r from a keyring read %.0f s ago: Vault cannot be reached",
+                         tenant, now - read_at)
+            return keyring
 
     def list_tenants(self) -> list[str]:
         self.authorize("tenants.list")

@@ -34,7 +34,8 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("keyops.wrappers",),
     ("keyops.hierarchy", "keyops.access"),
     ("keyops.ops", "keyops.audit"),
-    ("keyops.cli",),
+    ("keyops.serve",),
+    ("keyops.kms", "keyops.cli"),
     ("keyops.dev",),
 )
 #: The local stack is never imported by the library: only its command does.

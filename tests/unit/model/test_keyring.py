@@ -188,7 +188,20 @@ def test_to_dict_from_dict_round_trip() -> None:
     assert doc["kek"]["versions"][1]["transit_version"] == 2
     assert "transit_version" not in doc["dek"]["versions"][0]
     assert [t["version"] for t in doc["dek"]["tombstones"]] == [1]
-    assert Keyring.from_dict(new_keyring().to_dict()) == new_keyring()
+    fresh = new_keyring()
+    assert Keyring.from_dict(fresh.to_dict()) == fresh
+
+
+def test_each_new_version_gets_its_own_random_uid() -> None:
+    kr = rich_keyring()
+    uids = [kv.uid for chain in (kr.kek, kr.dek) for kv in chain.versions]
+    assert all(uid is not None and len(uid) == 32 and int(uid, 16) >= 0 for uid in uids)
+    assert len(set(uids)) == len(uids)
+    assert new_keyring().dek.get(1).uid != new_keyring().dek.get(1).uid  # a tenant made again: new uids
+    # a version stored before uids existed reads back without one
+    doc = kr.to_dict()
+    del doc["dek"]["versions"][0]["uid"]
+    assert Keyring.from_dict(doc).dek.versions[0].uid is None
 
 
 def _mutations() -> list[Any]:
