@@ -26,8 +26,8 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
             ("retire", "retire a key version nothing refers to (unusable, kept for audit)"),
             ("destroy", "destroy a key version nothing refers to (irreversible; needs --yes)")):
         parser = sub.add_parser(action, help=help_text,
-                                description=f"{help_text[0].upper()}{help_text[1:]}. Exit codes: 0 done, "
-                                            "0 (3 with --detailed-exitcode) nothing to do, 2 invalid input, "
+                                description=f"{help_text[0].upper()}{help_text[1:]}. Exit codes: 0 done "
+                                            "or nothing to do (3 with --detailed-exitcode), 2 invalid input, "
                                             "8 refused (primary or in use).")
         parser.add_argument("--tenant", metavar="T", help="the tenant (not with --level master)")
         parser.add_argument("--level", choices=("dek", "kek", "master"), required=True)

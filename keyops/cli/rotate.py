@@ -49,9 +49,8 @@ EXIT_PARTLY_FAILED = 1
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = sub.add_parser(
         "rotate", help="rotate a tenant's DEK or KEK, the master key, or whatever is due",
-        description="Rotate keys. Exit codes: 0 done (or nothing to do), 3 nothing to do with "
-                    "--detailed-exitcode, 7 another rotation won, "
-                    "1 some --due rotations failed, others: the error's code.")
+        description="Rotate keys. Exit codes: 0 done or nothing to do (3 with --detailed-exitcode), "
+                    "7 another rotation won, 1 some --due rotations failed, others: the error's code.")
     parser.add_argument("--tenant", action="append", metavar="T",
                         help="the tenant (with --due: limit to these tenants; repeatable)")
     parser.add_argument("--level", choices=("dek", "kek", "master"), help="which key to rotate")
