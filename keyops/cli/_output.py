@@ -24,12 +24,23 @@ def configure(*, quiet: bool = False, verbose: int = 0) -> None:
     logger = logging.getLogger(_LOGGER)
     level = logging.ERROR if quiet else {0: logging.WARNING, 1: logging.INFO}.get(verbose, logging.DEBUG)
     logger.setLevel(level)
-    if not any(getattr(h, "_keyops_cli", False) for h in logger.handlers):
-        handler = logging.StreamHandler(sys.stderr)
+    if not any(isinstance(h, _StderrHandler) for h in logger.handlers):
+        handler = _StderrHandler()
         handler.setFormatter(logging.Formatter("keyops: %(levelname)s: %(name)s: %(message)s"))
-        handler._keyops_cli = True  # type: ignore[attr-defined]  # marks ours, so a second main() adds none
         logger.addHandler(handler)
         logger.propagate = False
+
+
+class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """Writes to whatever ``sys.stderr`` is at the time (``main()`` may run more than once in a process)."""
+
+    @property
+    def stream(self) -> TextIO:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value: object) -> None:
+        pass
 
 
 def quiet() -> bool:
