@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import sys
 from typing import Any
 
@@ -16,6 +17,10 @@ EXIT_NOTHING_TO_DO = 3
 def open_keyops() -> Keyops:
     """A Keyops from the environment (VAULT_ADDR, VAULT_TOKEN, KEYOPS_*), with audit when configured."""
     config = Config.load()
+    logging.getLogger("keyops.cli").info(
+        "Vault at %s%s, KV mount %r, Transit mount %r, HSM token %r", config.vault_addr,
+        f" (namespace {config.vault_namespace})" if config.vault_namespace else "", config.kv_mount,
+        config.transit_mount, config.pkcs11_token_label)
     audit = None
     try:
         from keyops.audit import sink_from_config  # issue: audit trail
