@@ -212,8 +212,8 @@ def test_kek_rotation_killed_at_random_points(iso: Isolated, vault_client: Any, 
             writer.put_secret(tenant, name, values[name])
 
     lease = f"{LOCKS_PATH}/tenants/{tenant}"
-    landed = crash_loop(iso.env, lambda v: ["--detailed-exitcode", "rotate", "--tenant", tenant, "--level", "kek", "--expect-version",
-                                            str(v)], lease_of(vault_client, lease, mount),
+    landed = crash_loop(iso.env, lambda v: ["--detailed-exitcode", "rotate", "--tenant", tenant, "--level", "kek",
+                                            "--expect-version", str(v)], lease_of(vault_client, lease, mount),
                         primary, state, check, touch, KEK_KILLS[residence], rng)
     print(f"KEK {residence}: kills landed {dict(landed)}")
     assert_tenant_done(cfg, vault_client, tenant, primary(), mount)
