@@ -170,7 +170,8 @@ OPERATIONS: Mapping[str, Operation] = {op.name: op for op in (
               (_r(_KEYRING, "create"), _r(_TRANSIT_KEY + "/import", "update")),
               ("keyring.write", "kek.unwrap", "transit.import", "master.read", "history.write"), hsm="always"),
     Operation("tenant.update", "change the tenant's rotation periods and usage cap", (), ("keyring.write",)),
-    Operation("tenant.delete", "remove an empty tenant's keyring and job checkpoints",
+    Operation("tenant.delete", "remove the tenant's keyring, usage and job checkpoints (crypto-shredding it "
+              "takes secrets.delete and destroy too)",
               (_r("{kv}/metadata/tenants/{tenant}/*", "read", "list", "delete"),),
               ("keyring.read", "secrets.read", "jobs.write")),
     Operation("rotate", "rotate the tenant's DEK or KEK",

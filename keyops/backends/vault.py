@@ -87,18 +87,21 @@ class CallCounter:
 
 @contextlib.contextmanager
 def vault_errors(what: str, addr: str = "", timeout: float | None = None, *, transit_ciphertext: bool = False,
-                 transit_key: bool = False) -> Iterator[None]:
+                 transit_key: bool = False, login: bool = False) -> Iterator[None]:
     """Map the hvac and transport failures of one request to keyops errors.
 
     ``transit_ciphertext``: the request opens a Transit ciphertext, so Transit's
     "cannot open it" answers become ``TransitNotAuthentic``. ``transit_key``:
     Transit's "key not found" answer becomes ``KeyNotFound`` (HMAC endpoints
-    answer 400 for a missing key, not 404).
+    answer 400 for a missing key, not 404). ``login``: the request is a login, whose
+    refusal (400 "invalid role or secret ID", 403) means the credentials are wrong.
     """
     where = addr or "the configured address"
     try:
         yield
     except hvac.exceptions.Forbidden as exc:
+        if login:
+            raise AuthenticationFailed(f"{what}: Vault rejected the credentials") from exc
         raise PermissionDenied(f"{what}: permission denied by Vault; the token's policies do not allow "
                                "this path (check the role or token)") from exc
     except hvac.exceptions.Unauthorized as exc:
@@ -118,6 +121,8 @@ def vault_errors(what: str, addr: str = "", timeout: float | None = None, *, tra
             raise TransitNotAuthentic(f"{what}: Transit could not authenticate the ciphertext") from exc
         if transit_key and _KEY_NOT_FOUND in text:
             raise KeyNotFound(f"{what}: the Transit key does not exist") from exc
+        if login:
+            raise AuthenticationFailed(f"{what}: Vault rejected the credentials: {text}") from exc
         raise VaultError(f"{what}: Vault refused the request: {text}") from exc
     except hvac.exceptions.VaultError as exc:
         raise VaultError(f"{what}: Vault error: {_first_error(exc)}") from exc
@@ -169,7 +174,7 @@ def make_client(config: Config, pool_size: int = 32, transport: str = "urllib3")
     if config.approle_role_id and not config.vault_token:
         if not config.approle_secret_id:
             raise ConfigError("AppRole login needs a secret id: set VAULT_SECRET_ID")
-        with vault_errors("AppRole login", config.vault_addr, config.vault_timeout):
+        with vault_errors("AppRole login", config.vault_addr, config.vault_timeout, login=True):
             client.auth.approle.login(role_id=config.approle_role_id, secret_id=config.approle_secret_id,
                                       mount_point=config.approle_mount)
     if not client.token:
@@ -482,8 +487,15 @@ class VaultStore:
     def lookup_self(self) -> dict[str, Any]:
         """``auth/token/lookup-self``: our token's accessor, policies and metadata (its ``id`` removed)."""
         self.calls.add("auth.lookup_self")
-        with self._errors("looking up the Vault token"):
-            data = dict(self.client.auth.token.lookup_self()["data"])
+        try:
+            with self._errors("looking up the Vault token"):
+                data = dict(self.client.auth.token.lookup_self()["data"])
+        except PermissionDenied as exc:
+            # Vault answers an unknown, expired or revoked token with 403, as it answers a missing right:
+            # on lookup-self, which the default policy grants every token, it means the token is not valid.
+            raise AuthenticationFailed("looking up the Vault token: Vault rejected the token (unknown, expired or "
+                                       "revoked, or made without the default policy); log in again or check "
+                                       "VAULT_TOKEN") from exc
         data.pop("id", None)  # the token itself: nobody above this module needs it
         return data
 

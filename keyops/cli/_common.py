@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import sys
 from typing import Any
 
@@ -9,12 +10,19 @@ from keyops.config import Config
 from keyops.ops.front import Keyops
 from keyops.ops.views import dump_json
 
+#: A command's "nothing to do": ``keyops.cli.main`` turns it into 0 unless ``--detailed-exitcode`` was given.
+EXIT_NOTHING_TO_DO = 3
+
 
 def open_keyops(**options: Any) -> Keyops:
     """A Keyops from the environment (VAULT_ADDR, VAULT_TOKEN, KEYOPS_*), with audit when configured.
 
     ``options`` go to ``Keyops`` (a long-lived server's ``stale_for``, say)."""
     config = Config.load()
+    logging.getLogger("keyops.cli").info(
+        "Vault at %s%s, KV mount %r, Transit mount %r, HSM token %r", config.vault_addr,
+        f" (namespace {config.vault_namespace})" if config.vault_namespace else "", config.kv_mount,
+        config.transit_mount, config.pkcs11_token_label)
     audit = None
     try:
         from keyops.audit import sink_from_config  # issue: audit trail
@@ -46,7 +54,11 @@ def add_json_flag(parser: Any) -> None:
 
 
 def set_command(parser: Any, func: Any, *, json: bool = True, **defaults: Any) -> None:
-    """End a command's parser: its ``--json`` flag (listed last, as in every command) and the function it runs."""
+    """End a command's parser: its ``--json`` flag (listed last, as in every command) and the function it runs.
+
+    ``data_output=True``: what the command prints is its result (names, values, a table), which
+    ``--quiet`` keeps; other commands print a report of what they did, which ``--quiet`` drops.
+    """
     if json:
         add_json_flag(parser)
     parser.set_defaults(func=func, **defaults)

@@ -22,7 +22,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     verify.add_argument("--anchor", help="the log's anchor (default: $KEYOPS_AUDIT_ANCHOR; 'auto' derives it "
                                          "from the host and the log's path)")
     add_json_flag(verify)
-    verify.set_defaults(func=cmd_verify)
+    verify.set_defaults(func=cmd_verify, data_output=True)
 
     show = asub.add_parser("show", help="list events, filtered by tenant, operation, time, result, actor")
     _log_flag(show)
@@ -34,7 +34,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     show.add_argument("--actor", help="token:<accessor> or approle:<role> (globs allowed)")
     show.add_argument("--limit", type=int, default=0, help="only the last N matching events")
     add_json_flag(show)
-    show.set_defaults(func=cmd_show)
+    show.set_defaults(func=cmd_show, data_output=True)
 
     rotate = asub.add_parser("rotate", help="archive the local log and continue its chain in a new file")
     rotate.add_argument("--force", action="store_true",
@@ -48,7 +48,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
 
     server = asub.add_parser("server", help="list the Vault/OpenBao audit devices (the server's own record)")
     add_json_flag(server)
-    server.set_defaults(func=cmd_server)
+    server.set_defaults(func=cmd_server, data_output=True)
 
 
 def _log_flag(parser: argparse.ArgumentParser) -> None:

@@ -13,12 +13,12 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     enc.add_argument("--tenant", required=True)
     enc.add_argument("--context", default="", help="associated data the ciphertext is bound to (e.g. a path)")
     enc.add_argument("--binary", action="store_true", help="write the binary form instead of text")
-    set_command(enc, cmd_encrypt, json=False)
+    set_command(enc, cmd_encrypt, json=False, data_output=True)
 
     dec = sub.add_parser("decrypt", help="decrypt a keyops ciphertext (text or binary) from stdin")
     dec.add_argument("--tenant", required=True)
     dec.add_argument("--context", default="")
-    set_command(dec, cmd_decrypt, json=False)
+    set_command(dec, cmd_decrypt, json=False, data_output=True)
 
     rew = sub.add_parser("rewrap", help="move a ciphertext kept outside keyops' store to the tenant's primary DEK",
                          description="Re-encrypt a keyops ciphertext (text or binary, from stdin) under the "
@@ -27,7 +27,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
                                      "ciphertexts an application keeps before an older DEK version is retired.")
     rew.add_argument("--tenant", required=True)
     rew.add_argument("--context", default="", help="the associated data the ciphertext is bound to")
-    set_command(rew, cmd_rewrap, json=False)
+    set_command(rew, cmd_rewrap, json=False, data_output=True)
 
 
 def cmd_encrypt(args: argparse.Namespace) -> int:

@@ -52,11 +52,11 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
     status = sub.add_parser("status", help="tell what runs; exit 0 when up, 3 when not")
     common(status)
     status.add_argument("--json", action="store_true", help="print the status as JSON")
-    status.set_defaults(func=cmd_status)
+    status.set_defaults(func=cmd_status, data_output=True, exit_3_is_status=True)
 
     env = sub.add_parser("env", help='print export lines for eval "$(keyops dev env)" (no secrets)')
     common(env)
-    env.set_defaults(func=cmd_env)
+    env.set_defaults(func=cmd_env, data_output=True)
     return dev
 
 

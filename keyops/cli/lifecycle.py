@@ -5,8 +5,8 @@
     keyops destroy --tenant T --level dek|kek --version N --yes [--dry-run] [--json]
     keyops destroy --level master --version N --yes [--dry-run] [--json]
 
-Exit codes: 0 done (or, with --dry-run, would be done), 3 nothing to do
-(already in that state), 2 invalid input or ``destroy`` without ``--yes``,
+Exit codes: 0 done (or, with --dry-run, would be done), 0 (3 with
+``--detailed-exitcode``) nothing to do (already in that state), 2 invalid input or ``destroy`` without ``--yes``,
 8 refused (the primary, or still referred to: ``key_in_use``), 5 not found;
 the full table is in ``keyops.cli.rotate``.
 """
@@ -14,10 +14,10 @@ the full table is in ``keyops.cli.rotate``.
 from __future__ import annotations
 
 import argparse
-import sys
 
-from keyops.cli._common import open_keyops, print_json, set_command
-from keyops.cli.rotate import EXIT_DONE, EXIT_NOTHING_TO_DO
+from keyops.cli._common import EXIT_NOTHING_TO_DO, open_keyops, print_json, set_command
+from keyops.cli._output import note
+from keyops.cli.rotate import EXIT_DONE
 from keyops.ops.lifecycle import LifecycleResult, destroy, retire
 
 
@@ -26,8 +26,9 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
             ("retire", "retire a key version nothing refers to (unusable, kept for audit)"),
             ("destroy", "destroy a key version nothing refers to (irreversible; needs --yes)")):
         parser = sub.add_parser(action, help=help_text,
-                                description=f"{help_text[0].upper()}{help_text[1:]}. Exit codes: 0 done, "
-                                            "3 nothing to do, 2 invalid input, 8 refused (primary or in use).")
+                                description=f"{help_text[0].upper()}{help_text[1:]}. Exit codes: 0 done "
+                                            "or nothing to do (3 with --detailed-exitcode), 2 invalid input, "
+                                            "8 refused (primary or in use).")
         parser.add_argument("--tenant", metavar="T", help="the tenant (not with --level master)")
         parser.add_argument("--level", choices=("dek", "kek", "master"), required=True)
         parser.add_argument("--version", type=int, required=True, metavar="N", help="the key version")
@@ -55,7 +56,7 @@ def cmd_lifecycle(args: argparse.Namespace) -> int:
 
 
 def _say_wait(seconds: float, why: str) -> None:
-    print(f"waiting {seconds:.0f}s: {why}", file=sys.stderr, flush=True)
+    note(f"waiting {seconds:.0f}s: {why}")
 
 
 def _print(result: LifecycleResult, as_json: bool) -> None:

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from keyops import access
-from keyops.cli._common import open_keyops, print_json, set_command
+from keyops.cli._common import EXIT_NOTHING_TO_DO, open_keyops, print_json, set_command
 from keyops.config import Config
 from keyops.errors import InvalidInput
 from keyops.files import write_file_atomic
@@ -22,14 +22,14 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
 
     roles = psub.add_parser("roles", help="list the roles of the roles file and whether they need the HSM PIN")
     _roles_file_flag(roles)
-    set_command(roles, cmd_roles)
+    set_command(roles, cmd_roles, data_output=True)
 
     ops = psub.add_parser("operations", help="list the operations roles can grant, with their Vault paths")
-    set_command(ops, cmd_operations)
+    set_command(ops, cmd_operations, data_output=True)
 
     render = psub.add_parser("render", help="print the HCL policies (no change anywhere)")
     _selection_flags(render)
-    set_command(render, cmd_render)
+    set_command(render, cmd_render, data_output=True)
 
     apply = psub.add_parser("apply", help="create or update the policies in Vault (unchanged ones are left alone)")
     _selection_flags(apply)
@@ -52,7 +52,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     set_command(mint, cmd_mint, kind="token")
 
     whoami = psub.add_parser("whoami", help="the caller's token accessor and keyops roles (no secret shown)")
-    set_command(whoami, cmd_whoami)
+    set_command(whoami, cmd_whoami, data_output=True)
 
 
 def _roles_file_flag(parser: argparse.ArgumentParser) -> None:
@@ -149,7 +149,7 @@ def cmd_apply(args: argparse.Namespace) -> int:
                     "changes": [{"policy": c.name, "action": c.action} for c in result.changes],
                     "history": [{"path": c.path, "action": c.action, "max_versions_before": c.before,
                                  "max_versions": c.after} for c in history.changes]})
-        return 0
+        return 0 if result.changed or history.changed else EXIT_NOTHING_TO_DO
     verb = {"create": "would create" if args.dry_run else "created",
             "update": "would update" if args.dry_run else "updated", "unchanged": "unchanged"}
     for change in result.changes:
@@ -161,6 +161,7 @@ def cmd_apply(args: argparse.Namespace) -> int:
                   f"(was {before}{'' if kept.cas_required_before is None else '; check-and-set required'})")
     if not result.changed and not history.changed:
         print("nothing to do: every policy and KV history setting is up to date")
+        return EXIT_NOTHING_TO_DO
     return 0
 
 

@@ -4,7 +4,7 @@
 
 A re-run without ``--job-id`` resumes the tenant's unfinished job. Exit codes
 (the table of ``keyops rotate``): 0 done (with ``--dry-run``: something would
-move), 3 nothing to do (every secret already under the primary DEK; or the
+move), 0 (3 with ``--detailed-exitcode``) nothing to do (every secret already under the primary DEK; or the
 named job had finished), otherwise the error's ``exit_code`` (``keyops.errors``).
 A progress bar with rate and ETA goes to stderr when stderr is a terminal,
 or with ``--progress``.
@@ -17,19 +17,20 @@ import contextlib
 import sys
 from collections.abc import Iterator
 
-from keyops.cli._common import open_keyops, print_json, set_command
+from keyops.cli._common import EXIT_NOTHING_TO_DO, open_keyops, print_json, set_command
 from keyops.ops.progress import ProgressBar
 from keyops.ops.reencrypt import DEFAULT_BATCH_SIZE, DEFAULT_WORKERS, ReencryptResult, reencrypt
 
 EXIT_DONE = 0
-EXIT_NOTHING_TO_DO = 3  # the same table as keyops rotate/retire/destroy
+__all__ = ["EXIT_DONE", "EXIT_NOTHING_TO_DO", "progress_bar"]  # keyops.cli.migrate takes these from here
 
 
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = sub.add_parser(
         "reencrypt", help="move every secret of a tenant to its primary DEK (resumable)",
         description="Re-encrypt a tenant's secrets under its primary DEK, with check-and-set per record, a "
-                    "checkpoint in KV and a verification pass. Exit codes: 0 done, 3 nothing to do, "
+                    "checkpoint in KV and a verification pass. Exit codes: 0 done, 0 (3 with --detailed-exitcode) "
+                    "nothing to do, "
                     "others: the error's code.")
     parser.add_argument("--tenant", required=True, metavar="T")
     parser.add_argument("--workers", type=int, default=DEFAULT_WORKERS, metavar="N",

@@ -7,8 +7,9 @@
 Exit codes of ``rotate``, ``retire`` and ``destroy`` (one contract for CI jobs):
 
 ====  ===========================================================================
-0     done: something changed (with ``--dry-run``: something would change)
-3     nothing to do: nothing due, the primary is no longer ``--expect-version``
+0     done: something changed (with ``--dry-run``: something would change);
+      also nothing to do, unless ``--detailed-exitcode`` is given
+3     with ``--detailed-exitcode``: nothing to do: nothing due, the primary is no longer ``--expect-version``
       (another run rotated it), the version is already retired/destroyed
 1     ``rotate --due``: at least one of its rotations failed (each is in the
       output; the others still ran)
@@ -30,7 +31,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from keyops.cli._common import open_keyops, print_json, set_command
+from keyops.cli._common import EXIT_NOTHING_TO_DO, open_keyops, print_json, set_command
 from keyops.errors import InvalidInput
 from keyops.ops.rotation import (
     DueRotationReport,
@@ -42,15 +43,14 @@ from keyops.ops.rotation import (
 )
 
 EXIT_DONE = 0
-EXIT_NOTHING_TO_DO = 3
 EXIT_PARTLY_FAILED = 1
 
 
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = sub.add_parser(
         "rotate", help="rotate a tenant's DEK or KEK, the master key, or whatever is due",
-        description="Rotate keys. Exit codes: 0 done, 3 nothing to do, 7 another rotation won, "
-                    "1 some --due rotations failed, others: the error's code.")
+        description="Rotate keys. Exit codes: 0 done or nothing to do (3 with --detailed-exitcode), "
+                    "7 another rotation won, 1 some --due rotations failed, others: the error's code.")
     parser.add_argument("--tenant", action="append", metavar="T",
                         help="the tenant (with --due: limit to these tenants; repeatable)")
     parser.add_argument("--level", choices=("dek", "kek", "master"), help="which key to rotate")

@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import base64
 import sys
+from pathlib import Path
 
-from keyops.cli._common import open_keyops, print_json, print_names, set_command
+from keyops.cli._common import EXIT_NOTHING_TO_DO, open_keyops, print_json, print_names, set_command
+from keyops.cli._output import note
+from keyops.files import write_file_atomic
 
 
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -16,13 +20,15 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     put.add_argument("--dry-run", action="store_true")
     set_command(put, cmd_put)
 
-    get = _one_secret(ssub, "get", "write the secret's bytes, exactly as stored, to stdout")
-    set_command(get, cmd_get, json=False)
+    get = _one_secret(ssub, "get", "write the secret's bytes, exactly as stored, to stdout (or FILE)")
+    get.add_argument("--output", "-o", metavar="FILE",
+                     help="write the value to FILE instead (created with mode 0600, replaced atomically)")
+    set_command(get, cmd_get, data_output=True)
 
     lst = ssub.add_parser("list", help="list a tenant's secret names")
     lst.add_argument("tenant")
     lst.add_argument("--prefix", default="")
-    set_command(lst, cmd_list)
+    set_command(lst, cmd_list, data_output=True)
 
     delete = _one_secret(ssub, "delete", "delete a secret and its history")
     delete.add_argument("--dry-run", action="store_true")
@@ -46,20 +52,37 @@ def cmd_put(args: argparse.Namespace) -> int:
         print_json({"tenant": result.tenant, "name": result.name, "changed": result.changed,
                     "version": result.version, "dek_version": result.dek_version, "dry_run": args.dry_run})
     elif not result.changed:
-        print(f"{args.tenant}/{args.name}: unchanged (already stored)", file=sys.stderr)
+        note(f"{args.tenant}/{args.name}: unchanged (already stored)")
     else:
         verb = "would store" if args.dry_run else "stored"
-        print(f"{args.tenant}/{args.name}: {verb}" + ("" if args.dry_run else f" (version {result.version}, "
-              f"DEK v{result.dek_version})"), file=sys.stderr)
-    return 0
+        note(f"{args.tenant}/{args.name}: {verb}" + ("" if args.dry_run else f" (version {result.version}, "
+             f"DEK v{result.dek_version})"))
+    return 0 if result.changed else EXIT_NOTHING_TO_DO
 
 
 def cmd_get(args: argparse.Namespace) -> int:
     with open_keyops() as k:
         value = k.get_secret(args.tenant, args.name)
+    if args.output:
+        write_file_atomic(Path(args.output), value)
+        note(f"{args.tenant}/{args.name}: written to {args.output} ({len(value)} bytes, mode 0600)")
+        if args.json:
+            print_json({"tenant": args.tenant, "name": args.name, "output": args.output, "bytes": len(value)})
+        return 0
+    if args.json:
+        print_json(secret_json(args.tenant, args.name, value))
+        return 0
     sys.stdout.buffer.write(value)
     sys.stdout.flush()
     return 0
+
+
+def secret_json(tenant: str, name: str, value: bytes) -> dict[str, object]:
+    """``secret get --json``: the value as text when it is UTF-8, else as base64 (``encoding`` says which)."""
+    try:
+        return {"tenant": tenant, "name": name, "encoding": "utf-8", "value": value.decode("utf-8")}
+    except UnicodeDecodeError:
+        return {"tenant": tenant, "name": name, "encoding": "base64", "value": base64.b64encode(value).decode()}
 
 
 def cmd_list(args: argparse.Namespace) -> int:
@@ -75,7 +98,7 @@ def cmd_delete(args: argparse.Namespace) -> int:
     if args.json:
         print_json({"tenant": args.tenant, "name": args.name, "changed": existed, "dry_run": args.dry_run})
     elif existed:
-        print(f"{args.tenant}/{args.name}: {'would delete' if args.dry_run else 'deleted'}", file=sys.stderr)
+        note(f"{args.tenant}/{args.name}: {'would delete' if args.dry_run else 'deleted'}")
     else:
-        print(f"{args.tenant}/{args.name}: not present; nothing to do", file=sys.stderr)
-    return 0
+        note(f"{args.tenant}/{args.name}: not present; nothing to do")
+    return 0 if existed else EXIT_NOTHING_TO_DO

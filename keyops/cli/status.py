@@ -26,7 +26,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
                                         "1 some tenants could not be read (each is reported; the others are "
                                         "shown), others: the error's code.")
     parser.add_argument("--tenant")
-    set_command(parser, cmd_status)
+    set_command(parser, cmd_status, data_output=True)
 
 
 def cmd_status(args: argparse.Namespace) -> int:

@@ -209,7 +209,7 @@ def _stop_encryptions(k: Keyops, keyring: Keyring, version: int, action: Action,
     if (usage.external or legacy) and not options.acknowledge_external:
         raise KeyInUse(_external_message(action, version, tenant, usage.external, legacy))
     end = usage.lease_end()
-    wait = _lease_wait(end)
+    wait = lease_wait(end)
     if end is not None and wait > MAX_LEASE_WAIT_SECONDS:
         raise _lease_too_long(action, version, tenant, end, "")
     if options.dry_run:
@@ -218,7 +218,7 @@ def _stop_encryptions(k: Keyops, keyring: Keyring, version: int, action: Action,
     if (fenced.external > usage.external) and not options.acknowledge_external:  # reserved since the first look
         raise KeyInUse(_external_message(action, version, tenant, fenced.external, legacy))
     end = fenced.lease_end()
-    wait = _lease_wait(end)
+    wait = lease_wait(end)
     if end is None or not wait:  # no wait without a lease
         return ""
     if wait > MAX_LEASE_WAIT_SECONDS:
@@ -236,7 +236,7 @@ def _lease_too_long(action: str, version: int, tenant: str, end: dt.datetime, no
                     f"of it until {format_time(end)}; retry after that{note}")
 
 
-def _lease_wait(end: dt.datetime | None) -> float:
+def lease_wait(end: dt.datetime | None) -> float:
     if end is None:
         return 0.0
     return seconds_until(end + dt.timedelta(seconds=CLOCK_SKEW_SECONDS), dt.datetime.now(dt.UTC))

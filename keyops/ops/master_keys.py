@@ -110,3 +110,50 @@ def _activate_first_master(k: Keyops, registry: MasterRegistry, revision: int) -
         raise Conflict("the master key registry changed while its first key was being made; re-run") from None
     k.hierarchy.saw_master(active)
     return active
+
+
+@dataclasses.dataclass(frozen=True)
+class MasterVersionStatus:
+    """One master version as the registry records it, and whether the HSM token holds its key."""
+
+    version: int
+    label: str
+    state: str
+    created_at: str
+    key_id: str | None
+    on_token: bool | None  # None: not looked for (destroyed versions, or checking the token was not asked)
+
+
+@dataclasses.dataclass(frozen=True)
+class MasterStatus:
+    """The master key registry, without key material: ``exists`` false when none is registered yet."""
+
+    exists: bool
+    registry_id: str | None = None
+    primary: int | None = None
+    versions: tuple[MasterVersionStatus, ...] = ()
+
+    @property
+    def missing(self) -> tuple[int, ...]:
+        """Versions in use whose key the token does not hold."""
+        return tuple(v.version for v in self.versions if v.on_token is False)
+
+
+def master_status(k: Keyops, check_token: bool = True) -> MasterStatus:
+    """The registry's versions and states; with ``check_token``, whether each usable key is on the token."""
+    found = k.read_master()
+    if found is None:
+        return MasterStatus(False)
+    registry = found[0]
+    versions = []
+    for mv in registry.versions:
+        on_token = (k.hsm.has_key(mv.label, mv.key_id_bytes)
+                    if check_token and mv.state not in ("destroyed", MASTER_PENDING) else None)
+        versions.append(MasterVersionStatus(mv.version, mv.label, mv.state, mv.created_at, mv.key_id, on_token))
+    return MasterStatus(True, registry.registry_id, registry.primary, tuple(versions))
+
+
+def create_master(k: Keyops, dry_run: bool = False) -> tuple[MasterRegistry, bool]:
+    """``ensure_master`` for a caller that asks for it by name (``keyops master create``): needs ``master.write``."""
+    k.authorize("master.write")
+    return ensure_master(k, dry_run=dry_run)

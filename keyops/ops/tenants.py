@@ -24,6 +24,7 @@ from keyops.model.names import validate_tenant
 from keyops.model.paths import (
     jobs_path,
     keyring_path,
+    secrets_path,
     usage_path,
 )
 from keyops.model.usage import Usage
@@ -50,6 +51,11 @@ def create_tenant(k: Keyops, tenant: str, policy: Policy | None = None, dry_run:
         keyring, version = k.read_keyring(tenant)
     except TenantNotFound:
         keyring, version = None, 0
+        if k.store.list(secrets_path(tenant)):
+            # Records of an earlier tenant of this name whose deletion stopped after its keys were shredded:
+            # a new keyring must not start beside them.
+            raise KeyStateError(f"tenant {tenant!r} has secret records left by an unfinished deletion; finish it "
+                                f"with 'keyops tenant delete {tenant} --yes' first") from None
     if keyring is not None and not keyring.dek.empty:
         if keyring.policy != policy:
             raise TenantExists(f"tenant {tenant!r} exists with another policy; update it with "

@@ -212,8 +212,8 @@ def test_kek_rotation_killed_at_random_points(iso: Isolated, vault_client: Any, 
             writer.put_secret(tenant, name, values[name])
 
     lease = f"{LOCKS_PATH}/tenants/{tenant}"
-    landed = crash_loop(iso.env, lambda v: ["rotate", "--tenant", tenant, "--level", "kek", "--expect-version",
-                                            str(v)], lease_of(vault_client, lease, mount),
+    landed = crash_loop(iso.env, lambda v: ["--detailed-exitcode", "rotate", "--tenant", tenant, "--level", "kek",
+                                            "--expect-version", str(v)], lease_of(vault_client, lease, mount),
                         primary, state, check, touch, KEK_KILLS[residence], rng)
     print(f"KEK {residence}: kills landed {dict(landed)}")
     assert_tenant_done(cfg, vault_client, tenant, primary(), mount)
@@ -270,7 +270,8 @@ def test_master_rotation_killed_at_random_points(iso: Isolated, vault_client: An
             with fresh(cfg) as writer:
                 writer.put_secret(tenant, "s", values[tenant]["s"])
 
-        landed = crash_loop(iso.env, lambda v: ["rotate", "--level", "master", "--expect-version", str(v)],
+        landed = crash_loop(iso.env, lambda v: ["--detailed-exitcode", "rotate", "--level", "master",
+                                                "--expect-version", str(v)],
                             lease_of(vault_client, f"{LOCKS_PATH}/master", mount),
                             primary, state, check, touch, MASTER_KILLS, rng)
     print(f"master: kills landed {dict(landed)}")

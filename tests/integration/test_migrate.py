@@ -331,7 +331,7 @@ def test_cli_migrate(k: Keyops, stack: Any, vault_client: Any) -> None:
     assert done.returncode == 0, done.stderr
     assert "migrated 4 of 4 secrets" in done.stdout and "--purge-source" in done.stdout
     assert "migrate [" in done.stderr
-    again = run_cli(stack, "migrate", "--from", prefix, "--tenant", tenant, "--json")
+    again = run_cli(stack, "migrate", "--from", prefix, "--tenant", tenant, "--json", "--detailed-exitcode")
     assert again.returncode == 3, again.stderr
     assert json.loads(again.stdout)["status"] == "nothing_to_do"
     purge = run_cli(stack, "migrate", "--from", prefix, "--tenant", tenant, "--purge-source", "--json")

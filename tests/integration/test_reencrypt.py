@@ -337,7 +337,7 @@ def test_cli_reencrypt(k: Keyops, stack: Any, vault_client: Any) -> None:
     assert f"re-encrypted 8 of 8 secrets of tenant {tenant} to DEK v{new}" in done.stdout
     assert "reencrypt [" in done.stderr and "/s ETA" in done.stderr and "verify [" in done.stderr
 
-    again = run_cli(stack, "reencrypt", "--tenant", tenant, "--json")
+    again = run_cli(stack, "reencrypt", "--tenant", tenant, "--json", "--detailed-exitcode")
     assert again.returncode == 3, again.stderr
     body = json.loads(again.stdout)
     assert (body["status"], body["rewritten"], body["references"]) == ("nothing_to_do", 0, {str(new): 8})

@@ -106,7 +106,7 @@ def test_master_rotation_expect_version_and_cli(iso: Isolated, vault_client: Any
     assert done.returncode == 0, done
     out = json.loads(done.stdout)["result"]
     assert out["new_version"] == 2 and out["level"] == "master" and out["tenant"] is None
-    again = keyops_main(env, "rotate", "--level", "master", "--expect-version", "1")
+    again = keyops_main(env, "rotate", "--level", "master", "--expect-version", "1", "--detailed-exitcode")
     assert again.returncode == 3 and "nothing to do" in again.stdout, again
     assert registry(vault_client, iso.mount).primary == 2
     check_secrets(iso.config, next(iter(made)), next(iter(made.values())))
