@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from keyops.errors import KeyopsError
 
 #: Modules under keyops.cli that each register one or more commands with ``add_parser``.
-COMMANDS = ("dev", "tenant", "secret", "data", "status")
+COMMANDS = ("dev", "login", "tenant", "secret", "data", "status")
 OPTIONAL_COMMANDS = ("rotate", "reencrypt", "migrate", "lifecycle", "policy", "audit")
 #: Which module registers which command, so that a run imports only what its command needs (a unit
 #: test checks this table against the parser that every module builds).
@@ -23,6 +23,7 @@ COMMAND_MODULES = {
     "dev": "dev", "tenant": "tenant", "secret": "secret", "encrypt": "data", "decrypt": "data", "rewrap": "data",
     "status": "status", "rotate": "rotate", "reencrypt": "reencrypt", "migrate": "migrate", "retire": "lifecycle",
     "destroy": "lifecycle", "policy": "policy", "audit": "audit",
+    "login": "login",
 }
 
 
