@@ -41,9 +41,7 @@ class LoginResult:
 def login(config: Config, method: str | None = None, token: str | None = None) -> LoginResult:
     """Log in with ``method`` (else ``config.auth_method``; ``auto``: the one method configured, or the
     token when none is), or with ``token`` check ``token`` (else the configured one) and return it."""
-    method = auth.check_method(method or config.auth_method)
-    if method == "auto":
-        method = auth.login_method(config) if auth.configured_methods(config) else "token"
+    method = planned_method(config, method)
     if method == "token":
         return check_token(config, token or config.replace(auth_method="token").resolve_vault_token())
     wanted = auth.resolve_login(config, method)
@@ -51,6 +49,14 @@ def login(config: Config, method: str | None = None, token: str | None = None) -
     return LoginResult(method, wanted.mount, str(found.get("accessor") or ""),
                        tuple(found.get("policies") or ()), int(found.get("lease_duration") or 0),
                        bool(found.get("renewable")), str(found["client_token"]))
+
+
+def planned_method(config: Config, method: str | None = None) -> str:
+    """The method ``login`` would use: ``token`` or a login method (check mode shows it, spending nothing)."""
+    method = auth.check_method(method or config.auth_method)
+    if method == "auto":
+        return auth.login_method(config) if auth.configured_methods(config) else "token"
+    return method
 
 
 def check_token(config: Config, token: str | None) -> LoginResult:
