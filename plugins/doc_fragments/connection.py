@@ -23,8 +23,8 @@ options:
     type: str
   token:
     description:
-      - Vault token. Prefer C(VAULT_TOKEN) in the environment, O(token_file), or the C(token) that one
-        M(keyops.kms.login) task per play returns (C(token: "{{ keyops_login.token }}")) to a literal.
+      - 'Vault token. Prefer C(VAULT_TOKEN) in the environment, O(token_file), or the C(token) that one
+        M(keyops.kms.login) task per play returns (C(token: "{{ keyops_login.token }}")) to a literal.'
       - With a token, the task does not log in with an auth method (unless O(auth_method) names one).
       - When unset, C(VAULT_TOKEN), then C(BAO_TOKEN); then O(token_file); then C(~/.vault-token).
     type: str

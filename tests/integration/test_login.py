@@ -151,7 +151,7 @@ def test_approle_secret_id_from_an_owner_only_file(config: Config, vault_client:
         Keyops(bare(config, approle_role_id=role_id, approle_secret_id_file=str(loose), approle_mount=approle_mount))
     assert secret_id not in str(refused.value)
     # Refused before any request: the single-use secret id is still unspent.
-    assert vault_client.auth.approle.read_secret_id(role_name, secret_id, mount_point=approle_mount)
+    assert vault_client.auth.approle.read_secret_id(role_name, secret_id, mount_point=approle_mount)["data"]
     secret_file = private_file(tmp_path / "secret-id", secret_id)
     app_config = bare(config, approle_role_id=role_id, approle_secret_id_file=str(secret_file),
                       approle_mount=approle_mount)
@@ -159,6 +159,9 @@ def test_approle_secret_id_from_an_owner_only_file(config: Config, vault_client:
         assert app.principal.roles == [f"app:{tenant}"]
         app.put_secret(tenant, "from-file/db", b"via a secret id file")
         assert app.get_secret(tenant, "from-file/db") == b"via a secret id file"
+    # Spent by that one login (Vault answers 204, no body, for a secret id that is gone).
+    assert not isinstance(vault_client.auth.approle.read_secret_id(role_name, secret_id, mount_point=approle_mount),
+                          dict)
 
 
 def _role_name(vault_client: Any, mount: str, role_id: str) -> str:
