@@ -25,7 +25,7 @@ extends_documentation_fragment:
 notes:
   - 'The result is always hidden from Ansible''s output and logs (as with C(no_log) on the task) by the
     module''s action plugin, at every verbosity; it stays available to C(register).'
-  - Reports C(changed=false): a login changes nothing that keyops manages.
+  - Reports C(changed=false), since a login changes nothing that keyops manages.
 seealso:
   - module: community.hashi_vault.vault_login
   - module: keyops.kms.rotate
@@ -43,6 +43,18 @@ options: {}
 """
 
 EXAMPLES = r"""
+- name: Log in with a GitLab CI id token (id_tokens variable KEYOPS_JWT)
+  keyops.kms.login:
+    auth_method: jwt
+    jwt_role: keyops-rotation
+  register: keyops_login
+  check_mode: false
+
+- name: Pass the token to a single task explicitly
+  keyops.kms.key_info:
+    token: "{{ keyops_login.token }}"
+    auth_method: token
+
 - name: Log in once, then every keyops task of the play uses the token
   hosts: keyops
   gather_facts: false
@@ -65,18 +77,6 @@ EXAMPLES = r"""
     - name: Re-encrypt (the same token; no second login)
       keyops.kms.reencrypt:
         tenants: [acme]
-
-- name: Log in with a GitLab CI id token (id_tokens variable KEYOPS_JWT)
-  keyops.kms.login:
-    auth_method: jwt
-    jwt_role: keyops-rotation
-  register: keyops_login
-  check_mode: false
-
-- name: Pass the token to a single task explicitly
-  keyops.kms.key_info:
-    token: "{{ keyops_login.token }}"
-    auth_method: token
 """
 
 RETURN = r"""
