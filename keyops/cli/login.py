@@ -78,7 +78,7 @@ def cmd_login(args: argparse.Namespace) -> int:
         if not token:
             raise InvalidInput("--token-stdin: no token on stdin")
     result = login(config, args.method, token=token)
-    where = None if args.no_store else store_token(result, args.token_file or config.token_file_path)
+    where = None if args.no_store else store_token(result, args.token_file or config.token_file_path, config)
     if args.json:
         view: dict[str, Any] = {"schema": LOGIN_SCHEMA, **result.view(), "token_file": str(where) if where else None}
         if args.print_token:

@@ -17,7 +17,7 @@ from typing import Any
 from keyops import auth
 from keyops.backends.vault import VaultStore, fresh_login
 from keyops.config import Config
-from keyops.errors import AuthenticationFailed, ConfigError, PermissionDenied
+from keyops.errors import AuthenticationFailed, ConfigError, InvalidInput, KeyopsError, PermissionDenied
 from keyops.files import write_file_atomic
 
 
@@ -73,9 +73,32 @@ def check_token(config: Config, token: str | None) -> LoginResult:
                        int(data.get("ttl") or 0), bool(data.get("renewable")), token)
 
 
-def store_token(result: LoginResult, path: str | Path) -> Path:
-    """Write the token to ``path`` (mode 0600 from the start, replaced whole) and return the path."""
+def store_token(result: LoginResult, path: str | Path, config: Config | None = None) -> Path:
+    """Write the token to ``path`` (mode 0600 from the start, replaced whole) and return the path.
+
+    With ``config``, a file holding another token that is a live root token is
+    refused (``InvalidInput``): ``keyops dev env`` points KEYOPS_VAULT_TOKEN_FILE
+    at the dev stack's root token, which a login must not overwrite.
+    """
     target = Path(path).expanduser()
+    if config is not None:
+        _keep_root_token(config, target, result.token)
     write_file_atomic(target, result.token + "\n", mode=0o600)
     return target
+
+
+def _keep_root_token(config: Config, target: Path, token: str) -> None:
+    try:
+        old = target.read_text().strip()
+    except OSError:
+        return
+    if not old or old == token:
+        return
+    try:
+        policies = VaultStore(config.replace(vault_token=old, auth_method="token"), pool_size=1).lookup_self()
+    except KeyopsError:  # expired, revoked, of another server: nothing worth keeping
+        return
+    if "root" in (policies.get("policies") or ()):
+        raise InvalidInput(f"{target} holds a root token (the dev stack's?); keyops login does not replace it: "
+                           "write the token elsewhere with --token-file, or unset KEYOPS_VAULT_TOKEN_FILE")
 

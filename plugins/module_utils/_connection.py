@@ -157,8 +157,8 @@ def build_config(params, env=None):
         config = config.replace(auth_method="token", approle_role_id=None, approle_secret_id=None)
     elif method != "auto":
         # The library then logs in with this method whatever token is around (keyops.auth).
-        if method == "approle" and not (config.approle_role_id and (config.approle_secret_id
-                                                                   or config.approle_secret_id_file)):
+        secret = config.approle_secret_id or config.approle_secret_id_file
+        if method == "approle" and not (config.approle_role_id and secret):
             raise ConfigError("auth_method approle needs role_id and secret_id or secret_id_file (or "
                               "VAULT_ROLE_ID and VAULT_SECRET_ID or VAULT_SECRET_ID_FILE in the environment)")
         config = config.replace(auth_method=method, vault_token=None, vault_token_file=None)

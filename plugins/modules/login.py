@@ -31,11 +31,12 @@ seealso:
   - module: keyops.kms.rotate
 attributes:
   check_mode:
-    description:
+    description: Runs in check mode, without a login that would spend anything.
+    support: partial
+    details:
       - In check mode an AppRole, JWT or Kubernetes login is not performed (it would spend a secret id use and
         make a token) and RV(token) is null; a token is still checked. Put C(check_mode=false) on the task so
         that a play run with C(--check) still gets a token for its later tasks.
-    support: partial
   diff_mode:
     description: Changes nothing, so there is nothing to diff.
     support: none

@@ -118,10 +118,10 @@ def home(tmp_path: Path) -> Path:
 
 def cli_env(stack: DevStack, home: Path, **extra: str) -> dict[str, str]:
     """The stack's environment without any token: HOME's token file or a login only."""
-    env = {**os.environ, **stack.env(), "HOME": str(home), **extra}
+    env = {**os.environ, **stack.env(), "HOME": str(home)}
     for name in ("VAULT_TOKEN", "BAO_TOKEN", "KEYOPS_VAULT_TOKEN_FILE"):
         env.pop(name, None)
-    return env
+    return {**env, **extra}
 
 
 def run(args: list[str], env: dict[str, str], data: bytes = b"", code: int = 0) -> subprocess.CompletedProcess[bytes]:
@@ -282,3 +282,15 @@ def test_keyops_login_print_token_only_when_asked_and_no_store(stack: DevStack, 
     bad = run([*KEYOPS, "login", "--method", "token", "--token-stdin", "--no-store"], env, data=b"s.not-a-token\n",
               code=13)
     assert b"token login" in bad.stderr and b"s.not-a-token" not in bad.stderr
+
+
+def test_keyops_login_does_not_overwrite_a_root_token_file(stack: DevStack, vault_client: Any, approle_mount: str,
+                                                          tenant: str, home: Path, tmp_path: Path) -> None:
+    """``keyops dev env`` points KEYOPS_VAULT_TOKEN_FILE at the stack's root token: a login keeps it."""
+    root_copy = private_file(tmp_path / "root-token", stack.env()["VAULT_TOKEN"])
+    role_id, secret_id = single_use_approle(vault_client, approle_mount, f"keyops-app-{tenant}")
+    env = cli_env(stack, home, VAULT_ROLE_ID=role_id, VAULT_SECRET_ID=secret_id, KEYOPS_APPROLE_MOUNT=approle_mount,
+                  KEYOPS_VAULT_TOKEN_FILE=str(root_copy))
+    refused = run([*KEYOPS, "login"], env, code=2)
+    assert b"holds a root token" in refused.stderr and b"--token-file" in refused.stderr
+    assert root_copy.read_text().strip() == stack.env()["VAULT_TOKEN"]
