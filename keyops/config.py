@@ -2,8 +2,9 @@
 
 Precedence, highest first: explicit keyword arguments, environment variables,
 the TOML file named by ``KEYOPS_CONFIG`` (or passed as ``config_file``),
-defaults. Secrets (token, AppRole secret id, PIN) are never accepted from a
-command line; they come from the environment or a file.
+defaults. Secrets (token, AppRole secret id, JWT, PIN) are never accepted
+from a command line; they come from the environment or a file. Which token or
+auth method a connection uses is decided in ``keyops.auth``.
 """
 
 from __future__ import annotations
@@ -39,7 +40,16 @@ ENV_NAMES: dict[str, tuple[str, ...]] = {
     "vault_timeout": ("KEYOPS_VAULT_TIMEOUT",),
     "approle_role_id": ("VAULT_ROLE_ID", "KEYOPS_APPROLE_ROLE_ID"),
     "approle_secret_id": ("VAULT_SECRET_ID", "KEYOPS_APPROLE_SECRET_ID"),
+    "approle_secret_id_file": ("VAULT_SECRET_ID_FILE", "KEYOPS_APPROLE_SECRET_ID_FILE"),
     "approle_mount": ("KEYOPS_APPROLE_MOUNT",),
+    "auth_method": ("KEYOPS_AUTH_METHOD",),
+    "jwt_role": ("KEYOPS_JWT_ROLE",),
+    "jwt": ("KEYOPS_JWT",),
+    "jwt_file": ("KEYOPS_JWT_FILE",),
+    "jwt_mount": ("KEYOPS_JWT_MOUNT",),
+    "kubernetes_role": ("KEYOPS_KUBERNETES_ROLE",),
+    "kubernetes_token_file": ("KEYOPS_KUBERNETES_TOKEN_FILE",),
+    "kubernetes_mount": ("KEYOPS_KUBERNETES_MOUNT",),
     "kv_mount": ("KEYOPS_KV_MOUNT",),
     "transit_mount": ("KEYOPS_TRANSIT_MOUNT",),
     "pkcs11_module": ("KEYOPS_PKCS11_MODULE",),
@@ -55,7 +65,10 @@ ENV_NAMES: dict[str, tuple[str, ...]] = {
     "roles_file": ("KEYOPS_ROLES_FILE",),
 }
 
-SECRET_FIELDS = frozenset({"vault_token", "approle_secret_id", "pkcs11_pin"})
+SECRET_FIELDS = frozenset({"vault_token", "approle_secret_id", "jwt", "pkcs11_pin"})
+
+#: Where a pod's service-account token is mounted (Kubernetes auth reads it from there by default).
+DEFAULT_KUBERNETES_TOKEN_FILE = "/var/run/secrets/kubernetes.io/serviceaccount/token"
 
 #: The Transit key whose HMACs chain the audit log (``KEYOPS_AUDIT_KEY``); never a tenant's
 #: ``keyops-<tenant>`` name.
@@ -73,7 +86,18 @@ class Config:
     vault_timeout: float = 30.0
     approle_role_id: str | None = None
     approle_secret_id: str | None = dataclasses.field(default=None, repr=False)
+    approle_secret_id_file: str | None = None
     approle_mount: str = "approle"
+    #: "auto" (a token when one is configured, else the one auth method configured), "token", or the
+    #: method to log in with whatever token is around: "approle", "jwt", "kubernetes" (keyops.auth).
+    auth_method: str = "auto"
+    jwt_role: str | None = None
+    jwt: str | None = dataclasses.field(default=None, repr=False)
+    jwt_file: str | None = None
+    jwt_mount: str = "jwt"
+    kubernetes_role: str | None = None
+    kubernetes_token_file: str = DEFAULT_KUBERNETES_TOKEN_FILE
+    kubernetes_mount: str = "kubernetes"
     kv_mount: str = "keyops"
     transit_mount: str = "transit"
     pkcs11_module: str | None = None
@@ -130,12 +154,22 @@ class Config:
             return False
         return self.vault_cacert or True
 
+    @property
+    def token_file_path(self) -> Path:
+        """Where ``keyops login`` writes the token and keyops looks for one: KEYOPS_VAULT_TOKEN_FILE,
+        else ``~/.vault-token``, the file the ``vault`` and ``bao`` CLIs use."""
+        return Path(self.vault_token_file).expanduser() if self.vault_token_file else Path.home() / ".vault-token"
+
     def resolve_vault_token(self) -> str | None:
+        """The token to use as it is: VAULT_TOKEN, else the token file; None when none is, or when
+        ``auth_method`` names a method to log in with (which then wins over any token around)."""
+        if self.auth_method not in ("auto", "token"):
+            return None
         if self.vault_token:
             return self.vault_token
         if self.vault_token_file:
-            return read_secret_file(self.vault_token_file, what="Vault token file")
-        default = Path.home() / ".vault-token"
+            return read_secret_file(self.token_file_path, what="Vault token file")
+        default = self.token_file_path
         if default.is_file():
             return default.read_text().strip() or None
         return None

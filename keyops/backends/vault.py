@@ -31,6 +31,7 @@ import requests
 import requests.adapters
 from hvac.utils import format_url
 
+from keyops import auth
 from keyops.backends import _vault_http
 from keyops.config import Config
 from keyops.errors import (
@@ -156,10 +157,25 @@ TRANSPORTS = ("urllib3", "requests")
 def make_client(config: Config, pool_size: int = 32, transport: str = "urllib3") -> hvac.Client:
     """An hvac client whose connection pool is sized for our worker pools.
 
-    The default transport sends hvac's requests through urllib3 directly
-    (see ``_vault_http``): the same TLS settings, headers and timeout, at a
-    fraction of the client CPU of a ``requests.Session``.
+    Its token is the configured one, else one from logging in with the
+    configured method (``keyops.auth``). The default transport sends hvac's
+    requests through urllib3 directly (see ``_vault_http``): the same TLS
+    settings, headers and timeout, at a fraction of the client CPU of a
+    ``requests.Session``.
     """
+    token = config.resolve_vault_token()
+    client = _client(config, token, pool_size, transport)
+    if not token:
+        log_in(client, config, auth.resolve_login(config))
+    return client
+
+
+def fresh_login(config: Config, login: auth.Login) -> dict[str, Any]:
+    """Log in with ``login`` whatever token is configured: the ``auth`` part of the answer (its token included)."""
+    return log_in(_client(config, None, pool_size=1), config, login)
+
+
+def _client(config: Config, token: str | None, pool_size: int = 32, transport: str = "urllib3") -> hvac.Client:
     if not config.vault_addr.startswith(("http://", "https://")):
         raise ConfigError(f"VAULT_ADDR {config.vault_addr!r} must start with http:// or https://")
     if transport == "urllib3":
@@ -168,19 +184,36 @@ def make_client(config: Config, pool_size: int = 32, transport: str = "urllib3")
         session = _requests_session(pool_size, config.tls_verify)
     else:
         raise ConfigError(f"unknown Vault transport {transport!r}; use one of {', '.join(TRANSPORTS)}")
-    client = hvac.Client(url=config.vault_addr, token=config.resolve_vault_token(),
-                         namespace=config.vault_namespace, verify=config.tls_verify,
-                         timeout=config.vault_timeout, session=session)
-    if config.approle_role_id and not config.vault_token:
-        if not config.approle_secret_id:
-            raise ConfigError("AppRole login needs a secret id: set VAULT_SECRET_ID")
-        with vault_errors("AppRole login", config.vault_addr, config.vault_timeout, login=True):
-            client.auth.approle.login(role_id=config.approle_role_id, secret_id=config.approle_secret_id,
-                                      mount_point=config.approle_mount)
-    if not client.token:
-        raise ConfigError("no Vault token: set VAULT_TOKEN (or BAO_TOKEN), KEYOPS_VAULT_TOKEN_FILE, "
-                          "or VAULT_ROLE_ID and VAULT_SECRET_ID for AppRole")
-    return client
+    # An empty token, not None: hvac would read VAULT_TOKEN and ~/.vault-token itself behind our back.
+    return hvac.Client(url=config.vault_addr, token=token or "", namespace=config.vault_namespace,
+                       verify=config.tls_verify, timeout=config.vault_timeout, session=session)
+
+
+def log_in(client: hvac.Client, config: Config, login: auth.Login) -> dict[str, Any]:
+    """Log ``client`` in with hvac's own call for the method; the ``auth`` part of the answer.
+
+    Any refusal is ``AuthenticationFailed`` naming the method and mount (Vault
+    answers a wrong secret id with 400, a wrong JWT with 400 or 403), never
+    the credential.
+    """
+    what = login.what
+    with vault_errors(what, config.vault_addr, config.vault_timeout):
+        try:
+            if login.method == "approle":
+                resp = client.auth.approle.login(role_id=login.role, secret_id=login.credential,
+                                                 mount_point=login.mount)
+            elif login.method == "jwt":
+                resp = client.auth.jwt.jwt_login(role=login.role, jwt=login.credential, path=login.mount)
+            else:
+                resp = client.auth.kubernetes.login(role=login.role, jwt=login.credential, mount_point=login.mount)
+        except (hvac.exceptions.InvalidRequest, hvac.exceptions.Forbidden, hvac.exceptions.Unauthorized,
+                hvac.exceptions.InvalidPath) as exc:
+            # An AppRole's role id is not secret either, but it names no role a reader would recognise.
+            role = "role id" if login.method == "approle" else f"role {login.role!r}"
+            raise AuthenticationFailed(f"{what}: Vault refused the login ({_first_error(exc)}); check the {role}, "
+                                       f"the credential and that the {auth.NAMES[login.method]} auth method is "
+                                       f"enabled at auth/{login.mount}") from exc
+    return dict(resp["auth"])
 
 
 def _requests_session(pool_size: int, verify: bool | str) -> requests.Session:

@@ -23,7 +23,9 @@ options:
     type: str
   token:
     description:
-      - Vault token. Prefer C(VAULT_TOKEN) in the environment or O(token_file) to a literal.
+      - 'Vault token. Prefer C(VAULT_TOKEN) in the environment, O(token_file), or the C(token) that one
+        M(keyops.kms.login) task per play returns (C(token: "{{ keyops_login.token }}")) to a literal.'
+      - With a token, the task does not log in with an auth method (unless O(auth_method) names one).
       - When unset, C(VAULT_TOKEN), then C(BAO_TOKEN); then O(token_file); then C(~/.vault-token).
     type: str
   token_file:
@@ -50,11 +52,13 @@ options:
     description:
       - How to authenticate.
       - V(auto) uses a token when one is configured (O(token), O(token_file), C(~/.vault-token)),
-        else AppRole when O(role_id) is set.
-      - V(token) ignores AppRole settings; V(approle) logs in with O(role_id) and O(secret_id)
-        and ignores any token in the environment.
+        else logs in with the one auth method whose role is set (O(role_id), O(jwt_role) or O(kubernetes_role)).
+      - V(token) ignores AppRole settings; V(approle), V(jwt) and V(kubernetes) log in with that method
+        and ignore any token in the environment.
+      - Each task that logs in spends a login (a use of a single-use AppRole secret id); log in once per
+        play with M(keyops.kms.login) and pass its token to the later tasks.
     type: str
-    choices: [auto, token, approle]
+    choices: [auto, token, approle, jwt, kubernetes]
     default: auto
   role_id:
     description:
@@ -66,10 +70,51 @@ options:
       - AppRole secret id.
       - When unset, C(VAULT_SECRET_ID), then C(KEYOPS_APPROLE_SECRET_ID).
     type: str
+  secret_id_file:
+    description:
+      - File holding the AppRole secret id on one line (C(keyops policy mint --approle) writes one).
+        keyops refuses a file that group or others may read. O(secret_id) wins when both are set.
+      - When unset, C(VAULT_SECRET_ID_FILE), then C(KEYOPS_APPROLE_SECRET_ID_FILE).
+    type: path
   approle_mount:
     description:
       - Mount path of the AppRole auth method.
       - When unset, C(KEYOPS_APPROLE_MOUNT); else C(approle).
+    type: str
+  jwt_role:
+    description:
+      - Role of the JWT/OIDC auth method to log in with a CI system's OIDC token (GitHub Actions, GitLab CI).
+      - When unset, C(KEYOPS_JWT_ROLE).
+    type: str
+  jwt:
+    description:
+      - The signed JWT to log in with. Prefer the environment or O(jwt_file) to a literal.
+      - When unset, C(KEYOPS_JWT).
+    type: str
+  jwt_file:
+    description:
+      - File holding the JWT; keyops refuses a file that group or others may read. O(jwt) wins when both are set.
+      - When unset, C(KEYOPS_JWT_FILE).
+    type: path
+  jwt_mount:
+    description:
+      - Mount path of the JWT/OIDC auth method.
+      - When unset, C(KEYOPS_JWT_MOUNT); else C(jwt).
+    type: str
+  kubernetes_role:
+    description:
+      - Role of the Kubernetes auth method, for jobs that run in a cluster.
+      - When unset, C(KEYOPS_KUBERNETES_ROLE).
+    type: str
+  kubernetes_token_file:
+    description:
+      - The pod's service-account token.
+      - When unset, C(KEYOPS_KUBERNETES_TOKEN_FILE); else C(/var/run/secrets/kubernetes.io/serviceaccount/token).
+    type: path
+  kubernetes_mount:
+    description:
+      - Mount path of the Kubernetes auth method.
+      - When unset, C(KEYOPS_KUBERNETES_MOUNT); else C(kubernetes).
     type: str
   kv_mount:
     description:
@@ -112,9 +157,34 @@ options:
     env:
       - name: VAULT_SECRET_ID
       - name: KEYOPS_APPROLE_SECRET_ID
+  secret_id_file:
+    env:
+      - name: VAULT_SECRET_ID_FILE
+      - name: KEYOPS_APPROLE_SECRET_ID_FILE
   approle_mount:
     env:
       - name: KEYOPS_APPROLE_MOUNT
+  jwt_role:
+    env:
+      - name: KEYOPS_JWT_ROLE
+  jwt:
+    env:
+      - name: KEYOPS_JWT
+  jwt_file:
+    env:
+      - name: KEYOPS_JWT_FILE
+  jwt_mount:
+    env:
+      - name: KEYOPS_JWT_MOUNT
+  kubernetes_role:
+    env:
+      - name: KEYOPS_KUBERNETES_ROLE
+  kubernetes_token_file:
+    env:
+      - name: KEYOPS_KUBERNETES_TOKEN_FILE
+  kubernetes_mount:
+    env:
+      - name: KEYOPS_KUBERNETES_MOUNT
   kv_mount:
     env:
       - name: KEYOPS_KV_MOUNT

@@ -56,10 +56,19 @@ CONNECTION_OPTIONS = {
     "namespace": dict(type="str", fallback=_env("VAULT_NAMESPACE", "BAO_NAMESPACE")),
     "ca_cert": dict(type="path", fallback=_env("VAULT_CACERT", "BAO_CACERT")),
     "validate_certs": dict(type="bool"),
-    "auth_method": dict(type="str", default="auto", choices=["auto", "token", "approle"]),
+    "auth_method": dict(type="str", default="auto", choices=["auto", "token", "approle", "jwt", "kubernetes"]),
     "role_id": dict(type="str", fallback=_env("VAULT_ROLE_ID", "KEYOPS_APPROLE_ROLE_ID")),
     "secret_id": dict(type="str", no_log=True, fallback=_env("VAULT_SECRET_ID", "KEYOPS_APPROLE_SECRET_ID")),
+    "secret_id_file": dict(type="path", no_log=False,
+                           fallback=_env("VAULT_SECRET_ID_FILE", "KEYOPS_APPROLE_SECRET_ID_FILE")),
     "approle_mount": dict(type="str", fallback=_env("KEYOPS_APPROLE_MOUNT")),
+    "jwt_role": dict(type="str", fallback=_env("KEYOPS_JWT_ROLE")),
+    "jwt": dict(type="str", no_log=True, fallback=_env("KEYOPS_JWT")),
+    "jwt_file": dict(type="path", fallback=_env("KEYOPS_JWT_FILE")),
+    "jwt_mount": dict(type="str", fallback=_env("KEYOPS_JWT_MOUNT")),
+    "kubernetes_role": dict(type="str", fallback=_env("KEYOPS_KUBERNETES_ROLE")),
+    "kubernetes_token_file": dict(type="path", no_log=False, fallback=_env("KEYOPS_KUBERNETES_TOKEN_FILE")),
+    "kubernetes_mount": dict(type="str", fallback=_env("KEYOPS_KUBERNETES_MOUNT")),
     "kv_mount": dict(type="str", fallback=_env("KEYOPS_KV_MOUNT")),
     "transit_mount": dict(type="str", fallback=_env("KEYOPS_TRANSIT_MOUNT")),
 }
@@ -82,7 +91,15 @@ CONFIG_FIELDS = {
     "ca_cert": "vault_cacert",
     "role_id": "approle_role_id",
     "secret_id": "approle_secret_id",
+    "secret_id_file": "approle_secret_id_file",
     "approle_mount": "approle_mount",
+    "jwt_role": "jwt_role",
+    "jwt": "jwt",
+    "jwt_file": "jwt_file",
+    "jwt_mount": "jwt_mount",
+    "kubernetes_role": "kubernetes_role",
+    "kubernetes_token_file": "kubernetes_token_file",
+    "kubernetes_mount": "kubernetes_mount",
     "kv_mount": "kv_mount",
     "transit_mount": "transit_mount",
     "pkcs11_module": "pkcs11_module",
@@ -137,12 +154,14 @@ def build_config(params, env=None):
         config = config.replace(vault_token=None)
     method = params.get("auth_method") or "auto"
     if method == "token":
-        config = config.replace(approle_role_id=None, approle_secret_id=None)
-    elif method == "approle":
-        if not config.approle_role_id or not config.approle_secret_id:
-            raise ConfigError("auth_method approle needs role_id and secret_id (or VAULT_ROLE_ID and "
-                              "VAULT_SECRET_ID in the environment)")
-        config = config.replace(vault_token=None, vault_token_file=None)
+        config = config.replace(auth_method="token", approle_role_id=None, approle_secret_id=None)
+    elif method != "auto":
+        # The library then logs in with this method whatever token is around (keyops.auth).
+        secret = config.approle_secret_id or config.approle_secret_id_file
+        if method == "approle" and not (config.approle_role_id and secret):
+            raise ConfigError("auth_method approle needs role_id and secret_id or secret_id_file (or "
+                              "VAULT_ROLE_ID and VAULT_SECRET_ID or VAULT_SECRET_ID_FILE in the environment)")
+        config = config.replace(auth_method=method, vault_token=None, vault_token_file=None)
     return config
 
 

@@ -72,7 +72,7 @@ def test_environment_names_are_the_libraries() -> None:
 
 def test_every_secret_option_is_no_log() -> None:
     options = {**connection.CONNECTION_OPTIONS, **connection.HSM_OPTIONS}
-    assert {name for name, spec in options.items() if spec.get("no_log")} == {"token", "secret_id", "pkcs11_pin"}
+    assert {name for name, spec in options.items() if spec.get("no_log")} == {"token", "secret_id", "jwt", "pkcs11_pin"}
     assert 'value=dict(type="str", no_log=True)' in (PLUGINS / "modules" / "secret.py").read_text()
 
 
@@ -157,3 +157,18 @@ def test_build_config_sets_softhsm2_conf_for_the_process(monkeypatch: pytest.Mon
 ])
 def test_error_table(err: Exception, code: str, retryable: bool) -> None:
     assert connection.error_result(err) == {"msg": str(err), "error": code, "retryable": retryable}
+
+
+def test_build_config_login_methods_ignore_ambient_tokens(tmp_path) -> None:
+    secret_file = tmp_path / "sid"
+    secret_file.write_text("sid\n")
+    secret_file.chmod(0o600)
+    env = {"VAULT_TOKEN": "t", "VAULT_ROLE_ID": "r"}
+    approle = connection.build_config(params(auth_method="approle", secret_id_file=str(secret_file)), env=env)
+    assert approle.auth_method == "approle" and approle.resolve_vault_token() is None
+    assert approle.approle_secret_id_file == str(secret_file)
+    jwt = connection.build_config(params(auth_method="jwt", jwt_role="ci", jwt="eyJ.x.y", jwt_mount="gh"), env=env)
+    assert (jwt.auth_method, jwt.jwt_role, jwt.jwt_mount, jwt.resolve_vault_token()) == ("jwt", "ci", "gh", None)
+    # A login's token handed on with auth_method token: the AppRole settings around it are not used.
+    reused = connection.build_config(params(auth_method="token", token="hvs.login"), env=env)
+    assert reused.resolve_vault_token() == "hvs.login" and reused.approle_role_id is None
