@@ -17,7 +17,7 @@ from typing import Any
 from keyops import auth
 from keyops.backends.vault import VaultStore, fresh_login
 from keyops.config import Config
-from keyops.errors import AuthenticationFailed, ConfigError, InvalidInput, KeyopsError, PermissionDenied
+from keyops.errors import AuthenticationFailed, ConfigError, InvalidInput, KeyopsError
 from keyops.files import write_file_atomic
 
 
@@ -66,7 +66,7 @@ def check_token(config: Config, token: str | None) -> LoginResult:
     store = VaultStore(config.replace(vault_token=token, auth_method="token"), pool_size=1)
     try:
         data = store.lookup_self()
-    except PermissionDenied as exc:
+    except AuthenticationFailed as exc:  # lookup-self's 403: the token is not valid here
         raise AuthenticationFailed("token login: Vault does not accept the token (expired, revoked, of another "
                                    "server or namespace, or without the default policy)") from exc
     return LoginResult("token", None, str(data.get("accessor") or ""), tuple(data.get("policies") or ()),

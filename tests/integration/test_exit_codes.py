@@ -239,7 +239,7 @@ def authentication_failed(w: World) -> None:
     role_id = json.loads(minted.stdout)["role_id"]
     w.expect(13, "secret", "list", tenant, env=w.without_token(VAULT_ROLE_ID=role_id,
                                                                 VAULT_SECRET_ID=str(uuid.uuid4())),
-             says="rejected the credentials")
+             says="Vault refused the login")
 
 
 def permission_denied(w: World) -> None:
