@@ -93,7 +93,12 @@ AuditSink = Callable[..., None]
 class Keyops:
     def __init__(self, config: Config | None = None, *, store: VaultStore | None = None, hsm: Hsm | None = None,
                  cache_size: int = 1024, keyring_ttl: float = 30.0, clock: Callable[[], dt.datetime] = utcnow,
-                 audit: AuditSink | None = None, pool_size: int = 32) -> None:
+                 audit: AuditSink | None = None, pool_size: int = 32, max_reservation: int | None = None) -> None:
+        if max_reservation is not None and (isinstance(max_reservation, bool) or not isinstance(max_reservation, int)
+                                            or max_reservation < 1):
+            raise InvalidInput(f"max_reservation must be a whole number >= 1, not {max_reservation!r}")
+        #: The largest block of DEK uses this process reserves at once (None: ``reservations.MAX_RESERVATION``).
+        self.max_reservation = max_reservation
         self.config = config or Config.load()
         self.calls = store.calls if store else CallCounter()
         self.store = store or VaultStore(self.config, counter=self.calls, pool_size=pool_size)
@@ -350,10 +355,11 @@ class Keyops:
         # Unwrap the primary DEK first: a process that cannot use it (wrong PIN,
         # HSM or Transit refusing) must fail without spending a reservation.
         self.dek(tenant, self.cached_keyring(tenant).dek.primary)
-        block = next_block(previous)
         lease = self.keyring_ttl
+        attempts = itertools.count()
 
         def attempt() -> Reservation:
+            lost = next(attempts)  # every attempt but the first follows a check-and-set lost to another writer
             started = _monotonic()
             usage, cas = self.read_usage(tenant)
             keyring = self.read_keyring(tenant)[0]
@@ -363,6 +369,7 @@ class Keyops:
             # The recorded lease outlasts this process's last encryption under it by the
             # request deadline, so the write of that ciphertext has landed (or failed) by then.
             lease_until = wall() + dt.timedelta(seconds=lease + self.config.vault_timeout)
+            block = next_block(previous, keyring.policy.dek_usage_cap, self.max_reservation, lost=lost)
             new, start, end = usage.reserve(primary.version, block, keyring.policy.dek_usage_cap,
                                             external=external, holder=self.holder, now=wall(),
                                             lease_until=lease_until, legacy_uses=primary.uses)
