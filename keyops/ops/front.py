@@ -170,6 +170,10 @@ class Keyops:
     def audited(self, operation: str, **fields: Any) -> Iterator[dict[str, Any]]:
         """Check the caller's role, then emit one audit event for the operation, with its result."""
         self.authorize(access.operation_for_event(operation, fields.get("level")), fields.get("tenant"))
+        # An operation whose event could not be recorded must not run: a log that cannot be opened stops it here.
+        check = getattr(self.audit, "check_writable", None)
+        if check is not None:
+            check()
         event: dict[str, Any] = dict(fields)
         try:
             yield event
