@@ -113,6 +113,7 @@ class Keyops:
         self.hierarchy = Hierarchy(self, cache_size)
         self._keyrings: dict[str, tuple[Keyring, int, float]] = {}
         self._reservations: dict[tuple[str, bool], Reservation] = {}
+        self._demand: dict[str, int] = {}
         #: Names this object's leases in usage documents (``keyops.model.usage``); no meaning beyond that.
         self.holder = uuid.uuid4().hex[:12]
         self._fast: dict[str, FastTenant] = {}
@@ -347,6 +348,17 @@ class Keyops:
             next(r.counter)  # the first number of the new block is this use
             return r.dek_version
 
+    def expect_uses(self, tenant: str, count: int) -> None:
+        """Say that this process is about to encrypt about ``count`` times for ``tenant`` (a job's batch).
+
+        Its next reservations are then at least that large (within the
+        ceiling of ``reservations.next_block``), so a job does not climb from
+        the small first block one write at a time.
+        """
+        if isinstance(count, bool) or not isinstance(count, int) or count < 0:
+            raise InvalidInput(f"count must be a whole number >= 0, not {count!r}")
+        self._demand[validate_tenant(tenant)] = count
+
     def _reserve(self, tenant: str, previous: Reservation | None, external: bool) -> Reservation:
         """Reserve a block of uses of the primary DEK under a lease, with one check-and-set write of the usage.
 
@@ -373,7 +385,8 @@ class Keyops:
             # The recorded lease outlasts this process's last encryption under it by the
             # request deadline, so the write of that ciphertext has landed (or failed) by then.
             lease_until = wall() + dt.timedelta(seconds=lease + self.config.vault_timeout)
-            block = next_block(previous, keyring.policy.dek_usage_cap, self.max_reservation, lost=lost)
+            block = next_block(previous, keyring.policy.dek_usage_cap, self.max_reservation, lost=lost,
+                               demand=self._demand.get(tenant, 0))
             new, start, end = usage.reserve(primary.version, block, keyring.policy.dek_usage_cap,
                                             external=external, holder=self.holder, now=wall(),
                                             lease_until=lease_until, legacy_uses=primary.uses)

@@ -237,6 +237,8 @@ def migrate(k: Keyops, tenant: str, source: str, *, source_mount: str | None = N
             job_id or new_job_id(KIND, k.clock()), KIND, tenant, options.params(), k.clock())),
             workers, batch_size, progress, dry_run=True).run(purge_source)
     run = _open_job(k, options, job_id)
+    if options.mode != "cutover":  # a cut-over encrypts nothing
+        k.expect_uses(tenant, batch_size)  # each batch copies up to that many records: reserve for one at once
     if run is None:
         assert job_id is not None
         found = read_job(k, tenant, job_id)

@@ -55,13 +55,18 @@ class Reservation:
     external: bool
 
 
-def next_block(previous: Reservation | None, cap: int, max_block: int | None = None, *, lost: int = 0) -> int:
-    """Blocks double while a process spends them before its lease ends, and shrink to its demand otherwise.
+def next_block(previous: Reservation | None, cap: int, max_block: int | None = None, *, lost: int = 0,
+               demand: int = 0) -> int:
+    """How many uses to ask for next: blocks double while spent within the lease, else shrink to the demand.
 
-    The module's constants are read at each call (tests lower them); the
-    result is at least 1 and at most ``max_block`` (default: the maximum) and
-    the larger of the first block and the cap's share; it only says how many uses to ask for: the usage
-    document itself never grants past the cap.
+    Each race ``lost`` to another writer doubles the block too: busy
+    neighbours are demand as well, and larger blocks let every writer of the
+    tenant write less often. ``demand``: the uses the process said it is
+    about to make (a job's batch, ``Keyops.expect_uses``); the block is at
+    least that. The result is at least 1 and at most ``max_block`` (default:
+    the maximum) and the larger of the first block and the cap's share. It
+    only says what to ask for: the usage document never grants past the cap.
+    The module's constants are read at each call (tests lower them).
     """
     limit = MAX_RESERVATION if max_block is None else max_block
     ceiling = min(limit, max(FIRST_RESERVATION, cap // CAP_SHARE))
@@ -71,7 +76,7 @@ def next_block(previous: Reservation | None, cap: int, max_block: int | None = N
         spent = next(previous.counter) - previous.start
         all_spent = spent >= previous.end - previous.start
         block = previous.block * 2 if all_spent else max(FIRST_RESERVATION, spent * 2)
-    return max(1, min(block << min(lost, 32), ceiling))
+    return max(1, min(max(block, demand) << min(lost, 32), ceiling))
 
 
 class FastTenant:

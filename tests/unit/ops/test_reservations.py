@@ -61,3 +61,10 @@ def test_a_race_lost_to_another_writer_doubles_the_block() -> None:
     assert next_block(spent(64, 64), CAP, lost=2) == 512
     assert next_block(None, CAP, lost=1000) == CAP // reservations.CAP_SHARE  # still within the ceiling
     assert next_block(None, CAP, max_block=20, lost=3) == 20
+
+
+def test_a_stated_demand_sets_the_least_block() -> None:
+    assert next_block(None, CAP, demand=100) == 100  # a job's batch, at once
+    assert next_block(spent(16, 2), CAP, demand=100) == 100  # and again after a lease with little spent
+    assert next_block(spent(256, 256), CAP, demand=100) == 512  # growth still wins when it is larger
+    assert next_block(None, CAP, demand=10**9) == CAP // reservations.CAP_SHARE  # within the ceiling
