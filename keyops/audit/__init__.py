@@ -491,6 +491,14 @@ class AuditLog:
             finally:
                 os.close(fd)  # releases the lock
 
+    def check_writable(self) -> None:
+        """Raise ``AuditError`` now when the file cannot be opened for appending (its folder made if missing)."""
+        try:
+            self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        except OSError as exc:
+            raise self._opening_error(exc) from exc
+        os.close(self._open())
+
     def _open(self, flags: int = 0) -> int:
         try:
             return os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC | flags, 0o600)
@@ -1224,6 +1232,15 @@ class AuditTrail:
             self._writer = principal.allows("audit.write")
             self._writer_known = principal.complete and not principal.root
         return self._writer
+
+    def check_writable(self) -> None:
+        """Before an operation: raise ``AuditError`` when the local log this caller writes cannot be opened.
+
+        An operation whose event could not be recorded must not run; a token
+        that writes no keyed event (no ``audit.write``) is not held back.
+        """
+        if self.log is not None and not (self.log.keyed and not self.may_write()):
+            self.log.check_writable()
 
     def event(self, operation: str, **fields: Any) -> dict[str, Any]:
         fields = clean_fields(fields)

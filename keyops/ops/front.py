@@ -97,7 +97,13 @@ AuditSink = Callable[..., None]
 class Keyops:
     def __init__(self, config: Config | None = None, *, store: VaultStore | None = None, hsm: Hsm | None = None,
                  cache_size: int = 1024, keyring_ttl: float = 30.0, clock: Callable[[], dt.datetime] = utcnow,
-                 audit: AuditSink | None = None, pool_size: int = 32, stale_for: float = 0.0) -> None:
+                 audit: AuditSink | None = None, pool_size: int = 32, max_reservation: int | None = None,
+                 stale_for: float = 0.0) -> None:
+        if max_reservation is not None and (isinstance(max_reservation, bool) or not isinstance(max_reservation, int)
+                                            or max_reservation < 1):
+            raise InvalidInput(f"max_reservation must be a whole number >= 1, not {max_reservation!r}")
+        #: The largest block of DEK uses this process reserves at once (None: ``reservations.MAX_RESERVATION``).
+        self.max_reservation = max_reservation
         self.config = config or Config.load()
         self.calls = store.calls if store else CallCounter()
         self.store = store or VaultStore(self.config, counter=self.calls, pool_size=pool_size)
@@ -117,6 +123,7 @@ class Keyops:
         self.hierarchy = Hierarchy(self, cache_size)
         self._keyrings: dict[str, tuple[Keyring, int, float]] = {}
         self._reservations: dict[tuple[str, bool], Reservation] = {}
+        self._demand: dict[str, int] = {}
         #: Names this object's leases in usage documents (``keyops.model.usage``); no meaning beyond that.
         self.holder = uuid.uuid4().hex[:12]
         self._fast: dict[str, FastTenant] = {}
@@ -174,6 +181,10 @@ class Keyops:
     def audited(self, operation: str, **fields: Any) -> Iterator[dict[str, Any]]:
         """Check the caller's role, then emit one audit event for the operation, with its result."""
         self.authorize(access.operation_for_event(operation, fields.get("level")), fields.get("tenant"))
+        # An operation whose event could not be recorded must not run: a log that cannot be opened stops it here.
+        check = getattr(self.audit, "check_writable", None)
+        if check is not None:
+            check()
         event: dict[str, Any] = dict(fields)
         try:
             yield event
@@ -367,6 +378,17 @@ class Keyops:
             next(r.counter)  # the first number of the new block is this use
             return r.dek_version
 
+    def expect_uses(self, tenant: str, count: int) -> None:
+        """Say that this process is about to encrypt about ``count`` times for ``tenant`` (a job's batch).
+
+        Its next reservations are then at least that large (within the
+        ceiling of ``reservations.next_block``), so a job does not climb from
+        the small first block one write at a time.
+        """
+        if isinstance(count, bool) or not isinstance(count, int) or count < 0:
+            raise InvalidInput(f"count must be a whole number >= 0, not {count!r}")
+        self._demand[validate_tenant(tenant)] = count
+
     def _reserve(self, tenant: str, previous: Reservation | None, external: bool) -> Reservation:
         """Reserve a block of uses of the primary DEK under a lease, with one check-and-set write of the usage.
 
@@ -379,10 +401,11 @@ class Keyops:
         # Unwrap the primary DEK first: a process that cannot use it (wrong PIN,
         # HSM or Transit refusing) must fail without spending a reservation.
         self.dek(tenant, self.cached_keyring(tenant).dek.primary)
-        block = next_block(previous)
         lease = self.keyring_ttl
+        attempts = itertools.count()
 
         def attempt() -> Reservation:
+            lost = next(attempts)  # every attempt but the first follows a check-and-set lost to another writer
             started = _monotonic()
             usage, cas = self.read_usage(tenant)
             keyring = self.read_keyring(tenant)[0]
@@ -392,6 +415,8 @@ class Keyops:
             # The recorded lease outlasts this process's last encryption under it by the
             # request deadline, so the write of that ciphertext has landed (or failed) by then.
             lease_until = wall() + dt.timedelta(seconds=lease + self.config.vault_timeout)
+            block = next_block(previous, keyring.policy.dek_usage_cap, self.max_reservation, lost=lost,
+                               demand=self._demand.get(tenant, 0))
             new, start, end = usage.reserve(primary.version, block, keyring.policy.dek_usage_cap,
                                             external=external, holder=self.holder, now=wall(),
                                             lease_until=lease_until, legacy_uses=primary.uses)

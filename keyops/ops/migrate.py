@@ -18,6 +18,19 @@ the key is the tenant's own Transit KEK (residence ``transit``), directly by
 keyops from the KEK's escrow copy (AES-256-GCM, the nonce being the first 12
 bytes), without a Transit call.
 
+Three modes, so that applications still reading the sources keep working
+until the operator moves them:
+
+* ``copy`` (the default): steps 1-3 below; every source stays as it was.
+  Run it again to bring the records up to date with sources that changed.
+* ``cutover``: step 4 alone, for sources whose record is current: the
+  record must decrypt to the source's value as read now, and the marker is
+  written with check-and-set on that read, so a source changed since its
+  copy (or while the cut-over runs) is skipped (``stale``) and left as it
+  was, never replaced by a marker of an older value. A source never copied
+  is skipped (``not_copied``).
+* ``move``: copy and cut over in one pass (the behaviour before the modes).
+
 Per source secret, in this order, so that a crash anywhere loses nothing:
 
 1. read the source (KV version N) and compute the plaintext;
@@ -88,6 +101,10 @@ from keyops.ops.progress import PhaseClock, ProgressCallback
 KIND = "migrate"
 Kind = Literal["auto", "plaintext", "transit"]
 SOURCE_KINDS = ("auto", "plaintext", "transit")
+Mode = Literal["copy", "cutover", "move"]
+MODES = ("copy", "cutover", "move")
+#: Readers of the sources keep working unless the operator asks for the cut-over.
+DEFAULT_MODE: Mode = "copy"
 #: Field of the marker that replaces a migrated source (and of nothing else).
 MARKER_FIELD = "keyops_migrated"
 #: Field of a keyops record naming the source it was migrated from.
@@ -107,7 +124,7 @@ class Skipped:
     """A source secret left as it was, and why (a code and a sentence; never a value)."""
 
     name: str
-    reason: str  # "exists", "no_field", "invalid_name", "not_transit"
+    reason: str  # "exists", "no_field", "invalid_name", "not_transit"; cut-over: "stale", "not_copied"
     detail: str
 
 
@@ -120,7 +137,9 @@ class MigrationResult:
     of those skipped by earlier runs). ``from_plaintext`` + ``from_transit`` = ``migrated``.
     ``changed``: this run wrote something. In a dry run, ``migrated`` counts
     what would be migrated. ``purged``: sources whose original versions were
-    destroyed (``purge_source``).
+    destroyed (``purge_source``). ``mode``: ``copy`` (``migrated``: records
+    written, the sources untouched), ``cutover`` (``migrated``: sources
+    replaced by their marker) or ``move`` (both).
     """
 
     tenant: str
@@ -138,6 +157,7 @@ class MigrationResult:
     vanished: int = 0
     changed: bool = False
     purged: int = 0
+    mode: str = DEFAULT_MODE
 
     @property
     def would_change(self) -> bool:
@@ -171,47 +191,65 @@ class _Options:
     transit_key: str | None
     transit_mount: str
     transit_context: bytes
+    mode: str = DEFAULT_MODE
 
     def params(self) -> dict[str, Any]:
-        return {"source": self.source, "mount": self.mount, "field": self.field, "kind": self.kind,
-                "transit_key": self.transit_key, "transit_mount": self.transit_mount}
+        params: dict[str, Any] = {"source": self.source, "mount": self.mount, "field": self.field,
+                                  "kind": self.kind, "transit_key": self.transit_key,
+                                  "transit_mount": self.transit_mount}
+        if self.mode != "move":  # checkpoints written before the modes were moves, and still resume as such
+            params["mode"] = self.mode
+        return params
 
 
 def migrate(k: Keyops, tenant: str, source: str, *, source_mount: str | None = None, field: str | None = None,
             kind: Kind = "auto", transit_key: str | None = None, transit_mount: str | None = None,
             transit_context: bytes | str | None = None, workers: int = DEFAULT_WORKERS,
             batch_size: int = DEFAULT_BATCH_SIZE, dry_run: bool = False, job_id: str | None = None,
-            progress: ProgressCallback | None = None, purge_source: bool = False) -> MigrationResult:
+            progress: ProgressCallback | None = None, purge_source: bool = False,
+            mode: Mode = DEFAULT_MODE) -> MigrationResult:
     """Migrate the secrets below ``source`` into keyops records of ``tenant``; see the module's docstring.
 
+    ``mode``: ``copy`` (the sources stay as they were), ``cutover`` (replace
+    sources whose copy is current by their marker) or ``move`` (both).
     Resumes the tenant's unfinished migration of the same source and options
-    (or the job ``job_id``). With ``purge_source``, the original versions of
-    every migrated source are destroyed afterwards (the markers stay).
+    (or the job ``job_id``). With ``purge_source`` (not with ``copy``), the
+    original versions of every cut-over source are destroyed afterwards
+    (the markers stay).
     """
     tenant = validate_tenant(tenant)
     k.authorize("migrate", tenant)  # before the job listing and reads below, not only at the audited step
     workers, batch_size = validate_pool(workers, batch_size)
+    if mode not in MODES:
+        raise InvalidInput(f"mode must be one of {', '.join(MODES)}, not {mode!r}")
+    if purge_source and mode == "copy":
+        raise InvalidInput("purge_source destroys the originals of sources that were cut over, but a copy leaves "
+                           "every source in use: cut over first (mode 'cutover', keyops migrate --cut-over)")
     if job_id is not None:
         validate_job_id(job_id)
     keyring = k.read_keyring(tenant)[0]
-    options = _options(k, keyring, source, source_mount, field, kind, transit_key, transit_mount, transit_context)
+    options = dataclasses.replace(
+        _options(k, keyring, source, source_mount, field, kind, transit_key, transit_mount, transit_context),
+        mode=mode)
     k.dek(tenant, keyring.dek.primary)  # unwrapped once here, not by every worker at once
     if dry_run:
         return _Migration(k, keyring, options, JobRun(k, Checkpoint.start(
             job_id or new_job_id(KIND, k.clock()), KIND, tenant, options.params(), k.clock())),
             workers, batch_size, progress, dry_run=True).run(purge_source)
     run = _open_job(k, options, job_id)
+    if options.mode != "cutover":  # a cut-over encrypts nothing
+        k.expect_uses(tenant, batch_size)  # each batch copies up to that many records: reserve for one at once
     if run is None:
         assert job_id is not None
         found = read_job(k, tenant, job_id)
         assert found is not None
-        result = _result_from_job(found[0])
+        result = dataclasses.replace(_result_from_job(found[0]), mode=options.mode)
         if purge_source:
             purged = purge_sources(k, tenant, options.source, source_mount=options.mount, workers=workers)
             result = dataclasses.replace(result, purged=purged, changed=purged > 0)
         return result
     with k.audited("migrate", tenant=tenant, level="dek", source=f"{options.mount}/{options.source}",
-                   job_id=run.checkpoint.job_id, resumed=run.resumed) as event:
+                   job_id=run.checkpoint.job_id, resumed=run.resumed, mode=options.mode) as event:
         result = _Migration(k, keyring, options, run, workers, batch_size, progress).run(purge_source)
         event.update(migrated=result.migrated, total=result.total, skipped=len(result.skipped),
                      purged=result.purged)
@@ -280,7 +318,7 @@ def _result_from_job(checkpoint: Checkpoint) -> MigrationResult:
         already_migrated=int(data.get("already_migrated", 0)), from_plaintext=int(data.get("from_plaintext", 0)),
         from_transit=int(data.get("from_transit", 0)),
         skipped=tuple(Skipped(**s) for s in data.get("skipped", ())), dry_run=False, resumed=True,
-        vanished=int(data.get("vanished", 0)), changed=False)
+        vanished=int(data.get("vanished", 0)), changed=False, mode=str(data.get("mode", "move")))
 
 
 class _Migration:
@@ -350,7 +388,7 @@ class _Migration:
             migrated=counts["migrated"], already_migrated=counts["already"],
             from_plaintext=counts["from_plaintext"], from_transit=counts["from_transit"],
             skipped=tuple(skipped), dry_run=self.dry_run, resumed=run.resumed, vanished=counts["vanished"],
-            changed=(run.touched or purged > 0) and not self.dry_run, purged=purged)
+            changed=(run.touched or purged > 0) and not self.dry_run, purged=purged, mode=self.o.mode)
         if not self.dry_run:
             stored = result.to_dict()
             stored["skipped"] = stored["skipped"][:MAX_STORED_SKIPPED]
@@ -386,44 +424,82 @@ class _Migration:
             if isinstance(decoded, _Item):
                 return decoded
             plaintext, origin = decoded
-            record_path = secret_path(o.tenant, name)
-            existing = k.store.read(record_path)
-            write_cas: int | None = 0
-            if existing is not None:
-                if self._holds(name, existing[0], plaintext):
-                    write_cas = None  # already in place (a killed run wrote it, or it was there)
-                elif existing[0].get(ORIGIN_FIELD) == origin_ref:
-                    write_cas = existing[1]  # ours, from an older value of the source: the source wins
-                else:
-                    return self._skip(name, "exists", f"tenant {o.tenant!r} already has a secret of this name with "
-                                      "another value; rename one of them, then re-run")
-            if self.dry_run:
+            record: tuple[Mapping[str, Any], int] | _Item | None
+            if o.mode == "cutover":
+                record = self._current_copy(name, plaintext)
+            else:
+                record = self._copy(name, plaintext, origin, source_version)
+            if record is None:
+                continue  # someone wrote the record meanwhile: look at both again
+            if isinstance(record, _Item):
+                return record
+            if o.mode == "copy" or self.dry_run:
                 return _Item("migrated", origin)
-            if write_cas is not None:
-                ct = k.encrypt_record(o.tenant, plaintext, secret_context(name))
-                try:
-                    k.write_record(o.tenant, name, ct, cas=write_cas,
-                                   extra={ORIGIN_FIELD: origin_ref, "migrated_from_version": source_version})
-                except Conflict:
-                    continue  # someone wrote the record meanwhile: look at both again
-            # Read back what is stored and check it before the source is touched.
-            back = k.store.read(record_path)
-            if back is None or not self._holds(name, back[0], plaintext):
-                if back is not None and back[0].get(ORIGIN_FIELD) == origin_ref and back[0].get(
-                        "migrated_from_version") == source_version:
-                    raise KeyStateError(f"the keyops record of {origin_ref!r} did not decrypt back to the source's "
-                                        "value; the source was left as it was")
-                continue  # changed by someone else between our write and the read-back
             marker_doc = _marker_document(data, value, {
-                "tenant": o.tenant, "secret": name, "mount": k.store.kv_mount, "path": record_path,
-                "record_version": back[1], "source_version": source_version, "origin": origin,
+                "tenant": o.tenant, "secret": name, "mount": k.store.kv_mount, "path": secret_path(o.tenant, name),
+                "record_version": record[1], "source_version": source_version, "origin": origin,
                 "value": value.how, "job_id": self.job_id, "migrated_at": format_time(k.clock())})
             try:
+                # Check-and-set on the version read above: a source changed since then keeps its new value.
                 k.store.write(path, marker_doc, cas=source_version, mount=o.mount)
             except Conflict:
-                continue  # the source changed since we read it: migrate its new value
+                continue  # the source changed since we read it: look at its new value
             return _Item("migrated", origin)
         raise Conflict(f"{origin_ref!r} kept changing during its migration; re-run when its writers are quieter")
+
+    def _copy(self, name: str, plaintext: bytes, origin: str,
+              source_version: int) -> tuple[Mapping[str, Any], int] | _Item | None:
+        """Steps 2 and 3: the record holding ``plaintext``, checked as stored (None: a writer raced us).
+
+        In ``copy`` mode a record that already holds the value is reported as
+        ``already`` (nothing written); a dry run writes nothing.
+        """
+        k, o = self.k, self.o
+        origin_ref = f"{o.mount}/{self.source_path(name)}"
+        record_path = secret_path(o.tenant, name)
+        existing = k.store.read(record_path)
+        write_cas: int | None = 0
+        if existing is not None:
+            if self._holds(name, existing[0], plaintext):
+                write_cas = None  # already in place (a killed run wrote it, or it was there)
+            elif existing[0].get(ORIGIN_FIELD) == origin_ref:
+                write_cas = existing[1]  # ours, from an older value of the source: the source wins
+            else:
+                return self._skip(name, "exists", f"tenant {o.tenant!r} already has a secret of this name with "
+                                  "another value; rename one of them, then re-run")
+        if write_cas is None and o.mode == "copy":
+            return _Item("already", origin)
+        if self.dry_run:
+            return _Item("migrated", origin)
+        if write_cas is not None:
+            ct = k.encrypt_record(o.tenant, plaintext, secret_context(name))
+            try:
+                k.write_record(o.tenant, name, ct, cas=write_cas,
+                               extra={ORIGIN_FIELD: origin_ref, "migrated_from_version": source_version})
+            except Conflict:
+                return None
+        # Read back what is stored and check it before the source is touched.
+        back = k.store.read(record_path)
+        if back is None or not self._holds(name, back[0], plaintext):
+            if back is not None and back[0].get(ORIGIN_FIELD) == origin_ref and back[0].get(
+                    "migrated_from_version") == source_version:
+                raise KeyStateError(f"the keyops record of {origin_ref!r} did not decrypt back to the source's "
+                                    "value; the source was left as it was")
+            return None  # changed by someone else between our write and the read-back
+        return back
+
+    def _current_copy(self, name: str, plaintext: bytes) -> tuple[Mapping[str, Any], int] | _Item:
+        """The cut-over's check: the record exists and holds the source's value as read just now."""
+        o = self.o
+        record = self.k.store.read(secret_path(o.tenant, name))
+        if record is None:
+            return self._skip(name, "not_copied", "no keyops record of this secret yet; copy it first (keyops "
+                              "migrate without --cut-over), then cut over")
+        if not self._holds(name, record[0], plaintext):
+            return self._skip(name, "stale", "the keyops record does not hold the source's current value (the "
+                              "source changed since it was copied, or the record did); the source was left as "
+                              "it was: copy again, then cut over")
+        return record
 
     def _skip(self, name: str, reason: str, detail: str) -> _Item:
         return _Item("skipped", skipped=Skipped(name, reason, detail))

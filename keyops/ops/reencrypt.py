@@ -226,6 +226,7 @@ def reencrypt(k: Keyops, tenant: str, *, workers: int = DEFAULT_WORKERS, batch_s
         assert found is not None
         return ReencryptResult.from_job(found[0])
     job = _Job(k, tenant, target, run, workers, batch_size, progress)
+    k.expect_uses(tenant, batch_size)  # each batch re-encrypts up to that many records: reserve for one at once
     with k.audited("reencrypt.start", tenant=tenant, level="dek", versions=[target],
                    job_id=run.checkpoint.job_id, resumed=run.resumed):
         pass

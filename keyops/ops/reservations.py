@@ -16,10 +16,14 @@ from collections.abc import Iterator
 from keyops import crypto
 from keyops.model.keyring import Keyring
 
-#: First block of DEK uses a process reserves; it doubles up to the maximum,
-#: so a busy process writes the usage document rarely and an idle one wastes little.
-FIRST_RESERVATION = 4096
+#: First block of DEK uses a process reserves: a one-shot ``keyops encrypt`` strands at most
+#: this many uses of the cap. Blocks double while a process spends them, up to the maximum (a
+#: ``Keyops(max_reservation=...)`` may set a lower one) and never beyond a 1/``CAP_SHARE`` share
+#: of the cap, so a busy process writes the usage document O(log n) times for n encryptions
+#: and one process that stops early never strands much of the cap.
+FIRST_RESERVATION = 16
 MAX_RESERVATION = 1 << 20
+CAP_SHARE = 32
 #: ``next()`` on an ``itertools.count`` is atomic while the GIL serialises
 #: bytecode, so the hot path draws DEK uses without a lock; a free-threaded
 #: interpreter takes the locked path for every encryption instead.
@@ -51,14 +55,28 @@ class Reservation:
     external: bool
 
 
-def next_block(previous: Reservation | None) -> int:
-    """Blocks double while a process spends them before its lease ends, and shrink to its demand otherwise."""
+def next_block(previous: Reservation | None, cap: int, max_block: int | None = None, *, lost: int = 0,
+               demand: int = 0) -> int:
+    """How many uses to ask for next: blocks double while spent within the lease, else shrink to the demand.
+
+    Each race ``lost`` to another writer doubles the block too: busy
+    neighbours are demand as well, and larger blocks let every writer of the
+    tenant write less often. ``demand``: the uses the process said it is
+    about to make (a job's batch, ``Keyops.expect_uses``); the block is at
+    least that. The result is at least 1 and at most ``max_block`` (default:
+    the maximum) and the larger of the first block and the cap's share. It
+    only says what to ask for: the usage document never grants past the cap.
+    The module's constants are read at each call (tests lower them).
+    """
+    limit = MAX_RESERVATION if max_block is None else max_block
+    ceiling = min(limit, max(FIRST_RESERVATION, cap // CAP_SHARE))
     if previous is None:
-        return FIRST_RESERVATION
-    spent = next(previous.counter) - previous.start
-    if spent >= previous.end - previous.start:
-        return min(previous.block * 2, MAX_RESERVATION)
-    return max(FIRST_RESERVATION, min(MAX_RESERVATION, spent * 2))
+        block = FIRST_RESERVATION
+    else:
+        spent = next(previous.counter) - previous.start
+        all_spent = spent >= previous.end - previous.start
+        block = previous.block * 2 if all_spent else max(FIRST_RESERVATION, spent * 2)
+    return max(1, min(max(block, demand) << min(lost, 32), ceiling))
 
 
 class FastTenant:

@@ -16,7 +16,9 @@ class ModuleDocFragment:
 options: {}
 requirements:
   - python >= 3.11
-  - the C(keyops) Python library (C(pip install keyops)) on the host that runs the module
+  - 'the C(keyops) Python library on the host that runs the module, installed from its wheel
+    (C(pip install keyops-<version>-py3-none-any.whl)) or from the repository (C(pip install <checkout>));
+    it is not on a package index'
 notes:
   - 'Runs where the Vault token (and the HSM, for the modules that use it) is reachable, usually the
     controller (C(connection: local) or C(delegate_to: localhost)) with C(ansible_python_interpreter)

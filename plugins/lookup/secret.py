@@ -14,7 +14,8 @@ description:
     secret's name), or by the O(tenant) and O(name) options.
 requirements:
   - python >= 3.11
-  - the C(keyops) Python library in the Python that runs C(ansible-playbook)
+  - 'the C(keyops) Python library in the Python that runs C(ansible-playbook), installed from its wheel
+    (C(pip install keyops-<version>-py3-none-any.whl)) or from the repository (C(pip install <checkout>))'
 notes:
   - Lookups run on the controller, in the C(ansible-playbook) process, so the Vault token and the
     HSM must be reachable from there.
@@ -102,7 +103,8 @@ class LookupModule(LookupBase):
     def run(self, terms, variables=None, **kwargs):
         if KEYOPS_IMPORT_ERROR is not None:
             raise AnsibleLookupError("the keyops.kms.secret lookup needs the keyops Python library in the "
-                                     "Python that runs ansible-playbook (pip install keyops)")
+                                     "Python that runs ansible-playbook (pip install its wheel, or the keyops "
+                                     "repository)")
         self.set_options(var_options=variables, direct=kwargs)
         params = {name: plain(self.get_option(name)) for name in list(CONNECTION_OPTIONS) + list(HSM_OPTIONS)}
         try:

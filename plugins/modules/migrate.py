@@ -18,10 +18,16 @@ description:
   - Values of the form C(vault:vN:...) are Transit ciphertexts (O(kind=auto) or V(transit)); they
     are decrypted through Transit with O(transit_key), or directly by keyops when the key is the
     tenant's own Transit KEK.
-  - Each record is read back and checked to decrypt to the original before the source is replaced
-    by a marker (check-and-set); the original stays in the source's KV history until
-    O(purge_source=true) destroys those versions. Resumable from a checkpoint; a second run finds
-    the markers and changes nothing.
+  - With O(mode=copy) (the default) each record is written, read back and checked to decrypt to the
+    original, and the source is left as it was, so applications still reading it keep working. A
+    second copy changes nothing, or brings the records up to date with sources that changed.
+  - O(mode=cutover) is the separate, explicit step that replaces each source by a C(keyops_migrated)
+    marker, once the applications read from keyops. It replaces only a source whose keyops record
+    still holds the source's current value, with check-and-set on the version it read; a source
+    changed since its copy is skipped (reason C(stale)) and left as it was, one never copied is
+    skipped (reason C(not_copied)). O(mode=move) copies and cuts over in one pass.
+  - The original stays in the source's KV history until O(purge_source=true) destroys those
+    versions. Resumable from a checkpoint; a second run changes nothing.
 extends_documentation_fragment:
   - keyops.kms.connection
   - keyops.kms.hsm
@@ -72,8 +78,18 @@ options:
   transit_context:
     description: Associated data the values were encrypted with in Transit, if any.
     type: str
+  mode:
+    description:
+      - V(copy) writes the keyops records and leaves the sources as they were; V(cutover) replaces
+        each source whose record is current by a marker; V(move) does both in one pass (readers of
+        the sources break at once).
+    type: str
+    choices: [copy, cutover, move]
+    default: copy
   purge_source:
-    description: Destroy the original versions of each migrated source afterwards (the marker stays).
+    description:
+      - Destroy the original versions of each source cut over afterwards (the marker stays). Only with
+        O(mode=cutover) or O(mode=move).
     type: bool
     default: false
   workers:
@@ -90,12 +106,20 @@ options:
 """
 
 EXAMPLES = r"""
-- name: Migrate an application's plaintext KV secrets into tenant acme
+- name: Copy an application's plaintext KV secrets into tenant acme (the sources stay as they are)
   keyops.kms.migrate:
     tenant: acme
     source: legacy/app1
     source_mount: secret
     field: password
+
+- name: Once the application reads from keyops, replace the sources by markers
+  keyops.kms.migrate:
+    tenant: acme
+    source: legacy/app1
+    source_mount: secret
+    field: password
+    mode: cutover
 
 - name: Preview (check mode counts what would move; nothing is written)
   keyops.kms.migrate:
@@ -112,6 +136,7 @@ EXAMPLES = r"""
     source_mount: secret
     kind: transit
     transit_key: app1
+    mode: move
     purge_source: true
 """
 
@@ -141,13 +166,20 @@ total:
   returned: always
   type: int
   sample: 40
+mode:
+  description: The mode of the run.
+  returned: always
+  type: str
+  sample: copy
 migrated:
-  description: Secrets migrated by this run (in check mode, that would be).
+  description:
+    - Secrets migrated by this run (in check mode, that would be); with O(mode=copy), records
+      written, with O(mode=cutover), sources replaced by their marker.
   returned: always
   type: int
   sample: 38
 already_migrated:
-  description: Sources that already held a keyops marker.
+  description: Sources already done (copy mode, a record holding the value; otherwise a marker).
   returned: always
   type: int
   sample: 0
@@ -189,7 +221,7 @@ except ImportError:
     pass  # KeyopsModule reports the missing library
 
 _FIELDS = ("tenant", "job_id", "source", "mount", "total", "migrated", "already_migrated", "from_plaintext",
-           "from_transit", "vanished", "purged", "resumed")
+           "from_transit", "vanished", "purged", "resumed", "mode")
 
 
 def main():
@@ -202,6 +234,7 @@ def main():
             kind=dict(type="str", default="auto", choices=["auto", "plaintext", "transit"]),
             transit_key=dict(type="str", no_log=False),
             transit_context=dict(type="str"),
+            mode=dict(type="str", default="copy", choices=["copy", "cutover", "move"]),
             purge_source=dict(type="bool", default=False),
             workers=dict(type="int", default=4),
             batch_size=dict(type="int", default=100),
@@ -214,7 +247,7 @@ def main():
         result = migrate(k, p["tenant"], p["source"], source_mount=p["source_mount"], field=p["field"],
                          kind=p["kind"], transit_key=p["transit_key"], transit_context=p["transit_context"],
                          workers=p["workers"], batch_size=p["batch_size"], dry_run=module.check_mode,
-                         job_id=p["job_id"], purge_source=p["purge_source"])
+                         job_id=p["job_id"], purge_source=p["purge_source"], mode=p["mode"])
     view = {name: getattr(result, name) for name in _FIELDS}
     view["skipped"] = to_json(result.skipped)
     changed = result.would_change  # in check mode: what the run would change

@@ -207,8 +207,18 @@ def test_migrate(ansible_playbook: Any, vault_client: Any, config: Config, stack
     assert again["changed"] is False and again["already_migrated"] == 3 and again["migrated"] == 0
     with Keyops(config) as k:
         assert {n: k.get_secret(tenant, n).decode() for n in plain} == plain
+    assert kv_read(vault_client, f"{source}/db") == {"password": plain["db"]}  # copy: readers keep working
+
+    cutover = [{"name": "migrate", "keyops.kms.migrate": {"tenant": tenant, "source": source, "transit_key": key,
+                                                          "mode": "cutover"}}]
+    cut = ansible_playbook(apply_play(cutover), verbosity=3).assert_ok()
+    done, again = cut.result("apply: migrate"), cut.result("rerun: migrate")
+    assert done["changed"] is True and (done["mode"], done["migrated"], done["total"]) == ("cutover", 3, 3)
+    assert again["changed"] is False and again["already_migrated"] == 3
     assert "keyops_migrated" in kv_read(vault_client, f"{source}/db")
-    assert find_leaks(check.output + run.output, list(plain.values()) + [encrypted] + secrets_of(stack.env())) == []
+    leaks = find_leaks(check.output + run.output + cut.output, list(plain.values()) + [encrypted]
+                       + secrets_of(stack.env()))
+    assert leaks == []
 
 
 def test_transit_key(ansible_playbook: Any, vault_client: Any, config: Config) -> None:

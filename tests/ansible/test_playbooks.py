@@ -332,20 +332,30 @@ def test_migrate_brings_plaintext_kv_secrets_under_keyops_then_changes_nothing(
     params = {"keyops_migrate_tenant": name, "keyops_migrate_source": "app", "keyops_migrate_source_mount": mount,
               "keyops_migrate_kind": "plaintext"}
 
+    def source(path: str) -> dict[str, Any]:
+        return dict(vault_client.secrets.kv.v2.read_secret_version(path=path, mount_point=mount,
+                                                                   raise_on_deleted_version=True)["data"]["data"])
+
     run = playbook("migrate", extra_vars(tenants, **params), needles=list(legacy.values()))
     assert changed(run) >= 1
-    assert f"{name}: 2 secrets migrated (2 plaintext, 0 from Transit), 0 already done" in run.output
+    assert f"{name} (copy): 2 secrets (2 plaintext, 0 from Transit), 0 already done" in run.output
     for path, value in legacy.items():
         secret = path.split("/", 1)[1]
         record = read_kv(vault_client, f"secrets/{name}/{secret}")
         assert record is not None and value not in str(record)
         assert k.get_secret(name, secret).decode() == value
-        source = vault_client.secrets.kv.v2.read_secret_version(path=path, mount_point=mount,
-                                                                raise_on_deleted_version=True)["data"]["data"]
-        assert value not in str(source) and "keyops_migrated" in source  # replaced by the marker
+        assert source(path) == {"value": value}  # the default copy leaves the source to its readers
 
-    again = playbook("migrate", extra_vars(tenants, **params), needles=list(legacy.values()))
-    assert changed(again) == 0, again.changed_tasks()
+    cut = playbook("migrate", extra_vars(tenants, **params, keyops_migrate_mode="cutover"),
+                   needles=list(legacy.values()))
+    assert f"{name} (cutover): 2 secrets" in cut.output
+    for path, value in legacy.items():
+        assert value not in str(source(path)) and "keyops_migrated" in source(path)  # replaced by the marker
+
+    for mode in ("copy", "cutover"):
+        again = playbook("migrate", extra_vars(tenants, **params, keyops_migrate_mode=mode),
+                         needles=list(legacy.values()))
+        assert changed(again) == 0, again.changed_tasks()
 
 
 def test_migrate_validates_its_parameters_and_changes_nothing(playbook: Callable[..., Any]) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import datetime as dt
 import hashlib
 import hmac
 import json
@@ -362,7 +363,9 @@ def monitored(config: Config) -> Iterator[dict[str, str]]:
         fresh, busy, soon = new_tenant("mon-ok"), new_tenant("mon-busy"), new_tenant("mon-soon")
         k.create_tenant(fresh)
         k.create_tenant(busy, Policy(dek_usage_cap=5000))
-        k.encrypt(busy, b"x")  # reserves one block of 4096 uses: 82 % of the cap
+        now = dt.datetime.now(dt.UTC)  # 4096 uses reserved, as busy processes would: 82 % of the cap
+        k.update_usage(busy, lambda u: u.reserve(1, 4096, 5000, external=True, holder="monitor-test", now=now,
+                                                 lease_until=now)[0])
         k.create_tenant(soon, Policy(dek_period_days=3))
         yield {"fresh": fresh, "busy": busy, "soon": soon}
 

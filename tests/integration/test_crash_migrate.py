@@ -87,7 +87,7 @@ def test_migration_killed_at_random_points_loses_nothing(config: Config, stack: 
         return tenant
 
     def command(prefix: str, tenant: str) -> list[str]:
-        return cli_command("migrate", "--from", prefix, "--tenant", tenant, "--transit-key", key, "--json")
+        return cli_command("migrate", "--move", "--from", prefix, "--tenant", tenant, "--transit-key", key, "--json")
 
     prefix, _, _ = _make_sources(vault_client, key)
     started = time.monotonic()

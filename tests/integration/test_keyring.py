@@ -263,7 +263,7 @@ def test_encryptions_reserve_uses_in_blocks(config: Config, vault_client: Any, t
             fresh.encrypt(tenant, b"x")
         writes = fresh.calls.snapshot().get("kv.write", 0)
     after = raw_doc(vault_client, usage_path(tenant))[0]["versions"]["1"]
-    assert 1 <= writes <= 3  # a block of reservations, not one write per encryption
+    assert 1 <= writes <= 10  # blocks of 16, 32, ... 4,096 uses: O(log n) writes, not one per encryption
     assert after["reserved"] - before >= 5000  # never undercounts
     assert after["external"] >= 5000  # handed to this caller, outside keyops' store
     assert raw_doc(vault_client, keyring_path(tenant)) == keyring_before  # encryptions never write the keyring

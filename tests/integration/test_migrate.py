@@ -8,6 +8,8 @@ KV versions that tell whether anything was written twice.
 from __future__ import annotations
 
 import json
+import os
+import subprocess
 from collections.abc import Iterator
 from typing import Any
 
@@ -26,6 +28,7 @@ from jobs_support import (
 )
 
 from keyops.config import Config
+from keyops.dev.stack import bao_binary
 from keyops.errors import DecryptionError, InvalidInput, JobFailed
 from keyops.model.keyring import Policy
 from keyops.ops.front import Keyops
@@ -72,7 +75,7 @@ def test_plaintext_secrets_become_keyops_records_and_originals_stay_in_history(
     events: list[tuple[str, dict[str, Any]]] = []
 
     with Keyops(config, audit=lambda op, **fields: events.append((op, fields))) as runner:
-        result = migrate(runner, tenant, prefix, workers=3, batch_size=4)
+        result = migrate(runner, tenant, prefix, workers=3, batch_size=4, mode="move")
 
     assert (result.total, result.migrated, result.already_migrated, result.from_plaintext, result.from_transit) == \
         (17, 17, 0, 17, 0)
@@ -97,11 +100,11 @@ def test_second_run_changes_nothing_and_says_so(k: Keyops, vault_client: Any) ->
     tenant = _tenant(k)
     docs = {f"s-{i}": {"value": f"v-{i}"} for i in range(6)}
     prefix = _sources(vault_client, docs)
-    migrate(k, tenant, prefix)
+    migrate(k, tenant, prefix, mode="move")
     paths = [f"{prefix}/{name}" for name in docs] + [f"secrets/{tenant}/{name}" for name in docs]
     before, jobs = kv_versions(vault_client, paths), job_docs(vault_client, tenant)
 
-    again = migrate(k, tenant, prefix)
+    again = migrate(k, tenant, prefix, mode="move")
 
     assert (again.migrated, again.already_migrated, again.total, again.changed) == (0, 6, 6, False)
     assert kv_versions(vault_client, paths) == before
@@ -113,7 +116,7 @@ def test_dry_run_writes_nothing(k: Keyops, vault_client: Any) -> None:
     docs = {f"s-{i}": {"value": f"v-{i}"} for i in range(5)}
     prefix = _sources(vault_client, docs)
 
-    result = migrate(k, tenant, prefix, dry_run=True)
+    result = migrate(k, tenant, prefix, dry_run=True, mode="move")
 
     assert (result.dry_run, result.changed, result.migrated, result.from_plaintext) == (True, False, 5, 5)
     assert set(kv_versions(vault_client, [f"{prefix}/{n}" for n in docs]).values()) == {1}
@@ -125,7 +128,7 @@ def test_field_mode_keeps_the_other_keys_in_the_source(k: Keyops, config: Config
     tenant = _tenant(k)
     prefix = _sources(vault_client, {"one": {"token": "t-1", "owner": "team-a"}, "two": {"owner": "team-b"}})
 
-    result = migrate(k, tenant, prefix, field="token")
+    result = migrate(k, tenant, prefix, field="token", mode="move")
 
     assert result.migrated == 1
     assert result.skipped == (Skipped("two", "no_field", "the secret has no field 'token'"),)
@@ -146,7 +149,7 @@ def test_transit_ciphertexts_are_decrypted_through_transit(k: Keyops, config: Co
     prefix = _sources(vault_client, docs)
     k.calls.reset()
 
-    result = migrate(k, tenant, prefix, transit_key=key)
+    result = migrate(k, tenant, prefix, transit_key=key, mode="move")
 
     assert (result.migrated, result.from_transit, result.from_plaintext) == (9, 8, 1)
     assert k.calls.snapshot()["transit.decrypt"] == 8
@@ -162,11 +165,11 @@ def test_transit_ciphertexts_with_associated_data(k: Keyops, config: Config, vau
     prefix = _sources(vault_client, {"s": {"v": transit_encrypt(vault_client, key, b"bound", b"orders")}})
 
     with pytest.raises(JobFailed) as failed:
-        migrate(k, tenant, prefix, transit_key=key, transit_context="another context")
+        migrate(k, tenant, prefix, transit_key=key, transit_context="another context", mode="move")
     assert isinstance(failed.value.__cause__, DecryptionError)
     assert kv_version(vault_client, f"{prefix}/s") == 1
 
-    result = migrate(k, tenant, prefix, transit_key=key, transit_context="orders")
+    result = migrate(k, tenant, prefix, transit_key=key, transit_context="orders", mode="move")
     assert result.from_transit == 1
     assert decrypt_all(config, tenant, ["s"]) == {"s": b"bound"}
 
@@ -181,7 +184,7 @@ def test_the_tenant_s_own_transit_key_is_decrypted_by_keyops_without_transit(
     k.dek(tenant, k.read_keyring(tenant)[0].dek.primary)  # unwrapping the DEK is a Transit call of its own
     k.calls.reset()
 
-    result = migrate(k, tenant, prefix, transit_context=b"app-ctx")  # the tenant's own key by default
+    result = migrate(k, tenant, prefix, transit_context=b"app-ctx", mode="move")  # the tenant's own Transit key
 
     assert result.from_transit == 6
     assert k.calls.snapshot().get("transit.decrypt", 0) == 0
@@ -196,7 +199,7 @@ def test_a_different_keyops_secret_of_the_same_name_is_never_overwritten(
     prefix = _sources(vault_client, {"taken": {"v": "the legacy value"}, "same": {"v": "same value"},
                                      "free": {"v": "free value"}})
 
-    result = migrate(k, tenant, prefix)
+    result = migrate(k, tenant, prefix, mode="move")
 
     assert [s.name for s in result.skipped] == ["taken"] and result.skipped[0].reason == "exists"
     assert (result.migrated, result.total) == (2, 3)
@@ -205,7 +208,7 @@ def test_a_different_keyops_secret_of_the_same_name_is_never_overwritten(
     assert raw_records(vault_client, tenant, ["same"])["same"][1] == 1  # not rewritten
     assert kv_read(vault_client, f"{prefix}/taken") == ({"v": "the legacy value"}, 1)
 
-    cli = run_cli(stack, "migrate", "--from", prefix, "--tenant", tenant, "--json")
+    cli = run_cli(stack, "migrate", "--move", "--from", prefix, "--tenant", tenant, "--json")
     assert cli.returncode == 7, cli.stderr
     body = json.loads(cli.stdout)
     assert (body["status"], body["skipped"][0]["name"], body["migrated"]) == ("skipped", "taken", 0)
@@ -231,7 +234,7 @@ def test_a_source_changed_during_its_migration_is_migrated_again(config: Config,
     tenant = _tenant(k)
     prefix = _sources(vault_client, {"s": {"v": "first"}})
     with _SourceRacingKeyops(config, vault_client, f"{prefix}/s", "second") as racing:
-        result = migrate(racing, tenant, prefix, workers=1)
+        result = migrate(racing, tenant, prefix, workers=1, mode="move")
 
     assert racing.raced and result.migrated == 1
     assert decrypt_all(config, tenant, ["s"]) == {"s": b"second"}
@@ -254,12 +257,12 @@ def test_resumes_from_its_checkpoint_and_writes_each_secret_once(k: Keyops, conf
             raise _Stop
 
     with pytest.raises(_Stop):
-        migrate(k, tenant, prefix, batch_size=5, workers=3, progress=stop)
+        migrate(k, tenant, prefix, batch_size=5, workers=3, progress=stop, mode="move")
     (job_id, job), = job_docs(vault_client, tenant).items()
     assert (job["state"], job["cursor"], job["counts"]["migrated"]) == ("running", "s-14", 15)
 
     with Keyops(config) as fresh:
-        result = migrate(fresh, tenant, prefix, batch_size=5)
+        result = migrate(fresh, tenant, prefix, batch_size=5, mode="move")
 
     assert (result.job_id, result.resumed, result.migrated, result.already_migrated) == (job_id, True, 30, 0)
     assert set(kv_versions(vault_client, [f"{prefix}/{n}" for n in docs]).values()) == {2}
@@ -271,7 +274,7 @@ def test_purge_destroys_only_the_migrated_originals(k: Keyops, config: Config, v
     tenant = _tenant(k)
     prefix = _sources(vault_client, {"a": {"v": "a1"}, "b": {"v": "b1"}})
     kv_write(vault_client, f"{prefix}/a", {"v": "a2"})
-    migrate(k, tenant, prefix)
+    migrate(k, tenant, prefix, mode="move")
     kv_write(vault_client, f"{prefix}/late", {"v": "not migrated yet"})
 
     assert purge_sources(k, tenant, prefix, dry_run=True) == 2
@@ -293,9 +296,9 @@ def test_kinds_and_bad_input(k: Keyops, config: Config, vault_client: Any) -> No
     looks_encrypted = transit_encrypt(vault_client, key, b"x")
     prefix = _sources(vault_client, {"enc": {"v": looks_encrypted}, "plain": {"v": "hello"}})
 
-    as_transit = migrate(k, tenant, prefix, kind="transit", transit_key=key, dry_run=True)
+    as_transit = migrate(k, tenant, prefix, kind="transit", transit_key=key, dry_run=True, mode="move")
     assert as_transit.from_transit == 1 and [s.reason for s in as_transit.skipped] == ["not_transit"]
-    kept = migrate(k, tenant, prefix, kind="plaintext")
+    kept = migrate(k, tenant, prefix, kind="plaintext", mode="move")
     assert kept.from_plaintext == 2
     assert decrypt_all(config, tenant, ["enc"]) == {"enc": looks_encrypted.encode()}
 
@@ -305,7 +308,7 @@ def test_kinds_and_bad_input(k: Keyops, config: Config, vault_client: Any) -> No
         with pytest.raises(InvalidInput):
             migrate(k, tenant, **bad)  # type: ignore[arg-type]
     with pytest.raises(JobFailed, match="no Transit key"):
-        migrate(k, tenant, _sources(vault_client, {"e": {"v": looks_encrypted}}))
+        migrate(k, tenant, _sources(vault_client, {"e": {"v": looks_encrypted}}), mode="move")
 
 
 def test_other_kv_mount(k: Keyops, config: Config, vault_client: Any) -> None:
@@ -314,7 +317,7 @@ def test_other_kv_mount(k: Keyops, config: Config, vault_client: Any) -> None:
         vault_client.sys.enable_secrets_engine(backend_type="kv", path=mount, options={"version": "2"})
     tenant = _tenant(k)
     prefix = _sources(vault_client, {"x": {"v": "from another mount"}}, mount=mount)
-    result = migrate(k, tenant, prefix, source_mount=mount)
+    result = migrate(k, tenant, prefix, source_mount=mount, mode="move")
     assert (result.mount, result.migrated) == (mount, 1)
     assert decrypt_all(config, tenant, ["x"]) == {"x": b"from another mount"}
     assert MARKER_FIELD in kv_read(vault_client, f"{prefix}/x", mount=mount)[0]
@@ -324,18 +327,104 @@ def test_cli_migrate(k: Keyops, stack: Any, vault_client: Any) -> None:
     tenant = _tenant(k)
     prefix = _sources(vault_client, {f"s-{i}": {"v": f"cli value {i}"} for i in range(4)})
 
-    dry = run_cli(stack, "migrate", "--from", prefix, "--tenant", tenant, "--dry-run")
+    dry = run_cli(stack, "migrate", "--move", "--from", prefix, "--tenant", tenant, "--dry-run")
     assert dry.returncode == 0, dry.stderr
     assert "dry run: would migrate 4 of 4 secrets" in dry.stdout
-    done = run_cli(stack, "migrate", "--from", prefix, "--tenant", tenant, "--progress")
+    done = run_cli(stack, "migrate", "--move", "--from", prefix, "--tenant", tenant, "--progress")
     assert done.returncode == 0, done.stderr
     assert "migrated 4 of 4 secrets" in done.stdout and "--purge-source" in done.stdout
     assert "migrate [" in done.stderr
-    again = run_cli(stack, "migrate", "--from", prefix, "--tenant", tenant, "--json", "--detailed-exitcode")
+    again = run_cli(stack, "migrate", "--move", "--from", prefix, "--tenant", tenant, "--json", "--detailed-exitcode")
     assert again.returncode == 3, again.stderr
     assert json.loads(again.stdout)["status"] == "nothing_to_do"
-    purge = run_cli(stack, "migrate", "--from", prefix, "--tenant", tenant, "--purge-source", "--json")
+    purge = run_cli(stack, "migrate", "--move", "--from", prefix, "--tenant", tenant, "--purge-source", "--json")
     assert purge.returncode == 0 and json.loads(purge.stdout)["purged"] == 4
     bad = run_cli(stack, "migrate", "--from", "secrets/x", "--tenant", tenant)
     assert bad.returncode == InvalidInput.exit_code and "keyops' own storage" in bad.stderr
     assert "cli value" not in dry.stdout + done.stdout + done.stderr + again.stdout + purge.stdout
+
+
+# --- copy, then cut over ----------------------------------------------------------------------
+
+
+def bao_kv_get(stack: Any, path: str, mount: str = "keyops") -> dict[str, Any]:
+    """What a reader of the source sees, through the real ``bao`` CLI (not keyops, not hvac)."""
+    env = {key: value for key, value in os.environ.items() if not key.startswith(("VAULT_", "BAO_"))}
+    env.update(VAULT_ADDR=stack.env()["VAULT_ADDR"], VAULT_TOKEN=stack.env()["VAULT_TOKEN"])
+    proc = subprocess.run([bao_binary(), "kv", "get", "-format=json", f"-mount={mount}", path], env=env,
+                          capture_output=True, text=True, timeout=60, check=False)
+    assert proc.returncode == 0, proc.stderr
+    return dict(json.loads(proc.stdout)["data"]["data"])
+
+
+def test_copy_leaves_the_sources_to_their_readers_and_cut_over_replaces_them(
+        k: Keyops, config: Config, stack: Any, vault_client: Any) -> None:
+    tenant = _tenant(k)
+    docs = {f"s{i:03d}": {"value": f"v-{i}"} for i in range(5)}
+    prefix = _sources(vault_client, docs)
+
+    copied = migrate(k, tenant, prefix)  # the default mode
+
+    assert (copied.mode, copied.migrated, copied.changed) == ("copy", 5, True)
+    for name, data in docs.items():
+        assert bao_kv_get(stack, f"{prefix}/{name}") == data  # readers of the old path keep working
+        assert kv_version(vault_client, f"{prefix}/{name}") == 1
+    assert decrypt_all(config, tenant, docs) == {name: data["value"].encode() for name, data in docs.items()}
+    again = migrate(k, tenant, prefix)
+    assert (again.migrated, again.already_migrated, again.changed) == (0, 5, False)
+    with pytest.raises(InvalidInput, match="cut over first"):
+        migrate(k, tenant, prefix, purge_source=True)
+
+    planned = migrate(k, tenant, prefix, mode="cutover", dry_run=True)
+    assert (planned.migrated, planned.would_change) == (5, True)
+    assert bao_kv_get(stack, f"{prefix}/s000") == docs["s000"]
+    cut = migrate(k, tenant, prefix, mode="cutover", purge_source=True)
+
+    assert (cut.mode, cut.migrated, cut.skipped, cut.purged) == ("cutover", 5, (), 5)
+    for name in docs:
+        marker = bao_kv_get(stack, f"{prefix}/{name}")
+        assert set(marker) == {MARKER_FIELD} and marker[MARKER_FIELD]["source_version"] == 1
+    assert decrypt_all(config, tenant, docs) == {name: data["value"].encode() for name, data in docs.items()}
+    assert migrate(k, tenant, prefix, mode="cutover").changed is False
+
+
+def test_cut_over_leaves_a_source_changed_since_its_copy(k: Keyops, config: Config, stack: Any,
+                                                         vault_client: Any) -> None:
+    tenant = _tenant(k)
+    prefix = _sources(vault_client, {"kept": {"value": "old"}, "changed": {"value": "old"}})
+    migrate(k, tenant, prefix)
+    kv_write(vault_client, f"{prefix}/changed", {"value": "new"})  # an application writes after the copy
+    kv_write(vault_client, f"{prefix}/late", {"value": "never copied"})
+
+    cut = migrate(k, tenant, prefix, mode="cutover")
+
+    assert cut.migrated == 1
+    assert sorted((s.name, s.reason) for s in cut.skipped) == [("changed", "stale"), ("late", "not_copied")]
+    assert bao_kv_get(stack, f"{prefix}/changed") == {"value": "new"}  # not replaced blindly
+    assert bao_kv_get(stack, f"{prefix}/late") == {"value": "never copied"}
+    assert MARKER_FIELD in bao_kv_get(stack, f"{prefix}/kept")
+    assert k.get_secret(tenant, "changed") == b"old"
+
+    cli = run_cli(stack, "migrate", "--from", prefix, "--tenant", tenant, "--cut-over")
+    assert cli.returncode == 7 and "skipped changed: " in cli.stdout and "copy again" in cli.stdout
+
+    recopy = migrate(k, tenant, prefix)  # the copy catches up with the new value; the marker stays
+    assert (recopy.migrated, recopy.already_migrated) == (2, 1)
+    assert bao_kv_get(stack, f"{prefix}/changed") == {"value": "new"}
+    final = run_cli(stack, "migrate", "--from", prefix, "--tenant", tenant, "--cut-over", "--json")
+    assert final.returncode == 0, final.stderr
+    assert json.loads(final.stdout)["migrated"] == 2
+    assert k.get_secret(tenant, "changed") == b"new" and MARKER_FIELD in bao_kv_get(stack, f"{prefix}/changed")
+
+
+def test_cli_copies_by_default_and_says_how_to_cut_over(k: Keyops, stack: Any, vault_client: Any) -> None:
+    tenant = _tenant(k)
+    prefix = _sources(vault_client, {"a": {"value": "x"}})
+    done = run_cli(stack, "migrate", "--from", prefix, "--tenant", tenant)
+    assert done.returncode == 0, done.stderr
+    assert f"--tenant {tenant} --cut-over" in done.stdout and "sources are unchanged" in done.stdout
+    assert bao_kv_get(stack, f"{prefix}/a") == {"value": "x"}
+    refused = run_cli(stack, "migrate", "--from", prefix, "--tenant", tenant, "--purge-source")
+    assert refused.returncode == InvalidInput.exit_code and "cut over first" in refused.stderr
+    both = run_cli(stack, "migrate", "--from", prefix, "--tenant", tenant, "--cut-over", "--move")
+    assert both.returncode == 2 and "not allowed with" in both.stderr

@@ -55,6 +55,10 @@ def make(cfg: Config, age_days: float = 0, residence: str = "kv", **policy: Any)
         k.create_tenant(tenant, Policy(kek_residence=residence, **policy))
         values = {"s": f"secret of {tenant}".encode()}
         k.put_secret(tenant, "s", values["s"])
+        if "dek_usage_cap" in policy:  # busy processes reserved all but a few uses
+            cap, now = policy["dek_usage_cap"], dt.datetime.now(dt.UTC)
+            k.update_usage(tenant, lambda u: u.reserve(1, cap, cap, external=False, holder="due-test", now=now,
+                                                       lease_until=now)[0])
     return tenant, values
 
 
