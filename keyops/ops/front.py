@@ -66,7 +66,7 @@ from keyops.ops.results import (
     TenantStatus,
     VersionStatus,
 )
-from keyops.wrappers import Pkcs11Wrapper
+from keyops.wrappers import KeyWrapper
 
 #: Names other modules (and the tests) import from the front.
 __all__ = [
@@ -230,7 +230,7 @@ class Keyops:
     def ensure_master(self, dry_run: bool = False) -> tuple[MasterRegistry, bool]:
         return master_keys.ensure_master(self, dry_run=dry_run)
 
-    def master_wrapper(self, version: int | None = None) -> tuple[int, Pkcs11Wrapper]:
+    def master_wrapper(self, version: int | None = None) -> tuple[int, KeyWrapper]:
         return self.hierarchy.master_wrapper(version)
 
     # --- keyrings -------------------------------------------------------------------------
