@@ -114,7 +114,8 @@ class Config:
     root_transit_skip_verify: bool = False
     root_transit_timeout: float = 10.0
     root_transit_mount: str = "transit"
-    root_transit_key: str = "keyops-root"
+    #: Not ``keyops-<name>``: that is how tenants' Transit keys are named, should the KMS be a Vault keyops uses too.
+    root_transit_key: str = "keyops_root"
     audit_log: str | None = None
     #: KV path (under kv_mount) that receives a copy of every audit event; unset: none.
     audit_kv_path: str | None = None
