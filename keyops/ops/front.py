@@ -1,6 +1,7 @@
 """Operations: the one API that the CLI and the Ansible modules share.
 
-``Keyops`` composes the hierarchy: the HSM master key (PKCS#11) wraps KEKs,
+``Keyops`` composes the hierarchy: the master key (PKCS#11 by default, or a
+KMS or passphrase root, see ``keyops.roots``) wraps KEKs,
 a KEK (an in-memory AES key, or a Transit key for residence ``transit``)
 wraps DEKs, DEKs encrypt data. Keyrings are read and written with
 check-and-set; unwrapped keys are cached per process with a bound, so a hot

@@ -733,8 +733,11 @@ def rotate_master(k: Keyops, *, dry_run: bool = False, expect_version: int | Non
         _check_master_key(k)
         with _leased(k, "master", "master key rotation") as lease:
             result = _rotate_master(k, expect_version, reason, lease)
+        seen = k.hierarchy.seen_master
+        roots = {mv.version: mv.root for mv in seen.versions} if seen is not None else {}
         event.update(versions={"old": result.old_version, "new": result.new_version}, changed=result.changed,
-                     resumed=result.resumed, tenants=len(result.tenants))
+                     resumed=result.resumed, tenants=len(result.tenants),
+                     roots={"old": roots.get(result.old_version), "new": roots.get(result.new_version)})
     return result
 
 
@@ -861,9 +864,9 @@ def _activate_master(k: Keyops, registry: MasterRegistry, revision: int,
             raise KeyStateError(f"master key version {version} turned {registry.get(version).state} while "
                                 "it was being made primary; inspect the registry")
         promoted = promote_master_version(registry, version)
-        if promoted == registry:
-            return registry, revision
-        return promoted, k.store.write(MASTER_PATH, promoted.to_dict(), cas=revision)
+        written = revision if promoted == registry else k.store.write(MASTER_PATH, promoted.to_dict(), cas=revision)
+        k.hierarchy.saw_master(promoted)
+        return promoted, written
 
     return retry_on_conflict(attempt, "the master key registry (re-run to finish the master rotation)")
 

@@ -206,6 +206,10 @@ def test_hsm_to_kms_then_the_hsm_is_needed_by_nothing(iso: Isolated, vault_clien
     assert kek_parents(iso, vault_client, made) == {2}
     token = Path(kms["KEYOPS_ROOT_TRANSIT_TOKEN_FILE"]).read_text()
     assert token not in moved.stdout + moved.stderr
+    trail = Path(env["KEYOPS_AUDIT_LOG"]).read_text()
+    assert token not in trail
+    event = [e for e in map(json.loads, trail.splitlines()) if e.get("operation") == "rotate"][-1]
+    assert (event["level"], event["roots"], event["result"]) == ("master", {"old": "pkcs11", "new": "transit"}, "ok")
 
     kms_only = no_hsm(with_root(iso.config, env))
     check_tenants(kms_only, made)
