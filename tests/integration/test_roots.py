@@ -28,6 +28,7 @@ from keyops.dev.stack import DevStack, free_port
 from keyops.errors import ConfigError, VaultUnreachable
 from keyops.model.keyring import Policy, utcnow
 from keyops.ops.front import MASTER_PATH, Keyops, MasterRegistry, keyring_path
+from keyops.ops.lifecycle import destroy, retire
 from keyops.ops.rotation import LOCKS_PATH, PENDING, claim_master_version, rotate, rotate_master
 
 pytestmark = pytest.mark.integration
@@ -193,6 +194,14 @@ def test_passphrase_to_hsm_then_the_passphrase_is_needed_by_nothing(iso: Isolate
         with pytest.raises(ConfigError, match="no root passphrase configured"):
             k.master_wrapper(1)
     assert roots_of(iso, vault_client) == {1: "passphrase", 2: "pkcs11", 3: "pkcs11"}
+    check_tenants(unset, made)
+    # Destroying the passphrase version takes its only copy, the wrapped key, out of the registry.
+    with fresh(unset) as k:
+        retire(k, None, "master", 1)
+        destroyed = destroy(k, None, "master", 1, confirm=True)
+    assert destroyed.changed and "HSM" not in destroyed.detail
+    gone = registry(iso, vault_client).get(1)
+    assert gone.state == "destroyed" and "wrapped" not in gone.params and gone.params["kdf"] == "argon2id"
     check_tenants(unset, made)
 
 
