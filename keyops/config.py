@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from keyops.errors import ConfigError
+from keyops.model.master import ROOT_BACKENDS
 
 #: Places where distributions install SoftHSM2's PKCS#11 module.
 SOFTHSM_MODULE_GLOBS = (
@@ -57,6 +58,21 @@ ENV_NAMES: dict[str, tuple[str, ...]] = {
     "pkcs11_pin": ("KEYOPS_PKCS11_PIN",),
     "pkcs11_pin_file": ("KEYOPS_PKCS11_PIN_FILE",),
     "master_key_label": ("KEYOPS_MASTER_KEY_LABEL",),
+    # The root of the hierarchy for new master versions (keyops.roots): pkcs11, transit or passphrase.
+    "root": ("KEYOPS_ROOT",),
+    "root_passphrase": ("KEYOPS_ROOT_PASSPHRASE",),
+    "root_passphrase_file": ("KEYOPS_ROOT_PASSPHRASE_FILE",),
+    "root_transit_addr": ("KEYOPS_ROOT_TRANSIT_ADDR",),
+    "root_transit_token": ("KEYOPS_ROOT_TRANSIT_TOKEN",),
+    "root_transit_token_file": ("KEYOPS_ROOT_TRANSIT_TOKEN_FILE",),
+    "root_transit_role_id": ("KEYOPS_ROOT_TRANSIT_ROLE_ID",),
+    "root_transit_secret_id": ("KEYOPS_ROOT_TRANSIT_SECRET_ID",),
+    "root_transit_namespace": ("KEYOPS_ROOT_TRANSIT_NAMESPACE",),
+    "root_transit_cacert": ("KEYOPS_ROOT_TRANSIT_CACERT",),
+    "root_transit_skip_verify": ("KEYOPS_ROOT_TRANSIT_SKIP_VERIFY",),
+    "root_transit_timeout": ("KEYOPS_ROOT_TRANSIT_TIMEOUT",),
+    "root_transit_mount": ("KEYOPS_ROOT_TRANSIT_MOUNT",),
+    "root_transit_key": ("KEYOPS_ROOT_TRANSIT_KEY",),
     "audit_log": ("KEYOPS_AUDIT_LOG",),
     "audit_kv_path": ("KEYOPS_AUDIT_KV_PATH",),
     "audit_syslog": ("KEYOPS_AUDIT_SYSLOG",),
@@ -65,7 +81,9 @@ ENV_NAMES: dict[str, tuple[str, ...]] = {
     "roles_file": ("KEYOPS_ROLES_FILE",),
 }
 
-SECRET_FIELDS = frozenset({"vault_token", "approle_secret_id", "jwt", "pkcs11_pin"})
+SECRET_FIELDS = frozenset({"vault_token", "approle_secret_id", "jwt", "pkcs11_pin", "root_passphrase",
+                           "root_transit_token", "root_transit_secret_id"})
+_FLOATS = ("vault_timeout", "root_transit_timeout")
 
 #: Where a pod's service-account token is mounted (Kubernetes auth reads it from there by default).
 DEFAULT_KUBERNETES_TOKEN_FILE = "/var/run/secrets/kubernetes.io/serviceaccount/token"
@@ -105,6 +123,23 @@ class Config:
     pkcs11_pin: str | None = dataclasses.field(default=None, repr=False)
     pkcs11_pin_file: str | None = None
     master_key_label: str = "keyops-master"
+    #: What protects new master versions; older versions keep the root recorded with them.
+    root: str = "pkcs11"
+    root_passphrase: str | None = dataclasses.field(default=None, repr=False)
+    root_passphrase_file: str | None = None
+    #: The KMS: a Transit key of another Vault or OpenBao, with its own address, credentials and TLS.
+    root_transit_addr: str | None = None
+    root_transit_token: str | None = dataclasses.field(default=None, repr=False)
+    root_transit_token_file: str | None = None
+    root_transit_role_id: str | None = None
+    root_transit_secret_id: str | None = dataclasses.field(default=None, repr=False)
+    root_transit_namespace: str | None = None
+    root_transit_cacert: str | None = None
+    root_transit_skip_verify: bool = False
+    root_transit_timeout: float = 10.0
+    root_transit_mount: str = "transit"
+    #: Not ``keyops-<name>``: that is how tenants' Transit keys are named, should the KMS be a Vault keyops uses too.
+    root_transit_key: str = "keyops_root"
     audit_log: str | None = None
     #: KV path (under kv_mount) that receives a copy of every audit event; unset: none.
     audit_kv_path: str | None = None
@@ -135,14 +170,19 @@ class Config:
         unknown = set(values) - {f.name for f in dataclasses.fields(cls)}
         if unknown:
             raise ConfigError(f"unknown configuration keys: {', '.join(sorted(unknown))}")
-        if "vault_skip_verify" in values:
-            values["vault_skip_verify"] = _truthy(values["vault_skip_verify"])
-        if "vault_timeout" in values:
-            try:
-                values["vault_timeout"] = float(values["vault_timeout"])
-            except (TypeError, ValueError):
-                raise ConfigError(f"vault_timeout (KEYOPS_VAULT_TIMEOUT) must be a number of seconds, "
-                                  f"not {values['vault_timeout']!r}") from None
+        for flag in ("vault_skip_verify", "root_transit_skip_verify"):
+            if flag in values:
+                values[flag] = _truthy(values[flag])
+        for name in _FLOATS:
+            if name in values:
+                try:
+                    values[name] = float(values[name])
+                except (TypeError, ValueError):
+                    raise ConfigError(f"{name} ({ENV_NAMES[name][0]}) must be a number of seconds, "
+                                      f"not {values[name]!r}") from None
+        if values.get("root", "pkcs11") not in ROOT_BACKENDS:
+            raise ConfigError(f"root (KEYOPS_ROOT) must be one of {', '.join(ROOT_BACKENDS)}, "
+                              f"not {values['root']!r}")
         return cls(**values)
 
     def replace(self, **changes: Any) -> Config:
@@ -193,6 +233,15 @@ class Config:
             return read_secret_file(self.pkcs11_pin_file, what="PKCS#11 PIN file")
         raise ConfigError("no HSM PIN configured: set KEYOPS_PKCS11_PIN or KEYOPS_PKCS11_PIN_FILE "
                           "(a file readable only by its owner)")
+
+    def resolve_root_passphrase(self, why: str) -> str:
+        """The root passphrase (surrounding whitespace dropped, as from a file); ``why`` says who needs it."""
+        if self.root_passphrase and self.root_passphrase.strip():
+            return self.root_passphrase.strip()
+        if self.root_passphrase_file:
+            return read_secret_file(self.root_passphrase_file, what="root passphrase file")
+        raise ConfigError(f"no root passphrase configured, and {why}: set KEYOPS_ROOT_PASSPHRASE or "
+                          "KEYOPS_ROOT_PASSPHRASE_FILE (a file readable only by its owner)")
 
 
 def find_softhsm_module() -> str | None:

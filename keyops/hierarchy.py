@@ -1,9 +1,12 @@
 """The hierarchy: which wrapper protects which level, and the caches of unwrapped keys.
 
-    master key (PKCS#11, in the HSM)  --wraps-->  KEK  --wraps-->  DEK  --encrypts-->  data
-                                                  |
+    master key (its root: HSM, KMS or passphrase)  --wraps-->  KEK  --wraps-->  DEK  --encrypts-->  data
+                                                               |
                      residence kv: an AES key in memory (AeadWrapper), itself wrapped by the master key
                      residence transit: the tenant's Transit key (TransitWrapper), with an escrow copy in KV
+
+Which root wraps a given master version is ``keyops.roots``' business: each
+version records its own.
 
 Nothing else knows which backend sits at which level. KEKs and DEKs are
 cached apart, each with its own bound, so that a process working through
@@ -30,7 +33,8 @@ from keyops.errors import DecryptionError, KeyopsError, KeyStateError, NotFound
 from keyops.model.keyring import Keyring
 from keyops.model.master import MasterRegistry
 from keyops.model.paths import transit_key_name
-from keyops.wrappers import AeadWrapper, KeyWrapper, Pkcs11Wrapper, TransitWrapper
+from keyops.roots import Roots
+from keyops.wrappers import AeadWrapper, KeyWrapper, TransitWrapper
 
 if TYPE_CHECKING:  # pragma: no cover
     from keyops.ops.front import Keyops
@@ -77,6 +81,7 @@ class Hierarchy:
         self._keks = LruCache(cache_size)  # (tenant, version, wrapped) -> KEK bytes, never handed out
         self._deks = LruCache(cache_size)  # (tenant, version, wrapped) -> crypto.AeadKey
         self._master_seen: tuple[MasterRegistry, float] | None = None
+        self.roots = Roots(k)
 
     @property
     def cache_size(self) -> int:
@@ -96,7 +101,7 @@ class Hierarchy:
     def seen_master(self) -> MasterRegistry | None:
         return self._master_seen[0] if self._master_seen is not None else None
 
-    def master_wrapper(self, version: int | None = None) -> tuple[int, Pkcs11Wrapper]:
+    def master_wrapper(self, version: int | None = None) -> tuple[int, KeyWrapper]:
         """The master key ``version`` (default: the primary, always read fresh) as a wrapper.
 
         A named version's label and key id never change, so unwrapping may use
@@ -109,7 +114,7 @@ class Hierarchy:
             for mv in seen[0].versions:
                 if mv.version == version and mv.state in ("active", "decrypt_only"):
                     k.authorize("master.read")
-                    return version, Pkcs11Wrapper(k.hsm, mv.label, mv.key_id_bytes)
+                    return version, self.roots.wrapper(seen[0], mv)
         found = k.read_master()
         if found is None:
             raise NotFound("no master key is registered; run 'keyops dev up' or the master_key module first")
@@ -118,7 +123,7 @@ class Hierarchy:
         mv = registry.get(version)
         if mv.state not in ("active", "decrypt_only"):
             raise KeyStateError(f"master key version {version} is {mv.state}")
-        return version, Pkcs11Wrapper(k.hsm, mv.label, mv.key_id_bytes)
+        return version, self.roots.wrapper(registry, mv)
 
     # --- KEKs -----------------------------------------------------------------------------
 

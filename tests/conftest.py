@@ -15,6 +15,10 @@
   checks that must not go through the code under test.
 * ``stack_factory`` (function): more stacks in their own folders, for tests
   that stop, restart or break one; each is stopped after the test.
+* ``kms_stack`` (session): a second OpenBao server, on free ports in its own
+  folder, started the same way: the "KMS" whose Transit keys may be the root
+  of the hierarchy (``KEYOPS_ROOT=transit``). Started only by the tests that
+  ask for it, stopped at the end.
 
 Integration tests never skip: a missing SoftHSM2 or bao is an error, and a
 test marked ``integration`` that skips anyway is reported as failed.
@@ -149,3 +153,14 @@ def stack_factory(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable
         finally:
             for devstack in made:
                 devstack.down()
+
+
+@pytest.fixture(scope="session")
+def kms_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DevStack]:
+    devstack = DevStack(tmp_path_factory.mktemp("keyops-kms"), port=free_port(), die_with_parent=True)
+    with _sigterm_as_interrupt():
+        try:
+            devstack.up()
+            yield devstack
+        finally:
+            devstack.down()

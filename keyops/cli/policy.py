@@ -1,4 +1,4 @@
-"""``keyops policy roles|operations|render|apply|mint|whoami``: roles as Vault ACL policies."""
+"""``keyops policy roles|operations|render|apply|mint|whoami|root-kms``: roles as Vault ACL policies."""
 
 from __future__ import annotations
 
@@ -53,6 +53,10 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
 
     whoami = psub.add_parser("whoami", help="the caller's token accessor and keyops roles (no secret shown)")
     set_command(whoami, cmd_whoami, data_output=True)
+
+    root_kms = psub.add_parser("root-kms", help="print the HCL policy of the KMS token (KEYOPS_ROOT=transit), to "
+                                                "apply on the KMS; no change anywhere")
+    set_command(root_kms, cmd_root_kms)
 
 
 def _roles_file_flag(parser: argparse.ArgumentParser) -> None:
@@ -209,4 +213,14 @@ def cmd_whoami(args: argparse.Namespace) -> int:
     print(f"roles:  {', '.join(principal.roles) or '(none of keyops)'}")
     if not principal.complete and not principal.root:
         print("note:   the token holds policies keyops did not generate; Vault alone decides what it may do")
+    return 0
+
+
+def cmd_root_kms(args: argparse.Namespace) -> int:
+    config = Config.load()
+    hcl = access.render_root_kms_policy(config.root_transit_mount, config.root_transit_key)
+    if args.json:
+        print_json({access.ROOT_KMS_POLICY: hcl})
+    else:
+        print(hcl, end="")
     return 0

@@ -857,7 +857,7 @@ def _master_key_state(request: dict[str, Any]) -> dict[str, Any]:
             if found is None:
                 return {"key_present": False}
             primary = found[0].get(found[0].primary)
-            return {"key_present": k.hsm.has_key(primary.label, primary.key_id_bytes), "key_label": primary.label}
+            return {"key_present": k.hierarchy.roots.present(primary), "key_label": primary.label}
     except KeyopsError:
         return {"key_present": False}
 

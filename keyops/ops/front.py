@@ -1,6 +1,7 @@
 """Operations: the one API that the CLI and the Ansible modules share.
 
-``Keyops`` composes the hierarchy: the HSM master key (PKCS#11) wraps KEKs,
+``Keyops`` composes the hierarchy: the master key (PKCS#11 by default, or a
+KMS or passphrase root, see ``keyops.roots``) wraps KEKs,
 a KEK (an in-memory AES key, or a Transit key for residence ``transit``)
 wraps DEKs, DEKs encrypt data. Keyrings are read and written with
 check-and-set; unwrapped keys are cached per process with a bound, so a hot
@@ -68,7 +69,7 @@ from keyops.ops.results import (
     TenantStatus,
     VersionStatus,
 )
-from keyops.wrappers import Pkcs11Wrapper
+from keyops.wrappers import KeyWrapper
 
 #: Names other modules (and the tests) import from the front.
 __all__ = [
@@ -250,7 +251,7 @@ class Keyops:
     def ensure_master(self, dry_run: bool = False) -> tuple[MasterRegistry, bool]:
         return master_keys.ensure_master(self, dry_run=dry_run)
 
-    def master_wrapper(self, version: int | None = None) -> tuple[int, Pkcs11Wrapper]:
+    def master_wrapper(self, version: int | None = None) -> tuple[int, KeyWrapper]:
         return self.hierarchy.master_wrapper(version)
 
     # --- keyrings -------------------------------------------------------------------------

@@ -343,10 +343,11 @@ def _change_master(k: Keyops, action: Action, tenant: str | None, level: str, ve
             return LifecycleResult(action, None, "master", version, True, mv.state, target, 0, True,
                                    detail=f"would {action} master key v{version} ({mv.label}); "
                                           f"{mv.state} -> {target}")
-        if action == "destroy" and mv.owned:
+        if action == "destroy" and mv.owned and mv.on_hsm:
             k.hsm.login()  # the HSM work follows the write: a wrong PIN fails before it
+        changed = dataclasses.replace(mv, state=target)
         # A registry written before ids gets one with this write (see MasterRegistry.with_id).
-        new = registry.with_id().replace_version(dataclasses.replace(mv, state=target))
+        new = registry.with_id().replace_version(changed.without_material() if action == "destroy" else changed)
         k.store.write(MASTER_PATH, new.to_dict(), cas=revision)
         done, notes = _follow_hsm(k, new, version, action)
         detail = "; ".join([f"{target} master key v{version} ({mv.label}); {mv.state} -> {target}", *done, *notes])
@@ -363,6 +364,11 @@ def _follow_hsm(k: Keyops, registry: MasterRegistry, version: int, action: Actio
     if action != "destroy":
         return [], []
     mv = registry.get(version)
+    if mv.root == "passphrase":
+        return [], []  # its only copy, wrapped in the entry, went with the registry write (without_material)
+    if mv.root == "transit":
+        return [], [f"the KMS key {mv.params.get('key')!r} at {mv.params.get('addr')} is not keyops' to delete: its "
+                    "operator may remove it once nothing else uses it"]
     if not mv.owned:
         return [], [f"HSM key {mv.label!r} stays on the token: it was made before master key registries had "
                     "ids, so it may be another Vault's or namespace's key too, and keyops never deletes it. Once "

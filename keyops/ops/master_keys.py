@@ -1,4 +1,4 @@
-"""The master key: its registry in KV and its keys on the HSM token."""
+"""The master key: its registry in KV and its keys, on the HSM token or under another root (keyops.roots)."""
 
 from __future__ import annotations
 
@@ -36,23 +36,26 @@ def master_label(k: Keyops, version: int) -> str:
 
 
 def ensure_master(k: Keyops, dry_run: bool = False) -> tuple[MasterRegistry, bool]:
-    """The master key exists on the token and is registered in KV. Returns (registry, changed).
+    """The master key exists under its root and is registered in KV. Returns (registry, changed).
 
-    A new registry gets a random id, and its first version is claimed
-    (``pending``) before its HSM key is made, then turned active: a crash in
-    between leaves a claim that the next call finishes, never an HSM key
-    that no registry knows. A key already on the token under the new name
-    is refused, never adopted (``HsmKeyNotOwned``).
+    A new registry gets a random id, and its first version, under the
+    configured root, is claimed (``pending``) before its key is made, then
+    turned active: a crash in between leaves a claim that the next call
+    finishes, never an HSM key that no registry knows. A key already on the
+    token under the new name is refused, never adopted (``HsmKeyNotOwned``).
     """
+    roots = k.hierarchy.roots
     found = k.read_master()
     if found is None:
         registry = MasterRegistry.first(k.config.master_key_label, k.clock())
         if dry_run:
-            return registry.replace_version(dataclasses.replace(registry.get(1), state="active")), True
+            return registry.replace_version(dataclasses.replace(registry.get(1), state="active",
+                                                                root=roots.configured)), True
         with k.audited("master.create", level="master", versions=[1]) as event:
-            first = registry.get(1)
-            # Logs in first: a wrong PIN or a look-alike key fails before anything is written.
-            k.hsm.check_unused(first.label, bytes.fromhex(first.key_id or ""))
+            # A wrong PIN, passphrase or KMS, or a look-alike HSM key, fails before anything is written.
+            roots.check_configured()
+            registry = registry.replace_version(roots.new_version(registry, 1, k.clock()))
+            roots.check_unused(registry.get(1))
             try:
                 revision = k.store.write(MASTER_PATH, registry.to_dict(), cas=0)
             except Conflict:
@@ -71,7 +74,7 @@ def ensure_master(k: Keyops, dry_run: bool = False) -> tuple[MasterRegistry, boo
         if created:
             return registry, True
     primary = registry.get(registry.primary)
-    if k.hsm.has_key(primary.label, primary.key_id_bytes):
+    if roots.present(primary):
         return registry, False
     raise KeyStateError(f"master key {primary.label!r} is registered in Vault but missing from HSM token "
                         f"{k.config.pkcs11_token_label!r}; point keyops at the right token")
@@ -98,8 +101,7 @@ def _activate_first_master(k: Keyops, registry: MasterRegistry, revision: int) -
     mv = registry.get(registry.primary)
     if mv.key_id is None:
         raise KeyStateError(f"the pending first master version {mv.version} has no key id; inspect the registry")
-    # Still pending: nothing is wrapped by it, so a key half-made by a killed creation may be replaced.
-    k.hsm.ensure_key(mv.label, key_id=bytes.fromhex(mv.key_id), replace_unusable=True)
+    k.hierarchy.roots.make(registry, mv)
     active = registry.replace_version(dataclasses.replace(mv, state="active"))
     try:
         k.store.write(MASTER_PATH, active.to_dict(), cas=revision)

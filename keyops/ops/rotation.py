@@ -29,18 +29,25 @@ KEK, residence ``transit``
     ``min_decryption_version`` below what the keyring needs.
 
 Master key
-    0. The HSM session is opened and the primary key probed (wrap, unwrap)
-       before anything is written: a wrong PIN changes nothing.
+    0. The primary key is probed (wrap, unwrap) by its own root, and the root
+       of the next version is checked (HSM login, passphrase present, KMS
+       probe), before anything is written: a wrong PIN or passphrase, or an
+       unreachable KMS, changes nothing.
     1. Version N+1 is claimed in the registry (state ``pending``, one write),
-       so that two rotations never both create an HSM key. Its name carries
+       so that two rotations never both create a key. It is made under the
+       configured root (``keyops.roots``), which it records. Its name carries
        the registry's id (label ``<prefix>-<registry id>-v<N+1>``, CKA_ID
        registry id ‖ N+1); a key already on the token under that name is
-       refused before the claim, never adopted.
-    2. The HSM key is created (idempotent by label and CKA_ID), permanent for
-       PIN holders where the token allows (see ``keyops.backends.hsm``).
+       refused before the claim, never adopted. A passphrase version's key
+       is made with the claim (wrapped in the entry); a KMS version's key is
+       the KMS's.
+    2. An HSM key is created (idempotent by label and CKA_ID), permanent for
+       PIN holders where the token allows (see ``keyops.backends.hsm``);
+       another root's version is probed.
     3. It becomes primary; version N turns ``decrypt_only`` (one write).
     4. Every KEK version (the escrow copies of residence ``transit`` included)
-       of every tenant is re-wrapped under it, one write per keyring.
+       of every tenant is re-wrapped under it, one write per keyring: under
+       another root, this moves the whole hierarchy onto it.
     Interrupted work shows as a ``pending`` version or KEKs wrapped by a
     non-primary master version.
 
@@ -69,7 +76,7 @@ import os
 import socket
 import time
 import uuid
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Literal
 
@@ -84,7 +91,9 @@ from keyops.ops.cas import retry_on_conflict
 from keyops.ops.front import Keyops
 from keyops.ops.jobs import MAX_WORKERS
 from keyops.ops.outcomes import TenantFailure
-from keyops.wrappers import AeadWrapper, KeyWrapper, Pkcs11Wrapper
+from keyops.roots import NAMES as ROOT_NAMES
+from keyops.roots import PROBE_CONTEXT
+from keyops.wrappers import AeadWrapper, KeyWrapper
 
 PENDING = MASTER_PENDING
 _DECRYPTING = ("active", "decrypt_only")
@@ -237,15 +246,18 @@ def pending_master_version(registry: MasterRegistry) -> int | None:
     return max(pending) if pending else None
 
 
-def claim_master_version(registry: MasterRegistry, prefix: str, now: dt.datetime) -> MasterRegistry:
+def claim_master_version(registry: MasterRegistry, prefix: str, now: dt.datetime,
+                         make: Callable[[MasterRegistry, int], MasterVersion] | None = None) -> MasterRegistry:
     """The registry with version N+1 claimed (``pending``), not yet primary.
 
     The new version is named by the registry's id (``<prefix>-<id>-v<N+1>``,
-    CKA_ID id ‖ N+1); a registry written before ids gets one here.
+    CKA_ID id ‖ N+1); a registry written before ids gets one here. ``make``
+    builds the entry under a root (``Roots.new_version``); default: an HSM key.
     """
     registry = registry.with_id()
     version = max(mv.version for mv in registry.versions) + 1
-    return dataclasses.replace(registry, versions=registry.versions + (registry.new_version(prefix, version, now),))
+    new = make(registry, version) if make is not None else registry.new_version(prefix, version, now)
+    return dataclasses.replace(registry, versions=registry.versions + (new,))
 
 
 def promote_master_version(registry: MasterRegistry, version: int) -> MasterRegistry:
@@ -706,37 +718,44 @@ def rotate_tenants(k: Keyops, tenants: Sequence[str], level: Literal["dek", "kek
 
 def rotate_master(k: Keyops, *, dry_run: bool = False, expect_version: int | None = None,
                   reason: str = "on demand") -> MasterRotationResult:
-    """Rotate the HSM master key and re-wrap every KEK of every tenant; finish an interrupted one first."""
+    """Rotate the master key (onto the configured root) and re-wrap every KEK of every tenant.
+
+    An interrupted rotation is finished first.
+    """
     if expect_version is not None:
         expect_version = validate_version(expect_version, "expect_version")
     if dry_run:
         return _plan_master(k, expect_version, reason)
     with k.audited("rotate", level="master", reason=reason) as event:
-        # Before the lease and any claim: a wrong PIN, a missing token or an
-        # unusable primary key fails here and leaves the registry as it was.
+        # Before the lease and any claim: a wrong PIN or passphrase, a missing
+        # token, an unreachable KMS or an unusable primary key fails here and
+        # leaves the registry as it was.
         _check_master_key(k)
         with _leased(k, "master", "master key rotation") as lease:
             result = _rotate_master(k, expect_version, reason, lease)
+        seen = k.hierarchy.seen_master
+        roots = {mv.version: mv.root for mv in seen.versions} if seen is not None else {}
         event.update(versions={"old": result.old_version, "new": result.new_version}, changed=result.changed,
-                     resumed=result.resumed, tenants=len(result.tenants))
+                     resumed=result.resumed, tenants=len(result.tenants),
+                     roots={"old": roots.get(result.old_version), "new": roots.get(result.new_version)})
     return result
 
 
-MASTER_PROBE_CONTEXT = b"keyops-master-probe"
+MASTER_PROBE_CONTEXT = PROBE_CONTEXT
 
 
 def _check_master_key(k: Keyops) -> None:
-    """Log in to the HSM and wrap and unwrap a probe with the primary master key."""
+    """Probe the primary master key by its root, and check the root the next version needs."""
     registry, _ = _read_registry(k)
-    k.hsm.login()
+    roots = k.hierarchy.roots
     primary = registry.get(registry.primary)
-    if primary.state != "active":
-        return  # a first version still being made: the rotation finishes it
-    wrapper = Pkcs11Wrapper(k.hsm, primary.label, primary.key_id_bytes)
-    probe = os.urandom(32)
-    if wrapper.unwrap(wrapper.wrap(probe, MASTER_PROBE_CONTEXT), MASTER_PROBE_CONTEXT) != probe:
-        raise KeyStateError(f"the primary master key {primary.label!r} does not decrypt what it encrypts; "
-                            "inspect the HSM token")
+    if primary.state == "active":  # else a first version still being made: the rotation finishes it
+        roots.probe(registry, primary)
+    pending = pending_master_version(registry)
+    if pending is None:
+        roots.check_configured()
+    elif registry.get(pending).on_hsm:
+        k.hsm.login()  # an interrupted rotation is finished under the root it claimed
 
 
 def _read_registry(k: Keyops) -> tuple[MasterRegistry, int]:
@@ -766,8 +785,9 @@ def _plan_master(k: Keyops, expect: int | None, reason: str) -> MasterRotationRe
     new = max(mv.version for mv in registry.versions) + 1
     return MasterRotationResult(
         True, start, new, reason, True, tenants=tuple(tenants), rewrapped=keks,
-        detail=f"would create master key {k.master_label(new)!r} in the HSM and re-wrap {keks} KEK versions "
-               f"of {len(tenants)} tenants under it")
+        detail=f"would create master key {k.master_label(new)!r} under "
+               f"{ROOT_NAMES[k.hierarchy.roots.configured]} and re-wrap {keks} KEK versions of {len(tenants)} "
+               "tenants under it")
 
 
 def _rotate_master(k: Keyops, expect: int | None, reason: str, lease: _Lease) -> MasterRotationResult:
@@ -791,6 +811,7 @@ def _rotate_master(k: Keyops, expect: int | None, reason: str, lease: _Lease) ->
         return MasterRotationResult(False, start, start, reason, False,
                                     detail=f"nothing to do: the primary master key is v{start}, not v{expect}")
     current = [(registry, revision)]
+    roots = k.hierarchy.roots
 
     def attempt() -> tuple[MasterRegistry, int] | MasterRotationResult:
         """The claimed registry and its KV version, or the outcome of a lost race."""
@@ -806,9 +827,10 @@ def _rotate_master(k: Keyops, expect: int | None, reason: str, lease: _Lease) ->
                         detail=f"nothing to do: another master rotation won the race (master v{now})")
                 raise Conflict(f"another master key rotation won the race (master v{now}); this run changed "
                                f"nothing. Re-run with --expect-version {registry.primary} to finish or check it")
-        claimed = claim_master_version(registry, k.config.master_key_label, k.clock())
+        claimed = claim_master_version(registry, k.config.master_key_label, k.clock(),
+                                       lambda reg, version: roots.new_version(reg, version, k.clock()))
         # Nothing may sit on the token under the new name yet: such a key is not this registry's.
-        _check_unused(k, claimed.get(claimed.versions[-1].version))
+        roots.check_unused(claimed.get(claimed.versions[-1].version))
         return claimed, k.store.write(MASTER_PATH, claimed.to_dict(), cas=revision)
 
     outcome = retry_on_conflict(attempt, "the master key registry (nothing was rotated)")
@@ -824,12 +846,6 @@ def _rotate_master(k: Keyops, expect: int | None, reason: str, lease: _Lease) ->
                f"KEK versions of {len(tenants)} tenants re-wrapped")
 
 
-def _check_unused(k: Keyops, mv: MasterVersion) -> None:
-    if mv.key_id is None:
-        raise KeyStateError(f"master key version {mv.version} has no key id; it cannot be created")
-    k.hsm.check_unused(mv.label, bytes.fromhex(mv.key_id))
-
-
 def _previous_master(registry: MasterRegistry) -> int:
     older = [mv.version for mv in registry.versions if mv.version < registry.primary]
     return max(older, default=registry.primary)
@@ -837,12 +853,9 @@ def _previous_master(registry: MasterRegistry) -> int:
 
 def _activate_master(k: Keyops, registry: MasterRegistry, revision: int,
                      version: int) -> tuple[MasterRegistry, int]:
-    """Create the claimed HSM key (idempotent by label and CKA_ID) and make it primary."""
+    """Make the claimed version's key under its root (an HSM key: idempotent by label and CKA_ID), make it primary."""
     registry, revision = _name_legacy_claim(k, registry, revision, version)
-    mv = registry.get(version)
-    # Still pending: nothing is wrapped by it yet, so a key left half-made by a
-    # killed creation may be replaced.
-    k.hsm.ensure_key(mv.label, key_id=bytes.fromhex(mv.key_id or ""), replace_unusable=True)
+    k.hierarchy.roots.make(registry, registry.get(version))
     current = [(registry, revision)]
 
     def attempt() -> tuple[MasterRegistry, int]:
@@ -851,9 +864,9 @@ def _activate_master(k: Keyops, registry: MasterRegistry, revision: int,
             raise KeyStateError(f"master key version {version} turned {registry.get(version).state} while "
                                 "it was being made primary; inspect the registry")
         promoted = promote_master_version(registry, version)
-        if promoted == registry:
-            return registry, revision
-        return promoted, k.store.write(MASTER_PATH, promoted.to_dict(), cas=revision)
+        written = revision if promoted == registry else k.store.write(MASTER_PATH, promoted.to_dict(), cas=revision)
+        k.hierarchy.saw_master(promoted)
+        return promoted, written
 
     return retry_on_conflict(attempt, "the master key registry (re-run to finish the master rotation)")
 
@@ -870,7 +883,7 @@ def _name_legacy_claim(k: Keyops, registry: MasterRegistry, revision: int,
         return registry, revision
     registry = registry.with_id()
     named = registry.new_version(k.config.master_key_label, version, k.clock())
-    _check_unused(k, named)
+    k.hierarchy.roots.check_unused(named)
     renamed = registry.replace_version(named)
     try:
         return renamed, k.store.write(MASTER_PATH, renamed.to_dict(), cas=revision)
@@ -898,8 +911,17 @@ def _scan_keks(k: Keyops, master_primary: int | None) -> tuple[list[str], int]:
 
 def _rewrap_all_keks(k: Keyops, registry: MasterRegistry, lease: _Lease) -> tuple[list[str], int]:
     """Re-wrap, tenant by tenant, every KEK version not under the primary master key (one write per keyring)."""
-    wrappers = {mv.version: Pkcs11Wrapper(k.hsm, mv.label, mv.key_id_bytes)
-                for mv in registry.versions if mv.state in _DECRYPTING}
+    opened: dict[int, KeyWrapper] = {}
+
+    def wrappers(version: int) -> KeyWrapper | None:
+        """Opened when a KEK needs it: a root that wraps nothing any more (a passphrase moved off) is never asked."""
+        if version not in opened:
+            mv = next((v for v in registry.versions if v.version == version and v.state in _DECRYPTING), None)
+            if mv is None:
+                return None
+            opened[version] = k.hierarchy.roots.wrapper(registry, mv)
+        return opened[version]
+
     primary = registry.primary
     tenants: list[str] = []
     count = 0
@@ -926,16 +948,19 @@ def _rewrap_all_keks(k: Keyops, registry: MasterRegistry, lease: _Lease) -> tupl
     return tenants, count
 
 
-def _rewrap_keks(keyring: Keyring, versions: Iterable[int], wrappers: dict[int, Pkcs11Wrapper],
+def _rewrap_keks(keyring: Keyring, versions: Iterable[int], wrappers: Callable[[int], KeyWrapper | None],
                  primary: int) -> Keyring:
+    new = wrappers(primary)
+    if new is None:
+        raise KeyStateError(f"master key v{primary} is the primary but does not decrypt; inspect the registry")
     for version in versions:
         kv = keyring.kek.get(version)
-        old = wrappers.get(kv.parent_version)
+        old = wrappers(kv.parent_version)
         if old is None:
             raise KeyStateError(f"KEK v{version} of tenant {keyring.tenant!r} is wrapped by master key "
                                 f"v{kv.parent_version}, which no longer decrypts; it cannot be re-wrapped")
         context = crypto.key_context(keyring.tenant, "kek", version)
-        wrapped = wrappers[primary].wrap(old.unwrap(b64d(kv.wrapped), context), context)
+        wrapped = new.wrap(old.unwrap(b64d(kv.wrapped), context), context)
         keyring = keyring.replace_version(
             "kek", dataclasses.replace(kv, wrapped=b64e(wrapped), parent_version=primary))
     return keyring

@@ -32,7 +32,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("keyops.config", "keyops.auth", "keyops.crypto", "keyops.model"),
     ("keyops.backends",),
     ("keyops.wrappers",),
-    ("keyops.hierarchy", "keyops.access"),
+    ("keyops.hierarchy", "keyops.roots", "keyops.access"),
     ("keyops.ops", "keyops.audit"),
     ("keyops.serve",),
     ("keyops.kms", "keyops.cli"),

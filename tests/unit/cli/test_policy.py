@@ -69,3 +69,18 @@ def test_render_refuses_a_bad_roles_file(tmp_path: Path, capsys: pytest.CaptureF
     assert "unknown operation 'everything'" in capsys.readouterr().err
     assert main(["policy", "render", "--role", "nobody", "--tenant", "acme"]) == 2
     assert "unknown role 'nobody'" in capsys.readouterr().err
+
+
+def test_root_kms_renders_the_kms_tokens_policy_offline(monkeypatch: pytest.MonkeyPatch,
+                                                        capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setenv("KEYOPS_ROOT_TRANSIT_MOUNT", "kms-transit")
+    monkeypatch.setenv("KEYOPS_ROOT_TRANSIT_KEY", "prod_root")
+    assert main(["policy", "root-kms"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("# keyops-root-kms:")
+    paths = [line for line in out.splitlines() if line.startswith("path ")]
+    assert paths == ['path "kms-transit/decrypt/prod_root" {', 'path "kms-transit/encrypt/prod_root" {']
+    assert out.count('capabilities = ["update"]') == 2  # no "create": a mistyped key is not made on encrypt
+    monkeypatch.setenv("KEYOPS_ROOT_TRANSIT_KEY", "a/../b")
+    assert main(["policy", "root-kms"]) == 2
+    assert "not one plain Transit key name" in capsys.readouterr().err
