@@ -532,6 +532,21 @@ class VaultStore:
         data.pop("id", None)  # the token itself: nobody above this module needs it
         return data
 
+    def renew_self(self) -> dict[str, Any]:
+        """``auth/token/renew-self``: the ``auth`` part of the answer (its ``client_token`` removed)."""
+        self.calls.add("auth.renew_self")
+        with self._errors("renewing the Vault token"):
+            data = dict(self.client.auth.token.renew_self()["auth"])
+        data.pop("client_token", None)
+        return data
+
+    def log_in_again(self) -> dict[str, Any]:
+        """Log in anew with the configured auth method; this client uses the new token from now on."""
+        self.calls.add("auth.login")
+        data = dict(log_in(self.client, self.config, auth.resolve_login(self.config)))
+        data.pop("client_token", None)
+        return data
+
     def token_accessor(self) -> str | None:
         """The accessor of our token, for audit events (never the token itself)."""
         return self.lookup_self().get("accessor")

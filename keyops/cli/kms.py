@@ -44,8 +44,10 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    from keyops.auth import configured_methods
     from keyops.kms.plugin import KMS_CONTEXT, Plugin, run_until_signalled
     from keyops.serve.tenant_keys import TenantKeys
+    from keyops.serve.token_keeper import TokenKeeper, keep_token_alive
 
     if not 1 <= args.workers <= 64:
         raise InvalidInput(f"--workers must be between 1 and 64, not {args.workers}")
@@ -56,6 +58,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         keys = TenantKeys(k, args.tenant, KMS_CONTEXT)
         current = keys.probe()  # no rights to the tenant, or a broken Vault or HSM: refuse to start
         stop = threading.Event()
+        keeper = TokenKeeper(k.store, can_log_in=bool(configured_methods(k.config)))
+        threading.Thread(target=keep_token_alive, args=(keeper, stop), name="kms-token", daemon=True).start()
         if args.rotate_due_every:
             threading.Thread(target=_rotate_while_serving, args=(keys, args.rotate_due_every, stop),
                              name="kms-rotate", daemon=True).start()
