@@ -35,6 +35,12 @@ def master_label(k: Keyops, version: int) -> str:
     return f"{k.config.master_key_label}-{registry_id}-v{version}"
 
 
+def planned_first(k: Keyops, registry: MasterRegistry | None = None) -> MasterRegistry:
+    """The registry a first ``ensure_master`` would make, as a dry run reports it (no I/O)."""
+    registry = registry or MasterRegistry.first(k.config.master_key_label, k.clock())
+    return registry.replace_version(dataclasses.replace(registry.get(1), state="active"))
+
+
 def ensure_master(k: Keyops, dry_run: bool = False) -> tuple[MasterRegistry, bool]:
     """The master key exists on the token and is registered in KV. Returns (registry, changed).
 
@@ -48,7 +54,7 @@ def ensure_master(k: Keyops, dry_run: bool = False) -> tuple[MasterRegistry, boo
     if found is None:
         registry = MasterRegistry.first(k.config.master_key_label, k.clock())
         if dry_run:
-            return registry.replace_version(dataclasses.replace(registry.get(1), state="active")), True
+            return planned_first(k, registry), True
         with k.audited("master.create", level="master", versions=[1]) as event:
             first = registry.get(1)
             # Logs in first: a wrong PIN or a look-alike key fails before anything is written.

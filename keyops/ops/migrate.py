@@ -67,7 +67,7 @@ from keyops.errors import (
     TransitNotAuthentic,
 )
 from keyops.model.keyring import Keyring, format_time
-from keyops.model.names import validate_secret_name, validate_tenant
+from keyops.model.names import validate_mount, validate_secret_name, validate_tenant
 from keyops.ops.cas import CAS_ATTEMPTS
 from keyops.ops.front import Keyops, secret_context, secret_path, transit_key_name
 from keyops.ops.jobs import (
@@ -231,9 +231,7 @@ def _options(k: Keyops, keyring: Keyring, source: str, source_mount: str | None,
     except InvalidInput as exc:
         raise InvalidInput(f"invalid source path {prefix!r}: use '/'-separated segments of ASCII letters, "
                            "digits and '_.@+=,-'") from exc
-    mount = (source_mount or k.store.kv_mount).strip("/")
-    if not mount or not re.fullmatch(r"[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)*", mount):
-        raise InvalidInput(f"invalid KV mount {mount!r}")
+    mount = validate_mount(source_mount or k.store.kv_mount, "source mount")
     if mount == k.store.kv_mount and prefix.split("/", 1)[0] in RESERVED_PREFIXES:
         raise InvalidInput(f"{mount}/{prefix} is keyops' own storage, not a migration source")
     if field is not None and (not isinstance(field, str) or not field):

@@ -65,6 +65,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import datetime as dt
+import logging
 import os
 import socket
 import time
@@ -87,6 +88,7 @@ from keyops.ops.outcomes import TenantFailure
 from keyops.wrappers import AeadWrapper, KeyWrapper, Pkcs11Wrapper
 
 PENDING = MASTER_PENDING
+_log = logging.getLogger("keyops.ops.rotation")
 _DECRYPTING = ("active", "decrypt_only")
 #: How long a rotation's lease lasts unless renewed; a crashed holder on another host blocks this long.
 LEASE_SECONDS = 120.0
@@ -343,12 +345,29 @@ def _holder_alive(holder: dict[str, Any]) -> bool:
 
 @contextlib.contextmanager
 def _leased(k: Keyops, scope: str, what: str) -> Iterator[_Lease]:
+    """Hold the lease for the block; a failure to release it never hides what the block did.
+
+    The step that failed is what the caller must hear about, with the release's
+    failure after it; after a block that succeeded, a lease that cannot be
+    released only runs out by itself (LEASE_SECONDS), so it is logged, not raised.
+    """
     lease = _Lease(k, scope, what)
     lease.acquire()
     try:
         yield lease
-    finally:
+    except BaseException as exc:
+        try:
+            lease.release()
+        except KeyopsError as also:
+            if isinstance(exc, KeyopsError):
+                exc.args = (f"{exc}; then releasing the lease of the {what} failed too ({also}); it runs out "
+                            f"by itself within {LEASE_SECONDS:.0f} s",)
+        raise
+    try:
         lease.release()
+    except KeyopsError as exc:
+        _log.warning("the %s finished, but its lease %s could not be released (%s); it runs out by itself "
+                     "within %.0f s", what, lease.path, exc, LEASE_SECONDS)
 
 
 # --- tenant levels -----------------------------------------------------------------------------
