@@ -20,8 +20,8 @@ OPTIONAL_COMMANDS = ("rotate", "reencrypt", "migrate", "lifecycle", "policy", "a
 #: Which module registers which command, so that a run imports only what its command needs (a unit
 #: test checks this table against the parser that every module builds).
 COMMAND_MODULES = {
-    "dev": "dev", "init": "init", "tenant": "tenant", "secret": "secret", "encrypt": "data", "decrypt": "data", "rewrap": "data",
-    "status": "status", "rotate": "rotate", "reencrypt": "reencrypt", "migrate": "migrate", "retire": "lifecycle",
+    "dev": "dev", "init": "init", "tenant": "tenant", "secret": "secret", "encrypt": "data", "decrypt": "data",
+    "rewrap": "data", "status": "status", "rotate": "rotate", "reencrypt": "reencrypt", "migrate": "migrate", "retire": "lifecycle",
     "destroy": "lifecycle", "policy": "policy", "audit": "audit",
 }
 

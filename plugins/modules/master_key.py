@@ -208,7 +208,8 @@ def main():
     after_view = {"exists": True, "primary": after["primary"],
                   "versions": {str(v["version"]): v["state"] for v in after["versions"]}}
     module.exit_json(changed=changed, version=after["primary"], label=primary["label"], versions=after["versions"],
-                     created=created, rotation=rotation_out, mounts=to_json(mounts.mounts) if mounts else [], **module.diff(master_view(before), after_view))
+                     created=created, rotation=rotation_out, mounts=to_json(mounts.mounts) if mounts else [],
+                     **module.diff(master_view(before), after_view))
 
 
 if __name__ == "__main__":
