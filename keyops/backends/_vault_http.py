@@ -351,15 +351,15 @@ def _failure(reason: BaseException) -> TransportError:
         return TransportError(text, "its host name does not resolve")
     # NewConnectionError derives from ConnectTimeoutError, yet means "refused" or "no route".
     if isinstance(reason, urllib3.exceptions.NewConnectionError):
-        return TransportError(text, _os_reason(reason) or "no connection could be made")
+        return TransportError(text, os_reason(reason) or "no connection could be made")
     if isinstance(reason, urllib3.exceptions.TimeoutError):
         return TransportTimeout(text, "no answer in time")
     if isinstance(reason, urllib3.exceptions.ProtocolError):
-        return TransportError(text, _os_reason(reason) or "the connection was dropped before a complete answer")
-    return TransportError(text, _os_reason(reason))
+        return TransportError(text, os_reason(reason) or "the connection was dropped before a complete answer")
+    return TransportError(text, os_reason(reason))
 
 
-def _os_reason(exc: BaseException) -> str:
+def os_reason(exc: BaseException) -> str:
     """The operating system's word for a failed connection ("connection refused"), when there is one."""
     seen: BaseException | None = exc
     for _ in range(5):  # a short chain of causes, never a loop

@@ -144,8 +144,8 @@ def vault_errors(what: str, addr: str = "", timeout: float | None = None, *, nam
         raise VaultUnreachable(f"Vault at {where} cannot be reached: no complete answer {limit}"
                                f"(KEYOPS_VAULT_TIMEOUT) while {what}; {_advice(addr)}") from exc
     except (requests.exceptions.ConnectionError, _vault_http.TransportError) as exc:
-        reason = getattr(exc, "reason", "") or "no connection"
-        raise VaultUnreachable(f"Vault at {where} cannot be reached: {reason} (while {what}); "
+        reason = exc.reason if isinstance(exc, _vault_http.TransportError) else _vault_http.os_reason(exc)
+        raise VaultUnreachable(f"Vault at {where} cannot be reached: {reason or 'no connection'} (while {what}); "
                                f"{_advice(addr)}") from exc
 
 

@@ -21,8 +21,8 @@ OPTIONAL_COMMANDS = ("rotate", "reencrypt", "migrate", "lifecycle", "policy", "a
 #: test checks this table against the parser that every module builds).
 COMMAND_MODULES = {
     "dev": "dev", "init": "init", "tenant": "tenant", "secret": "secret", "encrypt": "data", "decrypt": "data",
-    "rewrap": "data", "status": "status", "rotate": "rotate", "reencrypt": "reencrypt", "migrate": "migrate", "retire": "lifecycle",
-    "destroy": "lifecycle", "policy": "policy", "audit": "audit",
+    "rewrap": "data", "status": "status", "rotate": "rotate", "reencrypt": "reencrypt", "migrate": "migrate",
+    "retire": "lifecycle", "destroy": "lifecycle", "policy": "policy", "audit": "audit",
 }
 
 
