@@ -336,7 +336,7 @@ class _Migration:
 
         run_batches(iter_names(self.k.store, self.o.source, cursor, page=self.batch_size, mount=self.o.mount),
                     self.migrate_one, workers=self.workers, batch_size=self.batch_size, on_item=on_item,
-                    on_batch=on_batch, describe=self.describe)
+                    on_batch=on_batch, describe=self.describe, stall=self.k.config.job_stall_timeout)
         counts = collections.Counter(dict(run.checkpoint.counts)) if not self.dry_run else pending
         purged = 0
         if purge_source:
@@ -561,6 +561,7 @@ def purge_sources(k: Keyops, tenant: str, source: str, *, source_mount: str | No
     with k.audited("migrate.purge", tenant=tenant, source=f"{mount}/{prefix}", dry_run=dry_run) as event:
         run_batches(iter_names(k.store, prefix, mount=mount), purge_one, workers=workers,
                     batch_size=DEFAULT_BATCH_SIZE, on_item=on_item, on_batch=lambda last: None,
-                    describe=lambda name, exc: f"purging the migrated source {mount}/{prefix}/{name} stopped: {exc}")
+                    describe=lambda name, exc: f"purging the migrated source {mount}/{prefix}/{name} stopped: {exc}",
+                    stall=k.config.job_stall_timeout)
         event["purged"] = purged
     return purged

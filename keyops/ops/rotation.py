@@ -62,6 +62,7 @@ CI jobs and Ansible can re-run a rotation without rotating twice.
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import dataclasses
 import datetime as dt
@@ -76,7 +77,7 @@ from typing import Any, Literal
 
 from keyops import crypto
 from keyops.crypto import b64d, b64e
-from keyops.errors import Conflict, InvalidInput, KeyopsError, KeyStateError, NotFound, TenantNotFound
+from keyops.errors import Conflict, InvalidInput, JobFailed, KeyopsError, KeyStateError, NotFound, TenantNotFound
 from keyops.model.keyring import TENANT_LEVELS, Keyring, age_days, due_rotations, format_time
 from keyops.model.master import MASTER_PENDING, MasterRegistry, MasterVersion
 from keyops.model.names import validate_count, validate_tenant, validate_version
@@ -1037,10 +1038,32 @@ def rotate_due(k: Keyops, *, dry_run: bool = False, tenants: list[str] | None = 
             return done, [TenantFailure.of(tenant, level, exc)]
         return done, []
 
-    with ThreadPoolExecutor(max_workers=tenant_workers) as pool:
-        for done, failed in pool.map(one, names):  # results in the order of the tenants
+    stall = k.config.job_stall_timeout
+    pool = ThreadPoolExecutor(max_workers=tenant_workers)
+    stalled = False
+    try:
+        futures = [pool.submit(one, tenant) for tenant in names]
+        last = time.monotonic()
+        for tenant, future in zip(names, futures, strict=True):  # results in the order of the tenants
+            if stalled:
+                future.cancel()
+                failures.append(TenantFailure.of(tenant, "kek", JobFailed(
+                    f"not rotated: the rotation of many tenants stalled before tenant {tenant!r}; run it again")))
+                continue
+            try:
+                done, failed = future.result(timeout=max(0.0, last + stall - time.monotonic()))
+            except concurrent.futures.TimeoutError:
+                stalled = True
+                failures.append(TenantFailure.of(tenant, "kek", JobFailed(
+                    f"the rotation of tenant {tenant!r} did not finish within {stall:g} s of the last one "
+                    "(KEYOPS_JOB_STALL_TIMEOUT); the others not yet done were stopped; run it again")))
+                continue
+            last = time.monotonic()
             rotations.extend(done)
             failures.extend(failed)
+    finally:
+        # A stalled tenant is not waited for: its worker ends with its requests' deadlines.
+        pool.shutdown(wait=not stalled, cancel_futures=True)
     return DueRotationReport(dry_run, len(names), master_checked, tuple(rotations), tuple(failures))
 
 
