@@ -91,7 +91,12 @@ def init_mounts(k: Keyops, *, dry_run: bool = False, required: bool = True) -> I
     history = None
     if not (dry_run and kv_missing):
         store.read_engine_config(wait=KV_READY_SECONDS)  # a new KV v2 mount answers "upgrading" for a moment
-        history = access.ensure_history(k, master=True, mount=True, dry_run=dry_run)
+        try:
+            history = access.ensure_history(k, master=True, mount=True, dry_run=dry_run)
+        except PermissionDenied:
+            if required:
+                raise
+            # A role without history.config (rotation, say) leaves the history to `keyops policy apply`.
     return InitResult(tuple(changes), history, dry_run)
 
 
