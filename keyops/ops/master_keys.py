@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import time
 from typing import TYPE_CHECKING
 
+from keyops import access
 from keyops.errors import (
     Conflict,
     KeyStateError,
+    PermissionDenied,
 )
 from keyops.model.keyring import (
     age_days,
@@ -68,7 +71,13 @@ def ensure_master(k: Keyops, dry_run: bool = False) -> tuple[MasterRegistry, boo
                 if found is None:
                     raise
             else:
-                return _activate_first_master(k, registry, revision), True
+                made = _activate_first_master(k, registry, revision), True
+                if k.principal.allows("history.config"):
+                    # The registry's history and check-and-set are set when it is made, as a keyring's are;
+                    # a server that refuses leaves it to `keyops policy apply`, as for a keyring.
+                    with contextlib.suppress(PermissionDenied):
+                        access.ensure_history(k, master=True, mount=False)
+                return made
     registry, revision = found
     if registry.get(registry.primary).state == MASTER_PENDING:
         if dry_run:

@@ -180,7 +180,8 @@ def main():
     with module.session() as k:
         mounts = init_mounts(k, dry_run=module.check_mode, required=False) if p["init_mounts"] else None
         # In check mode a KV mount that would be created holds no registry yet.
-        kv_planned = bool(mounts and any(m.engine == "kv" and m.action == "create" for m in mounts.mounts))
+        kv_planned = module.check_mode and bool(
+            mounts and any(m.engine == "kv" and m.action == "create" for m in mounts.mounts))
         found = None if kv_planned else k.read_master()
         before = found[0] if found else None
         if kv_planned:

@@ -339,7 +339,10 @@ def test_master_key_makes_the_mounts_of_a_fresh_namespace(ansible_playbook: Any,
         run = ansible_playbook(apply_play(tasks), env=env).assert_ok()
         assert [m["action"] for m in run.result("apply: master present")["mounts"]] == ["create", "create"]
         rerun = run.result("rerun: master present")
-        assert rerun["changed"] is False and [m["action"] for m in rerun["mounts"]] == ["unchanged", "unchanged"]
+        first = run.result("apply: master present")
+        assert first["created"] is True and first["label"] == rerun["label"]
+        assert rerun["changed"] is False and rerun["created"] is False
+        assert [m["action"] for m in rerun["mounts"]] == ["unchanged", "unchanged"]
         mounts = client.sys.list_mounted_secrets_engines()["data"]
         assert mounts["keyops/"]["options"]["version"] == "2" and mounts["transit/"]["type"] == "transit"
         assert client.secrets.kv.v2.read_secret_version(path="master", mount_point="keyops",
