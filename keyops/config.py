@@ -9,17 +9,21 @@ auth method a connection uses is decided in ``keyops.auth``.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import glob
+import json
 import os
 import stat
 import tomllib
+import urllib.parse
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from keyops.errors import ConfigError
+from keyops.errors import ConfigError, InvalidInput
 from keyops.model.master import ROOT_BACKENDS
+from keyops.model.names import validate_mount
 
 #: Places where distributions install SoftHSM2's PKCS#11 module.
 SOFTHSM_MODULE_GLOBS = (
@@ -39,6 +43,7 @@ ENV_NAMES: dict[str, tuple[str, ...]] = {
     "vault_cacert": ("VAULT_CACERT", "BAO_CACERT"),
     "vault_skip_verify": ("VAULT_SKIP_VERIFY", "BAO_SKIP_VERIFY"),
     "vault_timeout": ("KEYOPS_VAULT_TIMEOUT",),
+    "job_stall_timeout": ("KEYOPS_JOB_STALL_TIMEOUT",),
     "approle_role_id": ("VAULT_ROLE_ID", "KEYOPS_APPROLE_ROLE_ID"),
     "approle_secret_id": ("VAULT_SECRET_ID", "KEYOPS_APPROLE_SECRET_ID"),
     "approle_secret_id_file": ("VAULT_SECRET_ID_FILE", "KEYOPS_APPROLE_SECRET_ID_FILE"),
@@ -83,7 +88,7 @@ ENV_NAMES: dict[str, tuple[str, ...]] = {
 
 SECRET_FIELDS = frozenset({"vault_token", "approle_secret_id", "jwt", "pkcs11_pin", "root_passphrase",
                            "root_transit_token", "root_transit_secret_id"})
-_FLOATS = ("vault_timeout", "root_transit_timeout")
+_FLOATS = ("vault_timeout", "job_stall_timeout", "root_transit_timeout")
 
 #: Where a pod's service-account token is mounted (Kubernetes auth reads it from there by default).
 DEFAULT_KUBERNETES_TOKEN_FILE = "/var/run/secrets/kubernetes.io/serviceaccount/token"
@@ -91,6 +96,16 @@ DEFAULT_KUBERNETES_TOKEN_FILE = "/var/run/secrets/kubernetes.io/serviceaccount/t
 #: The Transit key whose HMACs chain the audit log (``KEYOPS_AUDIT_KEY``); never a tenant's
 #: ``keyops-<tenant>`` name.
 DEFAULT_AUDIT_KEY = "keyops_audit"
+
+# Where the local dev stack (keyops.dev.stack, `keyops dev up`) listens unless told otherwise, and the file
+# in its state folder that remembers its port. They live here, below the library, so that a connection
+# error can say "run `keyops dev up`" without the library importing the stack (which imports from here).
+DEV_HOST = "127.0.0.1"
+DEV_DEFAULT_PORT = 8200
+DEV_PORT_ENV = "KEYOPS_DEV_PORT"
+DEV_STATE_DIR_ENV = "KEYOPS_STATE_DIR"
+DEV_DEFAULT_STATE_DIR = ".keyops"
+DEV_STACK_FILE = "stack.json"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -101,7 +116,12 @@ class Config:
     vault_namespace: str | None = None
     vault_cacert: str | None = None
     vault_skip_verify: bool = False
+    #: The deadline of one Vault request, whole: connecting, sending and reading the complete answer
+    #: (a server that answers a byte at a time cannot stretch it). Seconds.
     vault_timeout: float = 30.0
+    #: A re-encryption, migration or rotation of many stops (resumable) when no item finishes in this
+    #: many seconds. Seconds.
+    job_stall_timeout: float = 300.0
     approle_role_id: str | None = None
     approle_secret_id: str | None = dataclasses.field(default=None, repr=False)
     approle_secret_id_file: str | None = None
@@ -175,15 +195,21 @@ class Config:
                 values[flag] = _truthy(values[flag])
         for name in _FLOATS:
             if name in values:
-                try:
-                    values[name] = float(values[name])
-                except (TypeError, ValueError):
-                    raise ConfigError(f"{name} ({ENV_NAMES[name][0]}) must be a number of seconds, "
-                                      f"not {values[name]!r}") from None
+                values[name] = _seconds(name, values[name])
         if values.get("root", "pkcs11") not in ROOT_BACKENDS:
             raise ConfigError(f"root (KEYOPS_ROOT) must be one of {', '.join(ROOT_BACKENDS)}, "
                               f"not {values['root']!r}")
         return cls(**values)
+
+    def __post_init__(self) -> None:
+        for name in ("kv_mount", "transit_mount"):
+            try:
+                validate_mount(getattr(self, name), name)
+            except InvalidInput as exc:
+                raise ConfigError(f"{exc} ({name}, {ENV_NAMES[name][0]})") from None
+        for name in ("vault_timeout", "job_stall_timeout"):
+            if not getattr(self, name) > 0:
+                raise ConfigError(f"{name} ({ENV_NAMES[name][0]}) must be a positive number of seconds")
 
     def replace(self, **changes: Any) -> Config:
         return dataclasses.replace(self, **changes)
@@ -244,6 +270,23 @@ class Config:
                           "KEYOPS_ROOT_PASSPHRASE_FILE (a file readable only by its owner)")
 
 
+def dev_stack_addrs(env: Mapping[str, str] | None = None) -> set[str]:
+    """The addresses the local dev stack would have here: its default port, and the port it remembers."""
+    env = os.environ if env is None else env
+    ports = {str(DEV_DEFAULT_PORT), env.get(DEV_PORT_ENV) or str(DEV_DEFAULT_PORT)}
+    state = Path(env.get(DEV_STATE_DIR_ENV) or DEV_DEFAULT_STATE_DIR).expanduser() / DEV_STACK_FILE
+    # No stack here, or a state file that the stack itself will complain about: the default port only.
+    with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
+        ports.add(str(int(json.loads(state.read_text())["port"])))
+    return {f"http://{host}:{port}" for host in (DEV_HOST, "localhost") for port in ports}
+
+
+def is_dev_stack_addr(addr: str, env: Mapping[str, str] | None = None) -> bool:
+    """Whether ``addr`` is where the local dev stack listens (so `keyops dev up` is the advice to give)."""
+    parts = urllib.parse.urlsplit(addr.strip())
+    return f"{parts.scheme}://{parts.netloc}" in dev_stack_addrs(env)
+
+
 def find_softhsm_module() -> str | None:
     for pattern in SOFTHSM_MODULE_GLOBS:
         for match in sorted(glob.glob(pattern)):
@@ -282,6 +325,13 @@ def _read_config_file(path: Path) -> dict[str, Any]:
         raise ConfigError(f"config file {str(path)!r} must not hold secrets ({', '.join(sorted(secrets))}); "
                           "use the environment or a *_file setting")
     return dict(section)
+
+
+def _seconds(name: str, value: Any) -> float:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{name} ({ENV_NAMES[name][0]}) must be a number of seconds, not {value!r}") from None
 
 
 def _truthy(value: Any) -> bool:

@@ -39,6 +39,18 @@ class ConfigError(KeyopsError):
     exit_code = 15
 
 
+class MountMissing(ConfigError):
+    """A mount keyops uses (KEYOPS_KV_MOUNT, KEYOPS_TRANSIT_MOUNT, a migration's source) does not exist."""
+
+    code = "mount_missing"
+
+
+class NamespaceNotFound(ConfigError):
+    """VAULT_NAMESPACE names a namespace that does not exist, or that the token cannot see."""
+
+    code = "namespace_not_found"
+
+
 class DecryptionError(KeyopsError):
     """A ciphertext or wrapped key did not authenticate.
 

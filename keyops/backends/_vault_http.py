@@ -20,29 +20,50 @@ connections per host that never blocks; no retries; redirects followed, up
 to 30, as requests does. What is not offered, because keyops never asks for
 it: client certificates and proxies (refused, not ignored).
 
+Every request has a deadline, whole: the ``timeout`` hvac passes (keyops'
+``KEYOPS_VAULT_TIMEOUT``) bounds connecting, sending and reading the complete
+answer, not only each read. A per-read timeout alone lets a server (or a
+proxy) that sends a byte every few seconds keep a request alive for ever, so
+one watchdog thread shuts the socket of a request that passes its deadline,
+and the request fails with ``TransportTimeout``.
+
 Transport failures are raised as ``TransportError`` and its subclasses, which
 ``keyops.backends.vault`` maps to keyops errors with every other Vault error.
 """
 
 from __future__ import annotations
 
+import contextlib
+import heapq
+import itertools
 import json
 import os
+import socket
 import threading
+import time
 import urllib.parse
 from collections.abc import Mapping
 from typing import Any
 
 import certifi
 import urllib3
+import urllib3.connection
 import urllib3.exceptions
+import urllib3.util
 
 _MAX_REDIRECTS = 30  # requests' limit
 _USER_AGENT = "keyops"
 
 
 class TransportError(Exception):
-    """The request did not get an answer: no connection, a dropped one, or a bad URL."""
+    """The request did not get an answer: no connection, a dropped one, or a bad URL.
+
+    ``reason``: what happened, in a few words ("connection refused"), for messages.
+    """
+
+    def __init__(self, text: str, reason: str = "") -> None:
+        super().__init__(text)
+        self.reason = reason or text
 
 
 class TransportTimeout(TransportError):
@@ -51,6 +72,113 @@ class TransportTimeout(TransportError):
 
 class TlsVerifyFailed(TransportError):
     """The server's certificate did not verify (or the TLS handshake failed)."""
+
+
+# --- deadlines ------------------------------------------------------------------------------
+
+
+class _Watch:
+    """One request's deadline and the connection it runs on."""
+
+    __slots__ = ("conn", "deadline", "done", "fired")
+
+    def __init__(self, deadline: float) -> None:
+        self.deadline = deadline
+        self.conn: Any = None
+        self.done = False
+        self.fired = False
+
+    def attach(self, conn: Any) -> None:
+        self.conn = conn
+        if self.fired:
+            _shut(conn)
+
+    def expire(self) -> None:
+        self.fired = True
+        if self.conn is not None:
+            _shut(self.conn)
+
+
+def _shut(conn: Any) -> None:
+    """Wake a read blocked on ``conn``'s socket: it sees the end of the stream and fails."""
+    sock = getattr(conn, "sock", None)
+    if sock is not None:
+        # socket.socket's own shutdown, also for a TLS socket: SSLSocket.shutdown would drop its
+        # TLS state under the thread that is reading. OSError: it is closed already.
+        with contextlib.suppress(OSError):
+            socket.socket.shutdown(sock, socket.SHUT_RDWR)
+
+
+class _Watchdog:
+    """One thread for every request's deadline: it expires watches whose deadline has passed."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._heap: list[tuple[float, int, _Watch]] = []
+        self._order = itertools.count()
+        self._thread: threading.Thread | None = None
+
+    def arm(self, watch: _Watch) -> None:
+        with self._cond:
+            # Finished requests are dropped from the top here, so the heap holds about the requests in flight.
+            while self._heap and self._heap[0][2].done:
+                heapq.heappop(self._heap)
+            heapq.heappush(self._heap, (watch.deadline, next(self._order), watch))
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(target=self._run, name="keyops-vault-deadlines", daemon=True)
+                self._thread.start()
+            elif self._heap[0][2] is watch:
+                self._cond.notify()
+
+    def _run(self) -> None:
+        with self._cond:
+            while True:
+                now = time.monotonic()
+                while self._heap and (self._heap[0][2].done or self._heap[0][0] <= now):
+                    watch = heapq.heappop(self._heap)[2]
+                    if not watch.done:
+                        watch.expire()
+                self._cond.wait(self._heap[0][0] - now if self._heap else None)
+
+
+_WATCHDOG = _Watchdog()
+_current = threading.local()  # the watch of the request this thread is sending
+
+
+class _Watched:
+    """Connections that tell the request's watch which socket to shut (urllib3 calls both in the sending thread)."""
+
+    def connect(self) -> None:
+        super().connect()  # type: ignore[misc]
+        self._watched()
+
+    def request(self, *args: Any, **kwargs: Any) -> None:
+        self._watched()  # a connection from the pool is already connected
+        super().request(*args, **kwargs)  # type: ignore[misc]
+
+    def _watched(self) -> None:
+        watch = getattr(_current, "watch", None)
+        if watch is not None:
+            watch.attach(self)
+
+
+class _HTTPConnection(_Watched, urllib3.connection.HTTPConnection):
+    pass
+
+
+class _HTTPSConnection(_Watched, urllib3.connection.HTTPSConnection):
+    pass
+
+
+class _HTTPPool(urllib3.HTTPConnectionPool):
+    ConnectionCls = _HTTPConnection
+
+
+class _HTTPSPool(urllib3.HTTPSConnectionPool):
+    ConnectionCls = _HTTPSConnection
+
+
+_POOLS: dict[str, Any] = {"http": _HTTPPool, "https": _HTTPSPool}
 
 
 class Response:
@@ -111,6 +239,7 @@ class Session:
         self._origins: dict[str, urllib3.HTTPConnectionPool] = {}
         self._lock = threading.Lock()
         self._redirects = urllib3.PoolManager(num_pools=4, **self._settings, **tls)
+        self._redirects.pool_classes_by_scheme = _POOLS  # redirected requests keep their deadline too
 
     def request(self, method: str, url: str, headers: Mapping[str, str] | None = None, *,
                 allow_redirects: bool = True, timeout: Any = None, verify: bool | str | None = None,
@@ -137,19 +266,29 @@ class Session:
                 send_headers.setdefault("Content-Type", "application/x-www-form-urlencoded")
             else:
                 body = data.encode("utf-8") if isinstance(data, str) else bytes(data)
-        deadline = self._timeout(timeout)
+        limits, total = self._timeout(timeout)
         pool, path = self._pool(url)
+        watch = None
+        if total is not None:
+            watch = _current.watch = _Watch(time.monotonic() + total)
+            _WATCHDOG.arm(watch)
         try:
             resp = pool.urlopen(method, path, body=body, headers=send_headers, retries=self._once, redirect=False,
-                                assert_same_host=False, timeout=deadline, preload_content=True)
+                                assert_same_host=False, timeout=limits, preload_content=True)
             if allow_redirects and resp.get_redirect_location():
                 # A standby node's redirect, say: send it again through urllib3's own redirect logic.
                 resp = self._redirects.urlopen(method, url, body=body, headers=send_headers, retries=self._follow,
-                                               redirect=True, timeout=deadline, preload_content=True)
-        except urllib3.exceptions.MaxRetryError as exc:
-            raise _failure(exc.reason or exc) from exc
+                                               redirect=True, timeout=limits, preload_content=True)
         except urllib3.exceptions.HTTPError as exc:
-            raise _failure(exc) from exc
+            if watch is not None and watch.fired:
+                raise TransportTimeout(f"no complete answer within {total:g} s",
+                                       f"no complete answer within {total:g} s") from exc
+            reason = exc.reason if isinstance(exc, urllib3.exceptions.MaxRetryError) else None
+            raise _failure(reason or exc) from exc
+        finally:
+            if watch is not None:
+                watch.done = True
+                _current.watch = None
         return Response(resp.status, resp.headers, resp.data, url, resp.reason)
 
     def _pool(self, url: str) -> tuple[urllib3.HTTPConnectionPool, str]:
@@ -164,20 +303,28 @@ class Session:
                 if pool is None:
                     try:
                         tls = self._tls if scheme == "https" else {}  # plain HTTP pools take no TLS settings
-                        pool = urllib3.connection_from_url(origin, **self._settings, **tls)
+                        parts = urllib3.util.parse_url(origin)
+                        if parts.scheme not in _POOLS or not parts.host:
+                            raise urllib3.exceptions.LocationValueError(f"not an http(s) address: {origin!r}")
+                        pool = _POOLS[parts.scheme](parts.host, port=parts.port, **self._settings, **tls)
                     except urllib3.exceptions.HTTPError as exc:  # e.g. a malformed VAULT_ADDR
                         raise _failure(exc) from exc
                     self._origins[origin] = pool
         return pool, "/" + path
 
-    def _timeout(self, value: Any) -> urllib3.Timeout:
-        """``requests``' forms: seconds, ``(connect, read)`` or None (wait for ever)."""
+    def _timeout(self, value: Any) -> tuple[urllib3.Timeout, float | None]:
+        """``requests``' forms: seconds, ``(connect, read)`` or None (wait for ever).
+
+        Also the request's deadline, whole: the seconds given, or of the pair, the longer.
+        """
         key = tuple(value) if isinstance(value, list) else value
         found = self._timeouts.get(key)
         if found is None:
             connect, read = key if isinstance(key, tuple) else (key, key)
             found = self._timeouts[key] = urllib3.Timeout(connect=connect, read=read)
-        return found
+        if isinstance(key, tuple):
+            return found, max((float(v) for v in key if v is not None), default=None)
+        return found, None if key is None else float(key)
 
     def close(self) -> None:
         with self._lock:
@@ -199,10 +346,29 @@ def _failure(reason: BaseException) -> TransportError:
     """The TransportError for urllib3's failure ``reason`` (its message names the host, never a header)."""
     text = f"{type(reason).__name__}: {reason}"
     if isinstance(reason, urllib3.exceptions.SSLError):
-        return TlsVerifyFailed(text)
+        return TlsVerifyFailed(text, "TLS handshake or certificate verification failed")
+    if isinstance(reason, urllib3.exceptions.NameResolutionError):
+        return TransportError(text, "its host name does not resolve")
     # NewConnectionError derives from ConnectTimeoutError, yet means "refused" or "no route".
     if isinstance(reason, urllib3.exceptions.NewConnectionError):
-        return TransportError(text)
+        return TransportError(text, os_reason(reason) or "no connection could be made")
     if isinstance(reason, urllib3.exceptions.TimeoutError):
-        return TransportTimeout(text)
-    return TransportError(text)
+        return TransportTimeout(text, "no answer in time")
+    if isinstance(reason, urllib3.exceptions.ProtocolError):
+        return TransportError(text, os_reason(reason) or "the connection was dropped before a complete answer")
+    return TransportError(text, os_reason(reason))
+
+
+def os_reason(exc: BaseException) -> str:
+    """The operating system's word for a failed connection ("connection refused"), when there is one."""
+    seen: BaseException | None = exc
+    for _ in range(5):  # a short chain of causes, never a loop
+        if seen is None:
+            break
+        if isinstance(seen, OSError) and seen.strerror:
+            return seen.strerror[:1].lower() + seen.strerror[1:]
+        for arg in getattr(seen, "args", ()):
+            if isinstance(arg, OSError) and arg.strerror:
+                return arg.strerror[:1].lower() + arg.strerror[1:]
+        seen = seen.__cause__ or seen.__context__
+    return ""

@@ -20,6 +20,7 @@ import builtins
 import collections
 import contextlib
 import hashlib
+import re
 import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
@@ -33,13 +34,14 @@ from hvac.utils import format_url
 
 from keyops import auth
 from keyops.backends import _vault_http
-from keyops.config import Config
+from keyops.config import Config, is_dev_stack_addr
 from keyops.errors import (
     AuthenticationFailed,
     CheckAndSetFailed,
     ConfigError,
-    InvalidInput,
     KeyNotFound,
+    MountMissing,
+    NamespaceNotFound,
     NotFound,
     PermissionDenied,
     TransitNotAuthentic,
@@ -87,22 +89,23 @@ class CallCounter:
 
 
 @contextlib.contextmanager
-def vault_errors(what: str, addr: str = "", timeout: float | None = None, *, transit_ciphertext: bool = False,
-                 transit_key: bool = False, login: bool = False) -> Iterator[None]:
+def vault_errors(what: str, addr: str = "", timeout: float | None = None, *, namespace: str | None = None,
+                 missing_mount: str = "", transit_ciphertext: bool = False,
+                 transit_key: bool = False) -> Iterator[None]:
     """Map the hvac and transport failures of one request to keyops errors.
 
-    ``transit_ciphertext``: the request opens a Transit ciphertext, so Transit's
-    "cannot open it" answers become ``TransitNotAuthentic``. ``transit_key``:
-    Transit's "key not found" answer becomes ``KeyNotFound`` (HMAC endpoints
-    answer 400 for a missing key, not 404). ``login``: the request is a login, whose
-    refusal (400 "invalid role or secret ID", 403) means the credentials are wrong.
+    ``missing_mount``: what to say when Vault has no engine at the request's
+    path (it answers 404 "no handler for route"), e.g. that KV mount
+    ``keyops`` is missing and ``keyops init`` creates it. ``transit_ciphertext``:
+    the request opens a Transit ciphertext, so Transit's "cannot open it"
+    answers become ``TransitNotAuthentic``. ``transit_key``: Transit's "key
+    not found" answer becomes ``KeyNotFound`` (HMAC endpoints answer 400 for a
+    missing key, not 404).
     """
     where = addr or "the configured address"
     try:
         yield
     except hvac.exceptions.Forbidden as exc:
-        if login:
-            raise AuthenticationFailed(f"{what}: Vault rejected the credentials") from exc
         raise PermissionDenied(f"{what}: permission denied by Vault; the token's policies do not allow "
                                "this path (check the role or token)") from exc
     except hvac.exceptions.Unauthorized as exc:
@@ -112,9 +115,17 @@ def vault_errors(what: str, addr: str = "", timeout: float | None = None, *, tra
         raise VaultSealed(f"{what}: Vault at {where} is sealed; "
                           "unseal it (keyops dev up does so for the local stack)") from exc
     except hvac.exceptions.InvalidPath as exc:
+        text = _server_reason(exc)
+        if _NO_NAMESPACE in text:
+            raise NamespaceNotFound(f"{what}: namespace {namespace or ''!r} does not exist in Vault at {where}, "
+                                    "or the token cannot see it; check VAULT_NAMESPACE") from exc
+        if _NO_ROUTE in text:
+            if missing_mount:
+                raise MountMissing(f"{what}: {missing_mount}") from exc
+            raise NotFound(f"{what}: Vault at {where} has nothing mounted at this path ({text})") from exc
         raise NotFound(f"{what}: not found in Vault") from exc
     except hvac.exceptions.InvalidRequest as exc:
-        text = _first_error(exc)
+        text = _server_reason(exc)
         if _CAS_MISMATCH in str(exc):
             raise CheckAndSetFailed(f"{what}: another writer changed it first (check-and-set); "
                            "re-read and retry") from exc
@@ -122,29 +133,48 @@ def vault_errors(what: str, addr: str = "", timeout: float | None = None, *, tra
             raise TransitNotAuthentic(f"{what}: Transit could not authenticate the ciphertext") from exc
         if transit_key and _KEY_NOT_FOUND in text:
             raise KeyNotFound(f"{what}: the Transit key does not exist") from exc
-        if login:
-            raise AuthenticationFailed(f"{what}: Vault rejected the credentials: {text}") from exc
         raise VaultError(f"{what}: Vault refused the request: {text}") from exc
     except hvac.exceptions.VaultError as exc:
-        raise VaultError(f"{what}: Vault error: {_first_error(exc)}") from exc
+        raise VaultError(f"{what}: Vault error: {_server_reason(exc)}") from exc
     except (requests.exceptions.SSLError, _vault_http.TlsVerifyFailed) as exc:
-        raise VaultUnreachable(f"{what}: TLS verification of {addr} failed; set VAULT_CACERT to the "
-                               "CA that signed Vault's certificate") from exc
+        raise VaultUnreachable(f"Vault at {where} cannot be reached: TLS verification failed (while {what}); "
+                               "set VAULT_CACERT to the CA that signed Vault's certificate") from exc
     except (requests.exceptions.Timeout, _vault_http.TransportTimeout) as exc:
         # A timed-out write may still have been applied: check-and-set makes the retry safe.
         limit = f"within {timeout:g} s " if timeout else ""
-        raise VaultUnreachable(f"{what}: Vault at {where} is unreachable: no answer {limit}(KEYOPS_VAULT_TIMEOUT); "
-                               "check VAULT_ADDR and that the server runs") from exc
+        raise VaultUnreachable(f"Vault at {where} cannot be reached: no complete answer {limit}"
+                               f"(KEYOPS_VAULT_TIMEOUT) while {what}; {_advice(addr)}") from exc
     except (requests.exceptions.ConnectionError, _vault_http.TransportError) as exc:
-        raise VaultUnreachable(f"{what}: Vault at {where} is unreachable; "
-                               "check VAULT_ADDR and that the server runs") from exc
+        reason = exc.reason if isinstance(exc, _vault_http.TransportError) else _vault_http.os_reason(exc)
+        raise VaultUnreachable(f"Vault at {where} cannot be reached: {reason or 'no connection'} (while {what}); "
+                               f"{_advice(addr)}") from exc
 
 
-def _first_error(exc: hvac.exceptions.VaultError) -> str:
+_NO_ROUTE = "no handler for route"
+_NO_NAMESPACE = "namespace not found"
+
+
+def _advice(addr: str) -> str:
+    if addr and is_dev_stack_addr(addr):
+        return "this is the local dev stack's address: start it with `keyops dev up`"
+    return "check VAULT_ADDR and that the server runs"
+
+
+def _server_reason(exc: hvac.exceptions.VaultError) -> str:
+    """Vault's own reason, on one line.
+
+    Vault wraps many failures in a multierror ("1 error occurred:\n\t* the
+    reason\n\n"): the reason is on the second line, never to be dropped.
+    """
     errors = getattr(exc, "errors", None)
     text = "; ".join(str(e) for e in errors) if errors else str(exc)
+    lines = [line.strip().removeprefix("* ").strip() for line in text.splitlines()]
+    lines = [line for line in lines if line and not _MULTIERROR_HEAD.fullmatch(line)]
     # Vault error strings name paths and parameters, never values, but keep them short.
-    return text.splitlines()[0][:300] if text else "unknown error"
+    return "; ".join(lines)[:500] or "unknown error"
+
+
+_MULTIERROR_HEAD = re.compile(r"\d+ errors? occurred:")
 
 
 # --- the client ------------------------------------------------------------------------------
@@ -210,7 +240,7 @@ def log_in(client: hvac.Client, config: Config, login: auth.Login) -> dict[str, 
                 hvac.exceptions.InvalidPath) as exc:
             # An AppRole's role id is not secret either, but it names no role a reader would recognise.
             role = "role id" if login.method == "approle" else f"role {login.role!r}"
-            raise AuthenticationFailed(f"{what}: Vault refused the login ({_first_error(exc)}); check the {role}, "
+            raise AuthenticationFailed(f"{what}: Vault refused the login ({_server_reason(exc)}); check the {role}, "
                                        f"the credential and that the {auth.NAMES[login.method]} auth method is "
                                        f"enabled at auth/{login.mount}") from exc
     return dict(resp["auth"])
@@ -248,14 +278,29 @@ class VaultStore:
         self.transit_mount = config.transit_mount
         self.calls = counter or CallCounter()
 
-    def _errors(self, what: str, **kinds: bool) -> contextlib.AbstractContextManager[None]:
-        return vault_errors(what, self.config.vault_addr, self.config.vault_timeout, **kinds)
+    def _errors(self, what: str, mount: str | None = None, **kinds: bool) -> contextlib.AbstractContextManager[None]:
+        return vault_errors(what, self.config.vault_addr, self.config.vault_timeout,
+                            namespace=self.config.vault_namespace, missing_mount=self._missing(mount), **kinds)
 
-    def _absent_is_none(self, kind: str, what: str, call: Any, **kwargs: Any) -> Any:
-        """``call(**kwargs)`` counted as ``kind``; None when Vault answers 404."""
+    def _missing(self, mount: str | None) -> str:
+        """What to say when ``mount`` turns out not to exist: which mount, and what creates it."""
+        if mount is None:
+            return ""
+        where = f"Vault at {self.config.vault_addr}" + (
+            f", namespace {self.config.vault_namespace!r}" if self.config.vault_namespace else "")
+        if mount == self.kv_mount:
+            return (f"the KV v2 mount {mount!r} that keyops uses (KEYOPS_KV_MOUNT) does not exist in {where}; "
+                    "create it with `keyops init`")
+        if mount == self.transit_mount:
+            return (f"the Transit mount {mount!r} that keyops uses (KEYOPS_TRANSIT_MOUNT) does not exist in "
+                    f"{where}; create it with `keyops init`")
+        return f"the mount {mount!r} does not exist in {where}; check its name (`bao secrets list`)"
+
+    def _absent_is_none(self, kind: str, what: str, call: Any, mount: str | None = None, **kwargs: Any) -> Any:
+        """``call(**kwargs)`` counted as ``kind``; None when Vault answers 404 (a missing ``mount`` is an error)."""
         self.calls.add(kind)
         try:
-            with self._errors(what):
+            with self._errors(what, mount or kwargs.get("mount_point")):
                 return call(**kwargs)
         except NotFound:
             return None
@@ -276,7 +321,7 @@ class VaultStore:
         """Write with check-and-set: ``cas=0`` creates, else it must match the current version."""
         mount = mount or self.kv_mount
         self.calls.add("kv.write")
-        with self._errors(f"writing {mount}/{path}"):
+        with self._errors(f"writing {mount}/{path}", mount):
             resp = self.client.secrets.kv.v2.create_or_update_secret(
                 path=path, secret=dict(data), cas=cas, mount_point=mount)
         return int(resp["data"]["version"])
@@ -292,7 +337,7 @@ class VaultStore:
         what = f"listing {mount}/{path}"
         if limit:
             params: dict[str, Any] = {"limit": limit, **({"after": after} if after else {})}
-            resp = self._absent_is_none("kv.list", what, self.client.adapter.list,
+            resp = self._absent_is_none("kv.list", what, self.client.adapter.list, mount,
                                         url=format_url("/v1/{}/metadata/{}", mount, path), params=params)
         else:
             resp = self._absent_is_none("kv.list", what, self.client.secrets.kv.v2.list_secrets,
@@ -302,14 +347,14 @@ class VaultStore:
     def delete_all_versions(self, path: str, mount: str | None = None) -> None:
         mount = mount or self.kv_mount
         self.calls.add("kv.delete")
-        with self._errors(f"deleting {mount}/{path}"):
+        with self._errors(f"deleting {mount}/{path}", mount):
             self.client.secrets.kv.v2.delete_metadata_and_all_versions(path=path, mount_point=mount)
 
     def destroy_versions(self, path: str, versions: Sequence[int], mount: str | None = None) -> None:
         """Destroy these versions of ``path`` for good (their data is gone; the metadata stays)."""
         mount = mount or self.kv_mount
         self.calls.add("kv.destroy")
-        with self._errors(f"destroying old versions of {mount}/{path}"):
+        with self._errors(f"destroying old versions of {mount}/{path}", mount):
             self.client.secrets.kv.v2.destroy_secret_versions(path=path, versions=list(versions), mount_point=mount)
 
     def read_metadata(self, path: str, mount: str | None = None) -> dict[str, Any] | None:
@@ -329,7 +374,7 @@ class VaultStore:
         """
         mount = mount or self.kv_mount
         self.calls.add("kv.write_metadata")
-        with self._errors(f"writing the metadata of {mount}/{path}"):
+        with self._errors(f"writing the metadata of {mount}/{path}", mount):
             self.client.adapter.post(format_url("/v1/{}/metadata/{}", mount, path),
                                      json={"max_versions": max_versions, "cas_required": cas_required})
 
@@ -343,7 +388,7 @@ class VaultStore:
         deadline = time.monotonic() + wait
         while True:
             self.calls.add("kv.read_config")
-            with self._errors(f"reading the configuration of KV mount {mount!r}"):
+            with self._errors(f"reading the configuration of KV mount {mount!r}", mount):
                 try:
                     resp = self.client.secrets.kv.v2.read_configuration(mount_point=mount)
                     return dict((resp or {}).get("data") or {})
@@ -359,14 +404,14 @@ class VaultStore:
         """
         mount = mount or self.kv_mount
         self.calls.add("kv.write_config")
-        with self._errors(f"configuring KV mount {mount!r}"):
+        with self._errors(f"configuring KV mount {mount!r}", mount):
             self.client.adapter.post(format_url("/v1/{}/config", mount), json={"max_versions": max_versions})
 
     # --- Transit ---------------------------------------------------------------------
 
     def transit_encrypt(self, key: str, plaintext: bytes, context: bytes, key_version: int | None = None) -> str:
         self.calls.add("transit.encrypt")
-        with self._errors(f"Transit encrypt with key {key!r}"):
+        with self._errors(f"Transit encrypt with key {key!r}", self.transit_mount):
             resp = self.client.secrets.transit.encrypt_data(
                 name=key, plaintext=_b64(plaintext), associated_data=_b64(context),
                 key_version=key_version, mount_point=self.transit_mount)
@@ -380,7 +425,7 @@ class VaultStore:
         mount = mount or self.transit_mount
         self.calls.add("transit.decrypt")
         what = f"Transit decrypt with key {key!r}" + (f" of mount {mount!r}" if mount != self.transit_mount else "")
-        with self._errors(what, transit_ciphertext=True):
+        with self._errors(what, mount, transit_ciphertext=True):
             resp = self.client.secrets.transit.decrypt_data(
                 name=key, ciphertext=ciphertext, associated_data=_b64(context) if context else None,
                 mount_point=mount)
@@ -400,7 +445,7 @@ class VaultStore:
         """
         self.calls.add("transit.create_key")
         settings = {"exportable": False, "allow_plaintext_backup": False}
-        with self._errors(f"creating Transit key {key!r}"):
+        with self._errors(f"creating Transit key {key!r}", self.transit_mount):
             if key_size is None:
                 self.client.secrets.transit.create_key(name=key, key_type=key_type, mount_point=self.transit_mount,
                                                        auto_rotate_period=auto_rotate_period, **settings)
@@ -412,19 +457,19 @@ class VaultStore:
 
     def transit_rotate_key(self, key: str) -> None:
         self.calls.add("transit.rotate_key")
-        with self._errors(f"rotating Transit key {key!r}"):
+        with self._errors(f"rotating Transit key {key!r}", self.transit_mount):
             self.client.secrets.transit.rotate_key(name=key, mount_point=self.transit_mount)
 
     def transit_delete_key(self, key: str) -> None:
         """Delete the key and every version of it (irreversible); it must allow deletion."""
         self.calls.add("transit.delete_key")
-        with self._errors(f"deleting Transit key {key!r}"):
+        with self._errors(f"deleting Transit key {key!r}", self.transit_mount):
             self.client.secrets.transit.delete_key(name=key, mount_point=self.transit_mount)
 
     def transit_wrapping_key(self) -> str:
         """The PEM public key that Transit's BYOK import expects keys wrapped to (hvac has no call for it)."""
         self.calls.add("transit.wrapping_key")
-        with self._errors("reading Transit's wrapping key"):
+        with self._errors("reading Transit's wrapping key", self.transit_mount):
             resp = self.client.adapter.get(format_url("/v1/{}/wrapping_key", self.transit_mount))
         return str(resp["data"]["public_key"])
 
@@ -438,7 +483,7 @@ class VaultStore:
             url = format_url("/v1/{}/keys/{}/import", self.transit_mount, key)
             body = {"ciphertext": ciphertext, "hash_function": "SHA256", "type": key_type,
                     "exportable": False, "allow_plaintext_backup": False}
-        with self._errors(f"importing into Transit key {key!r}"):
+        with self._errors(f"importing into Transit key {key!r}", self.transit_mount):
             self.client.adapter.post(url, json=body)
 
     def transit_configure_key(self, key: str, *, min_decryption_version: int | None = None,
@@ -454,7 +499,7 @@ class VaultStore:
             self.transit_configure_key(key, min_encryption_version=min_encryption_version)
             min_encryption_version = None
         self.calls.add("transit.config")
-        with self._errors(f"configuring Transit key {key!r}"):
+        with self._errors(f"configuring Transit key {key!r}", self.transit_mount):
             self.client.secrets.transit.update_key_configuration(
                 name=key, min_decryption_version=min_decryption_version,
                 min_encryption_version=min_encryption_version, deletion_allowed=deletion_allowed,
@@ -463,14 +508,14 @@ class VaultStore:
     def transit_trim_key(self, key: str, min_available_version: int) -> None:
         """Delete the Transit key's versions below ``min_available_version`` (irreversible)."""
         self.calls.add("transit.trim")
-        with self._errors(f"trimming Transit key {key!r}"):
+        with self._errors(f"trimming Transit key {key!r}", self.transit_mount):
             self.client.secrets.transit.trim_key(name=key, min_version=min_available_version,
                                                  mount_point=self.transit_mount)
 
     def transit_generate_hmac(self, key: str, data: bytes, algorithm: str = "sha2-256") -> str:
         """Transit's HMAC of ``data`` (``vault:vN:...``); ``KeyNotFound`` when the key does not exist."""
         self.calls.add("transit.hmac")
-        with self._errors(f"HMAC with the Transit key {key!r}", transit_key=True):
+        with self._errors(f"HMAC with the Transit key {key!r}", self.transit_mount, transit_key=True):
             resp = self.client.secrets.transit.generate_hmac(name=key, hash_input=_b64(data), algorithm=algorithm,
                                                              mount_point=self.transit_mount)
         return str(resp["data"]["hmac"])
@@ -482,7 +527,7 @@ class VaultStore:
         hvac's ``verify_signed_data`` takes one input, not a batch.
         """
         self.calls.add("transit.verify_hmac")
-        with self._errors(f"verifying HMACs with the Transit key {key!r}", transit_key=True):
+        with self._errors(f"verifying HMACs with the Transit key {key!r}", self.transit_mount, transit_key=True):
             resp = self.client.adapter.post(
                 format_url("/v1/{}/verify/{}", self.transit_mount, key),
                 json={"hash_algorithm": algorithm,
@@ -622,18 +667,21 @@ class VaultStore:
                                                   description=description or None,
                                                   options=dict(options) if options else None)
 
-    def check_mounts(self) -> None:
-        """Fail early, with a clear error, when the KV mount is missing or not version 2."""
+    def read_mount(self, path: str) -> dict[str, Any] | None:
+        """The secrets engine mounted at ``path`` (``type``, ``options``, ...), or None when nothing is."""
         self.calls.add("sys.read_mount")
         try:
-            with self._errors(f"reading the configuration of mount {self.kv_mount!r}"):
-                resp = self.client.adapter.get(format_url("/v1/sys/mounts/{}", self.kv_mount))
-        except NotFound as exc:
-            raise InvalidInput(f"KV mount {self.kv_mount!r} does not exist; enable it with "
-                               f"'bao secrets enable -path={self.kv_mount} -version=2 kv'") from exc
-        options = (resp.get("data") or resp).get("options") or {}
-        if str(options.get("version")) != "2":
-            raise InvalidInput(f"mount {self.kv_mount!r} is not a KV version 2 mount")
+            with self._errors(f"reading the mount {path!r}"):
+                resp = self.client.adapter.get(format_url("/v1/sys/mounts/{}", path))
+        except VaultError as exc:
+            # Vault answers 400 "No secret engine mount at <path>/" for a path where nothing is mounted.
+            if _NO_MOUNT in str(exc).lower():
+                return None
+            raise
+        return dict((resp or {}).get("data") or resp or {})
+
+
+_NO_MOUNT = "no secret engine mount at"
 
 
 def _b64(data: bytes) -> str:

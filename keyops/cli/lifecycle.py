@@ -50,7 +50,8 @@ def cmd_lifecycle(args: argparse.Namespace) -> int:
         if args.action == "retire":
             result = retire(k, args.tenant, args.level, args.version, **common)
         else:
-            result = destroy(k, args.tenant, args.level, args.version, confirm=args.yes, **common)
+            result = destroy(k, args.tenant, args.level, args.version, confirm=args.yes,
+                             confirm_hint=("--yes", "--dry-run"), **common)
     _print(result, args.json)
     return EXIT_DONE if result.changed else EXIT_NOTHING_TO_DO
 

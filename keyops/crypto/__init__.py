@@ -165,7 +165,12 @@ class Ciphertext:
         if len(data) < 2:
             raise MalformedCiphertext("ciphertext is truncated: missing header")
         if data[0] != FORMAT_VERSION:
-            raise MalformedCiphertext(f"unknown ciphertext format version {data[0]} (this keyops reads 1)")
+            if all(32 <= b < 127 or b in b"\t\r\n" for b in data[:64]):
+                # Text that is not "keyops:...": a paste of something else, not a newer keyops format.
+                raise MalformedCiphertext(f"not a keyops ciphertext: expected text starting with {TEXT_PREFIX!r} "
+                                          f"or the binary form (first byte {FORMAT_VERSION})")
+            raise MalformedCiphertext(f"unknown ciphertext format version {data[0]} (this keyops reads "
+                                      f"{FORMAT_VERSION}): not a keyops ciphertext, or one of a newer keyops")
         tlen = data[1]
         if not 1 <= tlen <= MAX_NAME_LEN:
             raise MalformedCiphertext(f"ciphertext header names a tenant of invalid length {tlen}")

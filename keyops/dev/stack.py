@@ -62,7 +62,16 @@ import requests
 
 from keyops.access import SECRETS_HISTORY
 from keyops.backends.vault import VaultStore
-from keyops.config import Config, find_softhsm_module
+from keyops.config import (
+    DEV_DEFAULT_PORT,
+    DEV_DEFAULT_STATE_DIR,
+    DEV_HOST,
+    DEV_PORT_ENV,
+    DEV_STACK_FILE,
+    DEV_STATE_DIR_ENV,
+    Config,
+    find_softhsm_module,
+)
 from keyops.errors import AuditError, DevStackError, KeyopsError
 from keyops.files import write_file_atomic
 
@@ -76,11 +85,12 @@ __all__ = [
     "free_port",
 ]
 
-STATE_DIR_ENV = "KEYOPS_STATE_DIR"
-PORT_ENV = "KEYOPS_DEV_PORT"
-DEFAULT_STATE_DIR = ".keyops"
-DEFAULT_PORT = 8200
-HOST = "127.0.0.1"
+# The library's connection errors advise `keyops dev up` for this stack's address, so keyops.config keeps it.
+STATE_DIR_ENV = DEV_STATE_DIR_ENV
+PORT_ENV = DEV_PORT_ENV
+DEFAULT_STATE_DIR = DEV_DEFAULT_STATE_DIR
+DEFAULT_PORT = DEV_DEFAULT_PORT
+HOST = DEV_HOST
 NODE_ID = "keyops-dev"
 KV_MOUNT = "keyops"
 TRANSIT_MOUNT = "transit"
@@ -218,7 +228,7 @@ class DevStack:
 
     @property
     def stack_file(self) -> Path:
-        return self.state_dir / "stack.json"
+        return self.state_dir / DEV_STACK_FILE
 
     @property
     def root_token_file(self) -> Path:
@@ -773,6 +783,8 @@ log_level     = "info"
             "KEYOPS_AUDIT_LOG": str(self.keyops_audit_log),
             "KEYOPS_AUDIT_ANCHOR": AUDIT_ANCHOR,
             "KEYOPS_AUDIT_KEY": AUDIT_KEY,
+            # Lets keyops tell "this is the dev stack: run `keyops dev up`" when the server is down.
+            STATE_DIR_ENV: str(self.state_dir),
         }
 
     def shell_exports(self) -> str:

@@ -190,7 +190,11 @@ class Keyops:
         try:
             yield event
         except KeyopsError as exc:
-            self._emit(operation, result=f"error:{exc.code}", **event)
+            try:
+                self._emit(operation, result=f"error:{exc.code}", **event)
+            except KeyopsError as also:
+                # What failed is the news (a Vault that stopped answering fails both): the audit's failure after it.
+                exc.args = (f"{exc}; its audit event could not be written either ({also.code}: {also})",)
             raise
         else:
             self._emit(operation, result="ok", **event)

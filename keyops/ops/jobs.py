@@ -28,9 +28,11 @@ keys at once, and the page is cut here instead.
 from __future__ import annotations
 
 import collections
+import concurrent.futures
 import dataclasses
 import re
 import secrets
+import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Generic, TypeVar
@@ -326,7 +328,7 @@ class _Batch(Generic[T]):
 
 def run_batches(names: Iterable[str], work: Callable[[str], T], *, workers: int, batch_size: int,
                 on_item: Callable[[str, T], None], on_batch: Callable[[str], None],
-                describe: Callable[[str, KeyopsError], str]) -> None:
+                describe: Callable[[str, KeyopsError], str], stall: float | None = None) -> None:
     """Run ``work`` on every name with a bounded pool, a few batches ahead.
 
     ``on_item`` and ``on_batch`` (with the batch's last name, once all of the
@@ -334,19 +336,35 @@ def run_batches(names: Iterable[str], work: Callable[[str], T], *, workers: int,
     failing item stops the pipeline: items not started are cancelled, those
     running finish, and a ``JobFailed`` naming the item (``describe``) is
     raised. The checkpoint thus never passes an unfinished item.
+
+    ``stall`` (``KEYOPS_JOB_STALL_TIMEOUT``): when the item the checkpoint
+    waits for has not finished this many seconds after the last one did, the
+    job stops the same way, with a ``JobFailed`` that says it stalled; items
+    still running are left to their own deadlines (every Vault request has
+    one), not waited for.
     """
     # Enough queued work to keep every worker busy while the oldest batch drains.
     ahead = max(2, -(-2 * workers // batch_size))
     inflight: collections.deque[_Batch[T]] = collections.deque()
     pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="keyops-job")
 
+    progress = [time.monotonic()]  # when an item last finished
+    stalled = [False]
+
     def drain_oldest() -> None:
         batch = inflight.popleft()
         for name, future in zip(batch.names, batch.futures, strict=True):
+            left = None if stall is None else max(0.0, progress[0] + stall - time.monotonic())
             try:
-                outcome = future.result()
+                outcome = future.result(timeout=left)
             except KeyopsError as exc:
                 raise JobFailed(describe(name, exc), exc) from exc
+            except concurrent.futures.TimeoutError:
+                stalled[0] = True
+                raise JobFailed(f"the job stalled: item {name!r} did not finish within {stall:g} s "
+                                "(KEYOPS_JOB_STALL_TIMEOUT); it stopped at its last checkpoint, run it again to "
+                                "resume") from None
+            progress[0] = time.monotonic()
             on_item(name, outcome)
         on_batch(batch.names[-1])
 
@@ -358,4 +376,5 @@ def run_batches(names: Iterable[str], work: Callable[[str], T], *, workers: int,
         while inflight:
             drain_oldest()
     finally:
-        pool.shutdown(wait=True, cancel_futures=True)
+        # A stalled item is not waited for: its worker ends with its request's deadline.
+        pool.shutdown(wait=not stalled[0], cancel_futures=True)

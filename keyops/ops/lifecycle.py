@@ -105,14 +105,21 @@ def retire(k: Keyops, tenant: str | None, level: str, version: int, *, dry_run: 
     return _change(k, "retire", tenant, level, version, _Options(dry_run, acknowledge_external, on_wait))
 
 
+#: How a library caller confirms, and looks first; a face passes its own words (the CLI: ``--yes``).
+CONFIRM_HINT = ("confirm=True", "dry_run=True")
+
+
 def destroy(k: Keyops, tenant: str | None, level: str, version: int, *, confirm: bool,
             dry_run: bool = False, acknowledge_external: bool = False,
-            on_wait: WaitCallback | None = None) -> LifecycleResult:
-    """Destroy ``version``'s material for good; needs ``confirm=True`` (a dry run does not)."""
+            on_wait: WaitCallback | None = None, confirm_hint: tuple[str, str] = CONFIRM_HINT) -> LifecycleResult:
+    """Destroy ``version``'s material for good; needs ``confirm=True`` (a dry run does not).
+
+    ``confirm_hint``: how the caller spells "confirm" and "dry run", for the refusal's message.
+    """
     if not confirm and not dry_run:
         where = "the master key" if level == "master" else f"tenant {tenant!r}"
         raise ConfirmationRequired(f"destroying {level} version {version} of {where} cannot be undone; "
-                                   "confirm with --yes (confirm=True), or look first with --dry-run")
+                                   f"confirm with {confirm_hint[0]}, or look first with {confirm_hint[1]}")
     return _change(k, "destroy", tenant, level, version, _Options(dry_run, acknowledge_external, on_wait))
 
 

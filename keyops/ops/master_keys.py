@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import time
 from typing import TYPE_CHECKING
 
+from keyops import access
 from keyops.errors import (
     Conflict,
     KeyStateError,
+    PermissionDenied,
 )
 from keyops.model.keyring import (
     age_days,
@@ -35,6 +38,13 @@ def master_label(k: Keyops, version: int) -> str:
     return f"{k.config.master_key_label}-{registry_id}-v{version}"
 
 
+def planned_first(k: Keyops, registry: MasterRegistry | None = None) -> MasterRegistry:
+    """The registry a first ``ensure_master`` would make, as a dry run reports it (no I/O)."""
+    registry = registry or MasterRegistry.first(k.config.master_key_label, k.clock())
+    return registry.replace_version(dataclasses.replace(registry.get(1), state="active",
+                                                        root=k.hierarchy.roots.configured))
+
+
 def ensure_master(k: Keyops, dry_run: bool = False) -> tuple[MasterRegistry, bool]:
     """The master key exists under its root and is registered in KV. Returns (registry, changed).
 
@@ -49,8 +59,7 @@ def ensure_master(k: Keyops, dry_run: bool = False) -> tuple[MasterRegistry, boo
     if found is None:
         registry = MasterRegistry.first(k.config.master_key_label, k.clock())
         if dry_run:
-            return registry.replace_version(dataclasses.replace(registry.get(1), state="active",
-                                                                root=roots.configured)), True
+            return planned_first(k, registry), True
         with k.audited("master.create", level="master", versions=[1]) as event:
             # A wrong PIN, passphrase or KMS, or a look-alike HSM key, fails before anything is written.
             roots.check_configured()
@@ -65,7 +74,13 @@ def ensure_master(k: Keyops, dry_run: bool = False) -> tuple[MasterRegistry, boo
                 if found is None:
                     raise
             else:
-                return _activate_first_master(k, registry, revision), True
+                made = _activate_first_master(k, registry, revision), True
+                if k.principal.allows("history.config"):
+                    # The registry's history and check-and-set are set when it is made, as a keyring's are;
+                    # a server that refuses leaves it to `keyops policy apply`, as for a keyring.
+                    with contextlib.suppress(PermissionDenied):
+                        access.ensure_history(k, master=True, mount=False)
+                return made
     registry, revision = found
     if registry.get(registry.primary).state == MASTER_PENDING:
         if dry_run:

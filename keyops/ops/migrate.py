@@ -80,7 +80,7 @@ from keyops.errors import (
     TransitNotAuthentic,
 )
 from keyops.model.keyring import Keyring, format_time
-from keyops.model.names import validate_secret_name, validate_tenant
+from keyops.model.names import validate_mount, validate_secret_name, validate_tenant
 from keyops.ops.cas import CAS_ATTEMPTS
 from keyops.ops.front import Keyops, secret_context, secret_path, transit_key_name
 from keyops.ops.jobs import (
@@ -269,9 +269,7 @@ def _options(k: Keyops, keyring: Keyring, source: str, source_mount: str | None,
     except InvalidInput as exc:
         raise InvalidInput(f"invalid source path {prefix!r}: use '/'-separated segments of ASCII letters, "
                            "digits and '_.@+=,-'") from exc
-    mount = (source_mount or k.store.kv_mount).strip("/")
-    if not mount or not re.fullmatch(r"[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)*", mount):
-        raise InvalidInput(f"invalid KV mount {mount!r}")
+    mount = validate_mount(source_mount or k.store.kv_mount, "source mount")
     if mount == k.store.kv_mount and prefix.split("/", 1)[0] in RESERVED_PREFIXES:
         raise InvalidInput(f"{mount}/{prefix} is keyops' own storage, not a migration source")
     if field is not None and (not isinstance(field, str) or not field):
@@ -376,7 +374,7 @@ class _Migration:
 
         run_batches(iter_names(self.k.store, self.o.source, cursor, page=self.batch_size, mount=self.o.mount),
                     self.migrate_one, workers=self.workers, batch_size=self.batch_size, on_item=on_item,
-                    on_batch=on_batch, describe=self.describe)
+                    on_batch=on_batch, describe=self.describe, stall=self.k.config.job_stall_timeout)
         counts = collections.Counter(dict(run.checkpoint.counts)) if not self.dry_run else pending
         purged = 0
         if purge_source:
@@ -639,6 +637,7 @@ def purge_sources(k: Keyops, tenant: str, source: str, *, source_mount: str | No
     with k.audited("migrate.purge", tenant=tenant, source=f"{mount}/{prefix}", dry_run=dry_run) as event:
         run_batches(iter_names(k.store, prefix, mount=mount), purge_one, workers=workers,
                     batch_size=DEFAULT_BATCH_SIZE, on_item=on_item, on_batch=lambda last: None,
-                    describe=lambda name, exc: f"purging the migrated source {mount}/{prefix}/{name} stopped: {exc}")
+                    describe=lambda name, exc: f"purging the migrated source {mount}/{prefix}/{name} stopped: {exc}",
+                    stall=k.config.job_stall_timeout)
         event["purged"] = purged
     return purged

@@ -345,7 +345,7 @@ class _Job:
 
         run_batches(iter_names(self.k.store, self.base, cursor, page=self.batch_size), self.move,
                     workers=self.workers, batch_size=self.batch_size, on_item=on_item, on_batch=on_batch,
-                    describe=self.describe)
+                    describe=self.describe, stall=self.k.config.job_stall_timeout)
         return seen
 
     def _no_late_writes(self, started: dt.datetime) -> bool:
@@ -387,7 +387,8 @@ class _Job:
                     self.run_.touch()
 
             run_batches(lagging, self.move, workers=self.workers, batch_size=self.batch_size, on_item=on_item,
-                        on_batch=lambda last: None, describe=self.describe)
+                        on_batch=lambda last: None, describe=self.describe,
+                        stall=self.k.config.job_stall_timeout)
         return {v: n for v, n in sorted(references.items()) if n > 0}, late
 
 
@@ -470,7 +471,7 @@ def _dry_run(k: Keyops, tenant: str, target: int, job_id: str, workers: int, bat
                 lambda name: _move_one(k, tenant, name, target, job_id, dry_run=True),
                 workers=workers, batch_size=batch_size, on_item=on_item, on_batch=lambda last: None,
                 describe=lambda name, exc: f"dry run of the re-encryption of tenant {tenant!r} stopped at "
-                                           f"secret {name!r}: {exc}")
+                                           f"secret {name!r}: {exc}", stall=k.config.job_stall_timeout)
     # Before the move, old versions are still referenced; none would be once the records moved.
     unreferenced = _unreferenced(k, tenant, {target: 1})
     return ReencryptResult(

@@ -69,9 +69,11 @@ CI jobs and Ansible can re-run a rotation without rotating twice.
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import dataclasses
 import datetime as dt
+import logging
 import os
 import socket
 import time
@@ -82,7 +84,7 @@ from typing import Any, Literal
 
 from keyops import crypto
 from keyops.crypto import b64d, b64e
-from keyops.errors import Conflict, InvalidInput, KeyopsError, KeyStateError, NotFound, TenantNotFound
+from keyops.errors import Conflict, InvalidInput, JobFailed, KeyopsError, KeyStateError, NotFound, TenantNotFound
 from keyops.model.keyring import TENANT_LEVELS, Keyring, age_days, due_rotations, format_time
 from keyops.model.master import MASTER_PENDING, MasterRegistry, MasterVersion
 from keyops.model.names import validate_count, validate_tenant, validate_version
@@ -96,6 +98,7 @@ from keyops.roots import PROBE_CONTEXT
 from keyops.wrappers import AeadWrapper, KeyWrapper
 
 PENDING = MASTER_PENDING
+_log = logging.getLogger("keyops.ops.rotation")
 _DECRYPTING = ("active", "decrypt_only")
 #: How long a rotation's lease lasts unless renewed; a crashed holder on another host blocks this long.
 LEASE_SECONDS = 120.0
@@ -355,12 +358,29 @@ def _holder_alive(holder: dict[str, Any]) -> bool:
 
 @contextlib.contextmanager
 def _leased(k: Keyops, scope: str, what: str) -> Iterator[_Lease]:
+    """Hold the lease for the block; a failure to release it never hides what the block did.
+
+    The step that failed is what the caller must hear about, with the release's
+    failure after it; after a block that succeeded, a lease that cannot be
+    released only runs out by itself (LEASE_SECONDS), so it is logged, not raised.
+    """
     lease = _Lease(k, scope, what)
     lease.acquire()
     try:
         yield lease
-    finally:
+    except BaseException as exc:
+        try:
+            lease.release()
+        except KeyopsError as also:
+            if isinstance(exc, KeyopsError):
+                exc.args = (f"{exc}; then releasing the lease of the {what} failed too ({also}); it runs out "
+                            f"by itself within {LEASE_SECONDS:.0f} s",)
+        raise
+    try:
         lease.release()
+    except KeyopsError as exc:
+        _log.warning("the %s finished, but its lease %s could not be released (%s); it runs out by itself "
+                     "within %.0f s", what, lease.path, exc, LEASE_SECONDS)
 
 
 # --- tenant levels -----------------------------------------------------------------------------
@@ -1043,10 +1063,32 @@ def rotate_due(k: Keyops, *, dry_run: bool = False, tenants: list[str] | None = 
             return done, [TenantFailure.of(tenant, level, exc)]
         return done, []
 
-    with ThreadPoolExecutor(max_workers=tenant_workers) as pool:
-        for done, failed in pool.map(one, names):  # results in the order of the tenants
+    stall = k.config.job_stall_timeout
+    pool = ThreadPoolExecutor(max_workers=tenant_workers)
+    stalled = False
+    try:
+        futures = [pool.submit(one, tenant) for tenant in names]
+        last = time.monotonic()
+        for tenant, future in zip(names, futures, strict=True):  # results in the order of the tenants
+            if stalled:
+                future.cancel()
+                failures.append(TenantFailure.of(tenant, "kek", JobFailed(
+                    f"not rotated: the rotation of many tenants stalled before tenant {tenant!r}; run it again")))
+                continue
+            try:
+                done, failed = future.result(timeout=max(0.0, last + stall - time.monotonic()))
+            except concurrent.futures.TimeoutError:
+                stalled = True
+                failures.append(TenantFailure.of(tenant, "kek", JobFailed(
+                    f"the rotation of tenant {tenant!r} did not finish within {stall:g} s of the last one "
+                    "(KEYOPS_JOB_STALL_TIMEOUT); the others not yet done were stopped; run it again")))
+                continue
+            last = time.monotonic()
             rotations.extend(done)
             failures.extend(failed)
+    finally:
+        # A stalled tenant is not waited for: its worker ends with its requests' deadlines.
+        pool.shutdown(wait=not stalled, cancel_futures=True)
     return DueRotationReport(dry_run, len(names), master_checked, tuple(rotations), tuple(failures))
 
 

@@ -29,6 +29,11 @@ if TYPE_CHECKING:  # pragma: no cover
     from keyops.ops.front import Keyops
 
 RECORD_SCHEMA = 1
+#: The largest secret value keyops stores, in bytes. Its record (the ciphertext in base64, in a JSON
+#: document) must fit one entry of OpenBao's integrated storage, at most 1 MiB (raft's
+#: ``max_entry_size``, 1,048,576 bytes): on OpenBao 2.x the largest value that fits was measured at
+#: 786,073 bytes. This leaves room for the record's other fields and long names (docs/formats.md).
+MAX_SECRET_SIZE = 768_000
 
 
 def read_record(k: Keyops, tenant: str, name: str) -> SecretRecord | None:
@@ -66,6 +71,11 @@ def put_secret(k: Keyops, tenant: str, name: str, value: bytes | str, dry_run: b
     """Store ``value`` encrypted; no write (``changed=False``) when it is already stored."""
     tenant, name = validate_tenant(tenant), validate_secret_name(name)
     value = value.encode("utf-8") if isinstance(value, str) else bytes(value)
+    if len(value) > MAX_SECRET_SIZE:
+        raise InvalidInput(f"the value of secret {name!r} is {len(value):,} bytes; keyops stores at most "
+                           f"{MAX_SECRET_SIZE:,} bytes a secret (its encrypted record must fit Vault's storage "
+                           "entry limit of 1 MiB); store large data encrypted elsewhere ('keyops encrypt') "
+                           "and keep its key or location here")
     k.authorize("secrets.write", tenant)
     k.cached_keyring(tenant)  # a clear TenantNotFound before anything else
 

@@ -64,6 +64,14 @@ options:
     description: Why, recorded in the audit trail.
     type: str
     default: on demand (ansible)
+  init_mounts:
+    description:
+      - Create the KV version 2 mount (with keyops' history settings) and the Transit mount that keyops
+        uses when they are missing, as C(keyops init) does; mounts already there are only checked.
+      - A token that may not read C(sys/mounts) skips this step; a missing mount is then reported by
+        name by the first request that needs it.
+    type: bool
+    default: true
 """
 
 EXAMPLES = r"""
@@ -75,6 +83,11 @@ EXAMPLES = r"""
     rotate: true
     expect_version: "{{ keyops_master_version }}"
     reason: annual rotation
+
+- name: In a fresh namespace, with an administrator's token: mounts, then the master key
+  keyops.kms.master_key:
+    namespace: team-a
+    init_mounts: true
 
 - name: Preview a rotation
   keyops.kms.master_key:
@@ -110,6 +123,14 @@ created:
   returned: always
   type: bool
   sample: false
+mounts:
+  description: The KV and Transit mounts and whether each was (would be) created, with O(init_mounts=true).
+  returned: always
+  type: list
+  elements: dict
+  sample:
+    - {path: keyops, engine: kv, action: unchanged}
+    - {path: transit, engine: transit, action: create}
 rotation:
   description: The rotation, with O(rotate=true); null otherwise.
   returned: always
@@ -127,7 +148,8 @@ rotation:
 from ansible_collections.keyops.kms.plugins.module_utils._connection import KeyopsModule
 
 try:
-    from keyops.ops import rotation
+    from keyops.ops import master_keys, rotation
+    from keyops.ops.mounts import init_mounts
     from keyops.ops.views import master_view, to_json
 except ImportError:
     pass  # KeyopsModule reports the missing library
@@ -149,15 +171,23 @@ def main():
             rotate=dict(type="bool", default=False),
             expect_version=dict(type="int"),
             reason=dict(type="str", default="on demand (ansible)"),
+            init_mounts=dict(type="bool", default=True),
         ),
         supports_check_mode=True,
     )
     p = module.params
     rotated = None
     with module.session() as k:
-        found = k.read_master()
+        mounts = init_mounts(k, dry_run=module.check_mode, required=False) if p["init_mounts"] else None
+        # In check mode a KV mount that would be created holds no registry yet.
+        kv_planned = module.check_mode and bool(
+            mounts and any(m.engine == "kv" and m.action == "create" for m in mounts.mounts))
+        found = None if kv_planned else k.read_master()
         before = found[0] if found else None
-        registry, created = k.ensure_master(dry_run=module.check_mode)
+        if kv_planned:
+            registry, created = master_keys.planned_first(k), True
+        else:
+            registry, created = k.ensure_master(dry_run=module.check_mode)
         # A master key this task has just created has nothing to rotate.
         if p["rotate"] and not created:
             rotated = rotation.rotate_master(k, dry_run=module.check_mode, expect_version=p["expect_version"],
@@ -170,7 +200,7 @@ def main():
     else:
         after = {"primary": registry.primary, "versions": to_json(registry.versions)}
     primary = [v for v in after["versions"] if v["version"] == after["primary"]][0]
-    changed = created or bool(rotated and rotated.changed)
+    changed = created or bool(rotated and rotated.changed) or bool(mounts and mounts.changed)
     rotation_out = None
     if rotated is not None:
         rotation_out = {"changed": rotated.changed, "old_version": rotated.old_version,
@@ -179,7 +209,8 @@ def main():
     after_view = {"exists": True, "primary": after["primary"],
                   "versions": {str(v["version"]): v["state"] for v in after["versions"]}}
     module.exit_json(changed=changed, version=after["primary"], label=primary["label"], versions=after["versions"],
-                     created=created, rotation=rotation_out, **module.diff(master_view(before), after_view))
+                     created=created, rotation=rotation_out, mounts=to_json(mounts.mounts) if mounts else [],
+                     **module.diff(master_view(before), after_view))
 
 
 if __name__ == "__main__":

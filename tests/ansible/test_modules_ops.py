@@ -9,6 +9,7 @@ for plaintexts, the token and the PIN.
 from __future__ import annotations
 
 import base64
+import contextlib
 import datetime as dt
 import os
 import socket
@@ -326,3 +327,39 @@ def _plain_env() -> dict[str, str]:
     import os
 
     return {k: v for k, v in os.environ.items() if not k.startswith(("VAULT_", "KEYOPS_", "BAO_", "SOFTHSM2"))}
+
+
+def test_master_key_makes_the_mounts_of_a_fresh_namespace(ansible_playbook: Any, stack: Any, vault_client: Any,
+                                                           ansible_env: dict[str, str]) -> None:
+    """init_mounts (the default): check mode plans the mounts and the key, changes nothing; apply makes both."""
+    name = f"ns-{uid()}"
+    vault_client.adapter.post(f"/v1/sys/namespaces/{name}")
+    client = hvac.Client(url=stack.addr, token=stack.env()["VAULT_TOKEN"], namespace=name, session=_session())
+    # A keyed audit trail needs its Transit key in each namespace; this test is about the mounts.
+    env = {"VAULT_NAMESPACE": name, "KEYOPS_AUDIT_LOG": "", "KEYOPS_AUDIT_ANCHOR": ""}
+    tasks = [{"name": "master present", "keyops.kms.master_key": {}}]
+    try:
+        check = ansible_playbook(check_play(tasks), env=env).assert_ok()
+        planned = check.result("check: master present")
+        assert planned["changed"] is True and planned["created"] is True
+        assert planned["mounts"] == [{"path": "keyops", "engine": "kv", "action": "create"},
+                                     {"path": "transit", "engine": "transit", "action": "create"}]
+        assert "keyops/" not in client.sys.list_mounted_secrets_engines()["data"]
+
+        run = ansible_playbook(apply_play(tasks), env=env).assert_ok()
+        assert [m["action"] for m in run.result("apply: master present")["mounts"]] == ["create", "create"]
+        rerun = run.result("rerun: master present")
+        first = run.result("apply: master present")
+        assert first["created"] is True and first["label"] == rerun["label"]
+        assert rerun["changed"] is False and rerun["created"] is False
+        assert [m["action"] for m in rerun["mounts"]] == ["unchanged", "unchanged"]
+        mounts = client.sys.list_mounted_secrets_engines()["data"]
+        assert mounts["keyops/"]["options"]["version"] == "2" and mounts["transit/"]["type"] == "transit"
+        assert client.secrets.kv.v2.read_secret_version(path="master", mount_point="keyops",
+                                                        raise_on_deleted_version=True)["data"]["data"]["primary"] == 1
+    finally:
+        for mount in ("keyops", "transit"):
+            with contextlib.suppress(hvac.exceptions.VaultError):
+                client.sys.disable_secrets_engine(path=mount)
+        with contextlib.suppress(hvac.exceptions.VaultError):
+            vault_client.adapter.delete(f"/v1/sys/namespaces/{name}")

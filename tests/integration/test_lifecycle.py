@@ -65,7 +65,7 @@ def test_dek_retire_and_destroy(k: Keyops, config: Config, vault_client: Any) ->
     assert done == LifecycleResult("retire", tenant, "dek", 1, True, "decrypt_only", "retired", 0, False,
                                    detail=done.detail)
     assert not retire(k, tenant, "dek", 1).changed
-    with pytest.raises(ConfirmationRequired, match="--yes"):
+    with pytest.raises(ConfirmationRequired, match="confirm with confirm=True, or look first with dry_run=True$"):
         destroy(k, tenant, "dek", 1, confirm=False)
     assert kv_version(vault_client, keyring_path(tenant)) == version + 1
 
@@ -176,7 +176,8 @@ def test_cli_exit_codes(stack: Any, k: Keyops, vault_client: Any) -> None:
     primary = keyops_main(env, "retire", *base, "2")
     assert primary.returncode == 8 and "primary" in primary.stderr, primary
     unconfirmed = keyops_main(env, "destroy", *base, "1")
-    assert unconfirmed.returncode == 2 and "--yes" in unconfirmed.stderr, unconfirmed
+    assert unconfirmed.returncode == 2 and "confirm with --yes, or look first with --dry-run" in unconfirmed.stderr
+    assert "confirm=" not in unconfirmed.stderr, unconfirmed
     dry = keyops_main(env, "destroy", *base, "1", "--dry-run")
     assert dry.returncode == 0 and dry.stdout.startswith("would destroy KEK v1"), dry
     assert raw_doc(vault_client, keyring_path(tenant))["kek"]["versions"][0]["state"] == "decrypt_only"

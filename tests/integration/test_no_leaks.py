@@ -397,7 +397,7 @@ def test_cli_output_has_no_secret(leak_run: LeakRun) -> None:
 def test_exception_messages_have_no_secret(leak_run: LeakRun) -> None:
     joined = "\n".join(leak_run.error_texts)
     for phrase in ("decryption failed", "no secret 'missing'", "has no keyring", "another policy",
-                   "invalid secret name", "check-and-set", "usage cap", "permission denied", "unreachable",
+                   "invalid secret name", "check-and-set", "usage cap", "permission denied", "cannot be reached",
                    "wrong PIN", "chmod 600", "must not hold secrets", "material hidden"):
         assert phrase in joined, phrase
     leaks = {i: found for i, text in enumerate(leak_run.error_texts) if (found := leak_run.scanner.scan(text))}

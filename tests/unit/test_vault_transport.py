@@ -70,8 +70,23 @@ class _Vault(BaseHTTPRequestHandler):
         if url.path == "/v1/keyops/data/slow":
             time.sleep(1.5)
             self._answer(200, KV_OK)
+        elif url.path == "/v1/keyops/data/drip":
+            self._drip(json.dumps(KV_OK).encode())
         else:
             routes.get(url.path, lambda: self._answer(404, {"errors": []}))()
+
+    def _drip(self, data: bytes) -> None:
+        """The whole answer, headers included, a byte every 0.1 s: each read gets a byte well in time."""
+        head = (f"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {len(data)}\r\n\r\n"
+                .encode())
+        try:
+            for i in range(len(head + data)):
+                self.wfile.write((head + data)[i:i + 1])
+                self.wfile.flush()
+                time.sleep(0.1)
+        except OSError:
+            pass  # the client gave up, as it should
+        self.close_connection = True
 
     do_GET = do_POST = do_PUT = do_LIST = do_DELETE = _handle  # noqa: N815 - http.server's naming
 
@@ -215,22 +230,35 @@ def test_the_timeout_applies_to_every_request(http_vault: Any, transport: str) -
     addr, _ = http_vault
     store = store_for(addr, transport, vault_timeout=0.3)
     started = time.monotonic()
-    with pytest.raises(VaultUnreachable, match=r"no answer within 0.3 s \(KEYOPS_VAULT_TIMEOUT\)") as info:
+    with pytest.raises(VaultUnreachable, match=r"no complete answer within 0.3 s \(KEYOPS_VAULT_TIMEOUT\)") as info:
         store.read("slow")
     assert time.monotonic() - started < 1.2
     no_token_in(info.value)
     assert store.read("ok") == ({"v": 1}, 3)  # the pool recovers
 
 
+def test_a_dripping_answer_is_cut_at_the_deadline(http_vault: Any) -> None:
+    # Each read gets a byte every 0.1 s, well within a per-read timeout of 0.6 s; only a deadline over
+    # the whole request ends it (the answer would take about 25 s).
+    addr, _ = http_vault
+    store = store_for(addr, "urllib3", vault_timeout=0.6)
+    started = time.monotonic()
+    with pytest.raises(VaultUnreachable, match=r"no complete answer within 0.6 s \(KEYOPS_VAULT_TIMEOUT\)"):
+        store.read("drip")
+    assert time.monotonic() - started < 1.5
+    assert store.read("ok") == ({"v": 1}, 3)  # the next request gets a fresh connection
+
+
 def test_nobody_listening_is_unreachable(transport: str) -> None:
-    with pytest.raises(VaultUnreachable, match="unreachable; check VAULT_ADDR") as info:
+    refused = r"^Vault at http://127.0.0.1:9 cannot be reached: connection refused \(while reading keyops/ok\); check"
+    with pytest.raises(VaultUnreachable, match=refused) as info:
         store_for("http://127.0.0.1:9", transport).read("ok")
     no_token_in(info.value)
 
 
 def test_tls_is_verified_by_default(https_vault: Any, transport: str) -> None:
     addr, _ = https_vault
-    with pytest.raises(VaultUnreachable, match="TLS verification .* failed; set VAULT_CACERT") as info:
+    with pytest.raises(VaultUnreachable, match="reached: TLS verification failed .*; set VAULT_CACERT") as info:
         store_for(addr, transport).read("ok")
     no_token_in(info.value)
 

@@ -143,6 +143,15 @@ def test_unknown_binary_format_version(ct: Ciphertext, version_byte: int) -> Non
         Ciphertext.from_bytes(data)
 
 
+@pytest.mark.parametrize("garbage", [b"garbage\n", b"hello world", b"vault:v1:abcd", b"{\"json\": 1}"])
+def test_text_that_is_no_keyops_ciphertext_says_so(garbage: bytes) -> None:
+    # "garbage" starts with byte 103: that is not a format version, it is not a keyops ciphertext at all.
+    with pytest.raises(MalformedCiphertext, match="^not a keyops ciphertext: expected text starting with "
+                                                  "'keyops:v1:'") as caught:
+        Ciphertext.parse(garbage)
+    assert "version" not in str(caught.value)
+
+
 @pytest.mark.parametrize("prefix", ["keyops:v2:", "keyops:v0:", "keyops:V1:", "keyops:v10:"])
 def test_unknown_text_format_version(ct: Ciphertext, prefix: str) -> None:
     text = prefix + ct.to_text()[len("keyops:v1:"):]

@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime as dt
 import itertools
 import threading
+import time
 from typing import Any
 
 import pytest
@@ -273,3 +274,22 @@ def test_job_failed_keeps_a_conflict_s_exit_code() -> None:
     err = JobFailed("stopped", Conflict("lost a race"))
     assert (err.code, err.exit_code, str(err)) == ("conflict", Conflict.exit_code, "stopped")
     assert JobFailed("plain").exit_code == 9
+
+
+def test_a_stalled_item_stops_the_pipeline_without_waiting_for_it() -> None:
+    release = threading.Event()
+    done: list[str] = []
+
+    def work(name: str) -> str:
+        if name == "c":
+            release.wait(30)  # stuck, as behind a server that never answers
+        return name
+
+    started = time.monotonic()
+    with pytest.raises(JobFailed, match=r"stalled: item 'c' did not finish within 0.3 s \(KEYOPS_JOB_STALL_TIMEOUT\)"):
+        run_batches(iter("abcde"), work, workers=2, batch_size=1, on_item=lambda name, _: done.append(name),
+                    on_batch=lambda last: None, describe=lambda name, exc: str(exc), stall=0.3)
+    elapsed = time.monotonic() - started
+    release.set()
+    assert elapsed < 2.0, elapsed
+    assert done == ["a", "b"]  # the checkpoint never passes the stuck item
