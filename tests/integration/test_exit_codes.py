@@ -218,7 +218,7 @@ def vault_error(w: World) -> None:
 
 def vault_unreachable(w: World) -> None:
     w.expect(11, "tenant", "list", env={**w.env, "VAULT_ADDR": f"http://127.0.0.1:{free_port()}"},
-             says="unreachable")
+             says="cannot be reached: connection refused")
 
 
 def vault_sealed(w: World) -> None:
