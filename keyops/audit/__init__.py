@@ -463,6 +463,7 @@ class AuditLog:
         self.anchor = anchor_name(anchor or ANCHOR_AUTO, self.path) if key is not None else None
         self._lock = threading.Lock()
         self._head: tuple[Head, int] | None = None  # the head this object wrote last, with its KV version
+        self._key_checked = False
 
     @property
     def keyed(self) -> bool:
@@ -492,12 +493,19 @@ class AuditLog:
                 os.close(fd)  # releases the lock
 
     def check_writable(self) -> None:
-        """Raise ``AuditError`` now when the file cannot be opened for appending (its folder made if missing)."""
+        """Raise ``AuditError`` now when the file cannot be opened for appending (its folder made if missing),
+        or, once per process for a keyed log, when its key cannot sign (a Transit key or mount missing, as
+        in a fresh namespace): an operation whose event could not be written must not start."""
         try:
             self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         except OSError as exc:
             raise self._opening_error(exc) from exc
         os.close(self._open())
+        if self.key is not None and not self._key_checked:
+            key = self.key
+            self._vault_step("checking that the audit key signs, before the operation (nothing was done)",
+                             lambda: key.sign(b"keyops-audit-probe"))
+            self._key_checked = True
 
     def _open(self, flags: int = 0) -> int:
         try:

@@ -14,21 +14,20 @@ from keyops.ops.views import dump_json
 EXIT_NOTHING_TO_DO = 3
 
 
-def open_keyops(**options: Any) -> Keyops:
+def open_keyops(*, with_audit: bool = True, **options: Any) -> Keyops:
     """A Keyops from the environment (VAULT_ADDR, VAULT_TOKEN, KEYOPS_*), with audit when configured.
 
-    ``options`` go to ``Keyops`` (a long-lived server's ``stale_for``, say)."""
+    ``options`` go to ``Keyops`` (a long-lived server's ``stale_for``, say). ``with_audit=False``
+    only for ``keyops init``, whose mounts the audit trail itself needs."""
     config = Config.load()
     logging.getLogger("keyops.cli").info(
         "Vault at %s%s, KV mount %r, Transit mount %r, HSM token %r", config.vault_addr,
         f" (namespace {config.vault_namespace})" if config.vault_namespace else "", config.kv_mount,
         config.transit_mount, config.pkcs11_token_label)
     audit = None
-    try:
-        from keyops.audit import sink_from_config  # issue: audit trail
-    except ImportError:
-        pass
-    else:
+    if with_audit:
+        from keyops.audit import sink_from_config
+
         audit = sink_from_config(config)
     # AuditTrail returns the entry it wrote; front.py's AuditSink (Callable[..., None]) should say
     # Callable[..., object]. Temporary, until the front is split and typed (issue 14, item 1).

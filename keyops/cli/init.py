@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 
+from keyops.access import Mounts
 from keyops.cli._common import EXIT_NOTHING_TO_DO, open_keyops, print_json, set_command
 from keyops.ops.mounts import init_mounts
 
@@ -27,10 +28,36 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
 
 
 def cmd_init(args: argparse.Namespace) -> int:
-    with open_keyops() as k:
-        result = init_mounts(k, dry_run=args.dry_run)
+    from keyops import audit
+
+    # In a fresh Vault or namespace the audit trail cannot record anything yet: its chain's head lives
+    # in the KV mount and its key in the Transit mount made here. So the mounts (and the audit key, for a
+    # keyed trail) are made first, and their events are recorded right after, once the trail can be.
+    with open_keyops(with_audit=False) as bare:
+        result = init_mounts(bare, dry_run=args.dry_run)
+        trail = audit.sink_from_config(bare.config)
+        key_name = Mounts.from_config(bare.config).audit_key
+        keyed = trail is not None and trail.log is not None and trail.log.keyed
+        key_created = False
+        if keyed and not args.dry_run:
+            bare.authorize("audit.init")
+            key_created = audit.ensure_audit_key(bare.store, key_name)
+    if trail is not None and not args.dry_run and (result.changed or key_created):
+        with open_keyops() as k:
+            for mount in result.mounts:
+                if mount.action == "create":
+                    with k.audited("mount.enable", level="policy", path=mount.path, engine=mount.engine,
+                                   recorded="after the fact: the trail needs this mount"):
+                        pass
+            if key_created:
+                with k.audited("audit.init", level="audit", audit_key=key_name, created=True):
+                    pass
+    changed = result.changed or key_created
     if args.json:
-        print_json({"command": "init", "changed": result.changed, "dry_run": result.dry_run, "result": result})
+        print_json({"command": "init", "changed": changed, "dry_run": result.dry_run, "result": result,
+                    "audit_key_created": key_created})
     else:
         print(result.detail)
-    return 0 if result.changed else EXIT_NOTHING_TO_DO
+        if key_created:
+            print(f"created the audit chain's Transit key {bare.config.transit_mount}/{key_name}")
+    return 0 if changed else EXIT_NOTHING_TO_DO

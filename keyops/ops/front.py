@@ -26,6 +26,7 @@ from keyops.backends.hsm import Hsm
 from keyops.backends.vault import CallCounter, VaultStore
 from keyops.config import Config
 from keyops.errors import (
+    AuditError,
     DecryptionError,
     InvalidInput,
     KeyopsError,
@@ -190,11 +191,15 @@ class Keyops:
         try:
             yield event
         except KeyopsError as exc:
-            try:
-                self._emit(operation, result=f"error:{exc.code}", **event)
-            except KeyopsError as also:
-                # What failed is the news (a Vault that stopped answering fails both): the audit's failure after it.
-                exc.args = (f"{exc}; its audit event could not be written either ({also.code}: {also})",)
+            # An audit failure is not recorded in the trail that just failed, and an operation inside
+            # another one reports its trail's failure once, not once for each level.
+            if not isinstance(exc, AuditError) and not getattr(exc, "_audit_failed", False):
+                try:
+                    self._emit(operation, result=f"error:{exc.code}", **event)
+                except KeyopsError as also:
+                    # What failed is the news (a Vault that stopped answering fails both): the audit's after it.
+                    exc.args = (f"{exc}; its audit event could not be written either ({also.code}: {also})",)
+                    exc._audit_failed = True  # type: ignore[attr-defined]
             raise
         else:
             self._emit(operation, result="ok", **event)

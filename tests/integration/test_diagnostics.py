@@ -9,6 +9,7 @@ are OpenBao namespaces made here (``sys/namespaces``), without mounts until
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import subprocess
@@ -194,6 +195,28 @@ def test_init_makes_the_mounts_of_a_fresh_namespace(stack: DevStack, env: dict[s
         assert run(ns_env, "secret", "get", tenant, "s").stdout == "in a namespace"
         meta = client.secrets.kv.v2.read_secret_metadata(path="master", mount_point="keyops")["data"]
         assert meta["cas_required"] and meta["max_versions"] >= 1000
+
+
+def test_init_in_a_fresh_namespace_with_a_keyed_audit_trail(stack: DevStack, env: dict[str, str],
+                                                            vault_client: hvac.Client, tmp_path: Any) -> None:
+    """The trail's head and key live in the mounts init makes: it makes them, then records what it made."""
+    with namespace(stack, vault_client) as (name, client):
+        log = tmp_path / "audit.jsonl"
+        ns_env = {**env, "VAULT_NAMESPACE": name, "KEYOPS_AUDIT_LOG": str(log), "KEYOPS_AUDIT_ANCHOR": "auto",
+                  "KEYOPS_AUDIT_KEY": "keyops_audit"}
+        tenant = new_tenant("initaudit")
+        before = run(ns_env, "tenant", "create", tenant, code=15)  # nothing half-made: refused up front
+        assert "`keyops init`" in before.stderr and before.stderr.count("could not be written") <= 1
+        made = run(ns_env, "init")
+        assert "created the audit chain's Transit key transit/keyops_audit" in made.stdout
+        assert client.secrets.transit.read_key(name="keyops_audit")["data"]["type"] == "hmac"
+        run(ns_env, "tenant", "create", tenant)
+        run(ns_env, "secret", "put", tenant, "s", data=b"audited")
+        assert run(ns_env, "secret", "get", tenant, "s").stdout == "audited"
+        verified = run(ns_env, "audit", "verify")
+        assert "keyed chain intact" in verified.stdout
+        operations = [json.loads(line)["operation"] for line in log.read_text().splitlines()]
+        assert operations[:3] == ["mount.enable", "mount.enable", "audit.init"] and "tenant.create" in operations
 
 
 def test_init_refuses_a_mount_of_the_wrong_kind(stack: DevStack, config: Config, vault_client: hvac.Client) -> None:
