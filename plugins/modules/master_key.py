@@ -84,7 +84,7 @@ EXAMPLES = r"""
     expect_version: "{{ keyops_master_version }}"
     reason: annual rotation
 
-- name: In a fresh namespace, with an administrator's token: mounts, then the master key
+- name: In a fresh namespace, with an administrator's token, the mounts and then the master key
   keyops.kms.master_key:
     namespace: team-a
     init_mounts: true
