@@ -16,13 +16,14 @@ from keyops.errors import KeyopsError
 
 #: Modules under keyops.cli that each register one or more commands with ``add_parser``.
 COMMANDS = ("dev", "tenant", "secret", "data", "status")
-OPTIONAL_COMMANDS = ("rotate", "reencrypt", "migrate", "lifecycle", "policy", "audit", "kms")
+OPTIONAL_COMMANDS = ("rotate", "reencrypt", "migrate", "lifecycle", "policy", "audit", "kms", "serve")
 #: Which module registers which command, so that a run imports only what its command needs (a unit
 #: test checks this table against the parser that every module builds).
 COMMAND_MODULES = {
     "dev": "dev", "tenant": "tenant", "secret": "secret", "encrypt": "data", "decrypt": "data", "rewrap": "data",
     "status": "status", "rotate": "rotate", "reencrypt": "reencrypt", "migrate": "migrate", "retire": "lifecycle",
     "destroy": "lifecycle", "policy": "policy", "audit": "audit", "kms": "kms",
+    "serve": "serve",
 }
 
 
