@@ -22,6 +22,7 @@ import json
 import logging
 import os
 import shutil
+import signal
 import tempfile
 import threading
 from typing import Any
@@ -100,10 +101,15 @@ def run(settings: Settings, *, host: str, port: int, workers: int = 1, tls_cert:
     options: dict[str, Any] = {}
     if tls_cert:
         options.update(ssl_certfile=tls_cert, ssl_keyfile=tls_key)
+    # uvicorn raises a caught SIGTERM again once it has shut down, to the handler it found: this one
+    # lets a clean stop end with exit code 0 rather than death by signal.
+    previous = {sig: signal.signal(sig, lambda signum, frame: None) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
         uvicorn.run("keyops.api.server:create_app", factory=True, host=host, port=port, workers=workers,
                     loop="uvloop", http="httptools", lifespan="on", access_log=False, server_header=False,
                     proxy_headers=False, timeout_graceful_shutdown=grace, log_level="info", **options)
     finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
         if metrics_dir is not None:
             shutil.rmtree(metrics_dir, ignore_errors=True)

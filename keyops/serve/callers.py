@@ -52,7 +52,8 @@ class Caller:
     def require(self, operation: str, tenant: str | None = None) -> None:
         if not self.may(operation, tenant):
             denied = access.denial(dataclasses.replace(self.principal, complete=True), operation, tenant)
-            raise denied or NotPermitted(f"not permitted: {operation}")
+            # Vault's clients look for "permission denied"; keyops' message says which role is missing.
+            raise NotPermitted(f"permission denied: {denied or operation}")
 
 
 def permits(principal: access.Principal, operation: str, tenant: str | None = None) -> bool:
