@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import dataclasses
+import datetime as dt
 import json
 import os
 import subprocess
@@ -26,7 +27,7 @@ from _tenants import created_tenant
 
 from keyops import access
 from keyops.dev.stack import DevStack, bao_binary
-from keyops.model.keyring import Policy
+from keyops.model.keyring import Policy, parse_time
 from keyops.model.paths import keyring_path, usage_path
 from keyops.ops.front import Keyops
 
@@ -329,3 +330,38 @@ def test_the_seed_api_generates_rotates_and_reports(world: World, k: Keyops) -> 
     every = srv.call("GET", "/api/v1/kek/status", world.tokens["auditor"]).json()
     assert tenant in {t["tenant"] for t in every["tenants"]}
     vault_shaped_error(srv.call("GET", "/api/v1/kek/status", world.tokens["app-a"]), 403)
+
+
+def _leases(k: Keyops, tenant: str) -> dict[str, dict[str, str]]:
+    found = k.store.read(usage_path(tenant))
+    return {v: dict(doc.get("leases") or {}) for v, doc in (found[0]["versions"] if found else {}).items()}
+
+
+def test_worker_processes_share_the_usage_accounting_and_stop_on_sigterm(world: World, k: Keyops,
+                                                                        stack: DevStack, tmp_path: Path) -> None:
+    before = _leases(k, world.a)
+    server = Server(stack, world.tokens["rotation"], tmp_path, "--workers", "2").wait_ready()
+    try:
+        texts = []
+        for i in range(60):  # a new connection each, so that both workers get some
+            resp = requests.post(f"{server.url}/v1/transit/encrypt/{world.a}", timeout=30,
+                                 headers={"X-Vault-Token": world.tokens["app-a"], "Connection": "close"},
+                                 json={"plaintext": b64(f"w{i}".encode())})
+            assert resp.status_code == 200, resp.text
+            texts.append(resp.json()["data"]["ciphertext"])
+        version = texts[-1].split(":")[3]
+        new = set(_leases(k, world.a)[version]) - set(before.get(version, {}))
+        assert len(new) == 2, new  # each worker reserved its own block, in the one usage document
+        metrics = server.call("GET", "/metrics", world.tokens["auditor"]).text
+        line = next(x for x in metrics.splitlines()
+                    if x.startswith('keyops_requests_total{operation="encrypt",status="200"}'))
+        assert float(line.split()[-1]) == 60.0  # counted across both workers, whichever answers the scrape
+        assert all(k.decrypt(world.a, text) == f"w{i}".encode() for i, text in enumerate(texts))
+    finally:
+        code = server.stop()
+    assert code == 0, server.log()
+    assert server.log().count("stopped (HSM calls") == 2  # both workers shut down cleanly
+    # ... and ended their leases at once, instead of leaving them to run out.
+    now = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=2)
+    ended = _leases(k, world.a)[version]
+    assert all(parse_time(ended[holder]) <= now for holder in new), ended
