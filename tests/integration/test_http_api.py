@@ -365,3 +365,41 @@ def test_worker_processes_share_the_usage_accounting_and_stop_on_sigterm(world: 
     now = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=2)
     ended = _leases(k, world.a)[version]
     assert all(parse_time(ended[holder]) <= now for holder in new), ended
+
+
+# --- clients in another language -------------------------------------------------------------------
+
+NODE_EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "node"
+
+
+def node(script: str, *args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(["node", str(NODE_EXAMPLES / script), *args], env={"PATH": os.environ["PATH"], **env},
+                          capture_output=True, text=True, timeout=60)
+
+
+def test_a_node_client_encrypts_decrypts_and_rewraps_with_fetch(world: World, k: Keyops) -> None:
+    done = node("transit-client.mjs", world.t, env={"KEYOPS_ADDR": world.server.url,
+                                                     "VAULT_TOKEN": world.tokens["app-t"]})
+    assert done.returncode == 0, done.stderr
+    out = json.loads(done.stdout)
+    assert out["decrypted"] and out["wrong_associated_data_refused"] and out["batch_references"] == "r0,r1,r2"
+    assert out["ciphertext"].startswith(f"keyops:v1:{world.t}:") and out["rewrapped_version"] >= 1
+    assert k.decrypt(world.t, out["rewrapped"], b"node/orders/1") == b"hello from node"
+    refused = node("transit-client.mjs", world.t, env={"KEYOPS_ADDR": world.server.url,
+                                                        "VAULT_TOKEN": world.tokens["app-a"]})
+    assert refused.returncode == 1 and "HTTP 403" in refused.stderr
+
+
+def test_an_independent_node_reader_decrypts_from_the_format_spec_alone(world: World, stack: DevStack) -> None:
+    ct = world.server.call("POST", f"/v1/transit/encrypt/{world.t}", world.tokens["app-t"],
+                           json={"plaintext": b64(b"read me in node"), "associated_data": b64(b"docs/1")})
+    text = ct.json()["data"]["ciphertext"]
+    # The reader talks to OpenBao itself (not to keyops serve), with the tenant's app token.
+    env = {"VAULT_ADDR": stack.addr, "VAULT_TOKEN": world.tokens["app-t"]}
+    done = node("format-reader.mjs", text, "docs/1", env=env)
+    assert done.returncode == 0, done.stderr
+    assert base64.b64decode(done.stdout.strip()) == b"read me in node"
+    wrong = node("format-reader.mjs", text, "docs/2", env=env)
+    assert wrong.returncode == 1 and "authenticate" in wrong.stderr and "read me" not in wrong.stdout
+    other = node("format-reader.mjs", text, "docs/1", env={**env, "VAULT_TOKEN": world.tokens["app-a"]})
+    assert other.returncode == 1 and "403" in other.stderr
