@@ -21,6 +21,7 @@ from typing import Any
 
 from keyops.api import routes, transit
 from keyops.errors import (
+    Conflict,
     DecryptionError,
     InvalidInput,
     KeyopsError,
@@ -53,6 +54,7 @@ class BadMethod(InvalidInput):
 
 def http_status(exc: KeyopsError) -> int:
     for kind, status in ((TooLarge, 413), (UnknownPath, 404), (BadMethod, 405), (PermissionDenied, 403),
+                         (Conflict, 409),
                          (DecryptionError, 400), (InvalidInput, 400), (NotFound, 404), (KeyStateError, 400)):
         if isinstance(exc, kind):
             return status

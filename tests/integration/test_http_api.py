@@ -284,7 +284,8 @@ def test_health_metrics_and_access_records(world: World) -> None:
     text = srv.call("GET", "/metrics", world.tokens["auditor"]).text
     for needle in ('keyops_requests_total{operation="encrypt",status="200"}',
                    'keyops_request_duration_seconds_bucket{le="0.001",operation="encrypt"}',
-                   f'keyops_dek_usage_ratio{{tenant="{world.a}"}}', f'keyops_days_until_due{{level="dek",tenant="{world.a}"}}',
+                   f'keyops_dek_usage_ratio{{tenant="{world.a}"}}',
+                   f'keyops_days_until_due{{level="dek",tenant="{world.a}"}}',
                    'keyops_days_until_due{level="master",tenant=""}', 'keyops_token_cache_total{result="hit"}',
                    "keyops_vault_up 1.0", "keyops_hsm_up 1.0"):
         assert needle in text, needle
