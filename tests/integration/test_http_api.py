@@ -22,6 +22,7 @@ import hvac
 import hvac.exceptions
 import pytest
 import requests
+from _http_server import KEYOPS as _KEYOPS
 from _http_server import Server
 from _tenants import created_tenant
 
@@ -404,3 +405,69 @@ def test_an_independent_node_reader_decrypts_from_the_format_spec_alone(world: W
     assert wrong.returncode == 1 and "authenticate" in wrong.stderr and "read me" not in wrong.stdout
     other = node("format-reader.mjs", text, "docs/1", env={**env, "VAULT_TOKEN": world.tokens["app-a"]})
     assert other.returncode == 1 and "403" in other.stderr
+
+
+# --- tokens revoked, TLS, plain HTTP off loopback ------------------------------------------------------
+
+
+def test_a_revoked_token_is_refused_once_its_cached_lookup_expires(world: World, k: Keyops, stack: DevStack,
+                                                                   tmp_path: Path, vault_client: Any) -> None:
+    import time
+
+    server = Server(stack, world.tokens["rotation"], tmp_path, "--token-ttl", "1").wait_ready()
+    try:
+        token = access.mint_token(k, k.roles, "app", world.a, ttl="10m").token
+        enc = f"/v1/transit/encrypt/{world.a}"
+        assert server.call("POST", enc, token, json={"plaintext": "eA=="}).status_code == 200
+        vault_client.auth.token.revoke(token)
+        time.sleep(1.5)  # past --token-ttl: the next request looks the token up again
+        assert "not valid" in vault_shaped_error(server.call("POST", enc, token, json={"plaintext": "eA=="}), 403)
+    finally:
+        assert server.stop() == 0
+
+
+def _self_signed(folder: Path) -> tuple[Path, Path]:
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = dt.datetime.now(dt.UTC)
+    import ipaddress
+
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(x509.random_serial_number()).not_valid_before(now - dt.timedelta(minutes=1))
+            .not_valid_after(now + dt.timedelta(hours=1))
+            .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), False)
+            .sign(key, hashes.SHA256()))
+    cert_path, key_path = folder / "cert.pem", folder / "key.pem"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    key_path.chmod(0o600)
+    return cert_path, key_path
+
+
+def test_tls_serves_hvac_and_plain_http_off_loopback_is_refused(world: World, stack: DevStack,
+                                                                tmp_path: Path) -> None:
+    cert, key = _self_signed(tmp_path)
+    server = Server(stack, world.tokens["rotation"], tmp_path, "--tls-cert", str(cert), "--tls-key", str(key))
+    server.url = server.url.replace("http://", "https://")
+    server.session.verify = str(cert)
+    try:
+        server.wait_ready()
+        session = requests.Session()
+        session.trust_env = False
+        session.verify = str(cert)  # hvac's adapter prefers the session's verify to its own
+        hv = hvac.Client(url=server.url, token=world.tokens["app-a"], verify=str(cert), session=session)
+        ct = hv.secrets.transit.encrypt_data(world.a, b64(b"over tls"))["data"]["ciphertext"]
+        assert base64.b64decode(hv.secrets.transit.decrypt_data(world.a, ct)["data"]["plaintext"]) == b"over tls"
+        session.close()  # an idle keep-alive connection would hold the graceful stop for its grace time
+    finally:
+        assert server.stop() == 0
+    env = {**os.environ, **stack.env(), "VAULT_TOKEN": world.tokens["rotation"]}
+    done = subprocess.run([*_KEYOPS, "serve", "--listen", "0.0.0.0:1"], env=env, capture_output=True, text=True,
+                          timeout=60)
+    assert done.returncode == 2 and "not a loopback address" in done.stderr and "Traceback" not in done.stderr
