@@ -27,6 +27,9 @@ apt_packages=()
 if ! command -v softhsm2-util >/dev/null 2>&1; then
     apt_packages+=(softhsm2)
 fi
+if ! command -v node >/dev/null 2>&1; then
+    apt_packages+=(nodejs)  # the Node.js clients of keyops serve run in the test suite
+fi
 if ! command -v python3 >/dev/null 2>&1; then
     apt_packages+=(python3 python3-venv)
 elif [ ! -x .venv/bin/python ] && ! python3 -c 'import ensurepip, venv' >/dev/null 2>&1; then
