@@ -44,6 +44,9 @@ MAX_DEK_USAGE_CAP = 2**32 - 1
 #: scheduled rotation happens before encryption would be refused at the cap.
 DUE_USAGE_FRACTION = 0.9
 MAX_TOMBSTONES = 64
+#: At most this many usable versions per level under a retention policy (MAX_TOMBSTONES bounds the rest).
+MAX_KEEP = 32
+RETENTION_FIELDS = ("keep_versions", "destroy_after_days")
 #: Random bytes in a key version's ``uid``: 128 bits, so two versions anywhere never share one.
 UID_BYTES = 16
 
@@ -69,6 +72,13 @@ class Policy:
     kek_period_days: int = 90
     dek_period_days: int = 30
     dek_usage_cap: int = DEFAULT_DEK_USAGE_CAP
+    #: Retention: how many usable versions (active and decrypt_only) of each level to keep. Older ones
+    #: are retired by the scheduled run once nothing refers to them. None keeps every version (as
+    #: before retention existed, so that stored keyrings read the same).
+    keep_versions: int | None = None
+    #: Retention: days a version stays retired before the scheduled run destroys it (with the destroy
+    #: right, that is the security-admin role). None never destroys on its own.
+    destroy_after_days: int | None = None
 
     def __post_init__(self) -> None:
         if self.kek_residence not in RESIDENCES:
