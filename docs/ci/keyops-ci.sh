@@ -21,7 +21,8 @@ mkdir -p "$out"
 
 # GitHub Actions hands out its OIDC token on request (the job needs permissions: id-token: write);
 # GitLab CI puts it in KEYOPS_JWT itself (id_tokens).
-if [ -n "${ACTIONS_ID_TOKEN_REQUEST_URL:-}" ] && [ -n "${KEYOPS_JWT_FILE:-}" ]; then
+if [ -n "${ACTIONS_ID_TOKEN_REQUEST_URL:-}" ]; then
+  export KEYOPS_JWT_FILE="${KEYOPS_JWT_FILE:-${RUNNER_TEMP:?}/vault-oidc-token}"
   curl -sSf --max-time 30 -H "Authorization: bearer $ACTIONS_ID_TOKEN_REQUEST_TOKEN" \
     "$ACTIONS_ID_TOKEN_REQUEST_URL&audience=${KEYOPS_OIDC_AUDIENCE:-vault}" \
     | python3 -c 'import json, sys; print(json.load(sys.stdin)["value"])' >"$KEYOPS_JWT_FILE"

@@ -24,7 +24,8 @@ from keyops.errors import KeyopsError
 
 #: Modules under keyops.cli that each register one or more commands with ``add_parser``.
 COMMANDS = ("dev", "init", "login", "tenant", "secret", "data", "status", "master", "completion")
-OPTIONAL_COMMANDS = ("plan", "retention", "rotate", "reencrypt", "migrate", "lifecycle", "policy", "audit", "kms", "serve")
+OPTIONAL_COMMANDS = ("plan", "retention", "rotate", "reencrypt", "migrate", "lifecycle", "policy", "audit", "kms",
+                     "serve")
 #: Which module registers which command, so that a run imports only what its command needs (a unit
 #: test checks this table against the parser that every module builds).
 COMMAND_MODULES = {

@@ -92,9 +92,21 @@ class Policy:
         if isinstance(cap, bool) or not isinstance(cap, int) or not 1 <= cap <= MAX_DEK_USAGE_CAP:
             raise InvalidInput(f"dek_usage_cap must be between 1 and {MAX_DEK_USAGE_CAP} "
                                f"(the random-nonce limit of AES-GCM), got {cap!r}")
+        keep = self.keep_versions
+        if keep is not None and (isinstance(keep, bool) or not isinstance(keep, int) or not 1 <= keep <= MAX_KEEP):
+            raise InvalidInput(f"keep_versions must be a whole number between 1 and {MAX_KEEP} (the primary "
+                               f"counts as one), got {keep!r}")
+        after = self.destroy_after_days
+        if after is not None and (isinstance(after, bool) or not isinstance(after, int) or not 0 <= after <= 36500):
+            raise InvalidInput(f"destroy_after_days must be a whole number of days between 0 and 36500, "
+                               f"got {after!r}")
+        if after is not None and keep is None:
+            raise InvalidInput("destroy_after_days needs keep_versions: only versions retired by retention are "
+                               "destroyed on schedule")
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        # Retention fields left unset are not written, so a keyring without them reads and compares as before.
+        return {k: v for k, v in dataclasses.asdict(self).items() if v is not None or k not in RETENTION_FIELDS}
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Policy:
