@@ -136,8 +136,10 @@ def load_text(text: str, source: str = "<declaration>") -> Declaration:
     return validate(data, source, lines, digest=digest, templates=False)
 
 
-def _to_python(node: yaml.Node, path: Path_, lines: dict[Path_, int], problems: list[str], source: str) -> Any:
-    lines[path] = node.start_mark.line + 1
+def _to_python(node: yaml.Node, path: Path_, lines: dict[Path_, int], problems: list[str], source: str,
+               line: int | None = None) -> Any:
+    # A mapping's entry is placed at its key's line: a block value starts on the line after it.
+    lines[path] = line if line is not None else node.start_mark.line + 1
     if isinstance(node, yaml.MappingNode):
         out: dict[Any, Any] = {}
         for key_node, value_node in node.value:
@@ -149,7 +151,7 @@ def _to_python(node: yaml.Node, path: Path_, lines: dict[Path_, int], problems: 
             if key in out:
                 problems.append(f"{source}:{key_node.start_mark.line + 1}: {_path((*path, key))}: given twice")
                 continue
-            out[key] = _to_python(value_node, (*path, key), lines, problems, source)
+            out[key] = _to_python(value_node, (*path, key), lines, problems, source, key_node.start_mark.line + 1)
         return out
     if isinstance(node, yaml.SequenceNode):
         return [_to_python(item, (*path, i), lines, problems, source) for i, item in enumerate(node.value)]

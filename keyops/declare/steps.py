@@ -315,7 +315,7 @@ def retention(keyring: Keyring, policy: Policy, references: Mapping[int, int], e
             label = f"{level.upper()} {name} v{kv.version}"
             refs = references.get(kv.version, 0) if level == "dek" else kek_refs.get(kv.version, 0)
             if refs:
-                what = "secrets still refer" if level == "dek" else "DEK versions are still wrapped by"
+                what = "secrets still refer to" if level == "dek" else "DEK versions are still wrapped by"
                 notes.append(f"{label} is beyond keep_versions {keep} but stays: {refs:,} {what} it")
                 continue
             if level == "dek" and external.get(kv.version, 0):
