@@ -897,7 +897,8 @@ def forget_principals() -> None:
 #: Matched by exact name, then by the part before the first dot.
 _EVENT_OPERATIONS: Mapping[str, str] = {
     "tenant.create": "tenant.create", "tenant.update_policy": "tenant.update", "tenant.update": "tenant.update",
-    "tenant.delete": "tenant.delete", "master.create": "master.write", "master.rotate": "master.rotate",
+    "tenant.delete": "tenant.delete", "master.create": "master.write", "master.update": "master.write",
+    "master.rotate": "master.rotate",
     "dek.unwrap": "dek.unwrap", "kek.unwrap": "kek.unwrap", "secret.write": "secrets.write",
     "secret.delete": "secrets.delete",
     "rotate": "rotate", "rotation": "rotate", "reencrypt": "reencrypt", "migrate": "migrate",

@@ -67,8 +67,13 @@ def get_secret(k: Keyops, tenant: str, name: str) -> bytes:
     return k.decrypt(tenant, record.ciphertext, secret_context(name))
 
 
-def put_secret(k: Keyops, tenant: str, name: str, value: bytes | str, dry_run: bool = False) -> SecretResult:
-    """Store ``value`` encrypted; no write (``changed=False``) when it is already stored."""
+def put_secret(k: Keyops, tenant: str, name: str, value: bytes | str, dry_run: bool = False,
+               create_only: bool = False) -> SecretResult:
+    """Store ``value`` encrypted; no write (``changed=False``) when it is already stored.
+
+    ``create_only``: a secret that exists is left as it is, whatever its value (a seed never overwrites
+    what an application stored since); the creation is a check-and-set on "absent".
+    """
     tenant, name = validate_tenant(tenant), validate_secret_name(name)
     value = value.encode("utf-8") if isinstance(value, str) else bytes(value)
     if len(value) > MAX_SECRET_SIZE:
@@ -81,6 +86,8 @@ def put_secret(k: Keyops, tenant: str, name: str, value: bytes | str, dry_run: b
 
     def attempt() -> SecretResult:
         record = k.read_record(tenant, name)
+        if record is not None and create_only:
+            return SecretResult(tenant, name, False, record.kv_version, record.dek_version)
         if record is not None and k.decrypt(tenant, record.ciphertext, secret_context(name)) == value:
             return SecretResult(tenant, name, False, record.kv_version, record.dek_version)
         if dry_run:
