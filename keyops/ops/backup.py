@@ -15,7 +15,8 @@ document, its job checkpoints and secret records, and the audit chain's
 heads, each with the KV history settings of its path. Key material appears
 only wrapped (KEKs by the master key, DEKs by their KEK or Transit key) and
 values only encrypted, so the file opens nothing without the HSM (or the
-root) and, for residence ``transit``, the tenant's Transit key. The trailer
+root). With it, it opens everything, residence ``transit`` included (through
+the KEK escrow copies). The trailer
 makes a cut or edited file fail to load instead of restoring half of it.
 
 The documents are read one after another, not in one snapshot, so the
@@ -52,7 +53,7 @@ if TYPE_CHECKING:  # pragma: no cover
 FORMAT = "keyops-backup"
 SCHEMA = 1
 CONTAINS = ("wrapped keys and ciphertexts only: no plaintext value and no unwrapped key; nothing in it "
-            "decrypts without the HSM master key (and, for residence transit, the tenant's Transit key)")
+            "decrypts without the HSM master key")
 #: The order documents are written in, and restored in: the audit heads first, so that a restore into
 #: an emptied mount can record its own event; keyrings before the records they open.
 KINDS = ("audit_head", "master", "keyring", "usage", "job", "secret")
