@@ -44,6 +44,7 @@ from typing import Literal
 
 from keyops.errors import (
     ConfirmationRequired,
+    HsmTokenNotConfigured,
     InvalidInput,
     KeyInUse,
     KeyNotFound,
@@ -363,7 +364,7 @@ def _change_master(k: Keyops, action: Action, tenant: str | None, level: str, ve
             return LifecycleResult(action, None, "master", version, True, mv.state, target, 0, True,
                                    detail=f"would {action} master key v{version} ({mv.label}); "
                                           f"{mv.state} -> {target}")
-        if action == "destroy" and mv.owned and mv.on_hsm:
+        if action == "destroy" and mv.owned and mv.on_hsm and k.hierarchy.roots.on_configured_token(mv):
             k.hsm.login()  # the HSM work follows the write: a wrong PIN fails before it
         changed = dataclasses.replace(mv, state=target)
         # A registry written before ids gets one with this write (see MasterRegistry.with_id).
@@ -394,7 +395,13 @@ def _follow_hsm(k: Keyops, registry: MasterRegistry, version: int, action: Actio
                     "ids, so it may be another Vault's or namespace's key too, and keyops never deletes it. Once "
                     "no registry on this token lists it, the token's administrator may delete it with the HSM's "
                     "own tools"]
-    removal = k.hsm.destroy_key(mv.label, key_id=bytes.fromhex(mv.key_id or ""))
+    try:
+        hsm = k.hierarchy.roots.hsm_for(mv)
+    except HsmTokenNotConfigured:
+        return [], [f"HSM key {mv.label!r} stays on token {mv.params.get('token')!r}, which keyops is not configured "
+                    "for any more (a replaced token): keyops no longer uses it; retire that token with the HSM's own "
+                    "tools"]
+    removal = hsm.destroy_key(mv.label, key_id=bytes.fromhex(mv.key_id or ""))
     done = [f"HSM key {mv.label!r} deleted"] if removal.deleted else []
     notes = [_not_destroyable_note(mv.label, mv.key_id or "")] if removal.kept else []
     return done, notes
