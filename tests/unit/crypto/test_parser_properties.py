@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 from keyops import crypto
 from keyops.errors import DecryptionError, InvalidInput, MalformedCiphertext
 from keyops.kms.plugin import MAX_CIPHERTEXT, TAIL_ANNOTATION, join_ciphertext, split_ciphertext
-from keyops.model.keyring import Keyring, KeyChain, Policy
+from keyops.model.keyring import KeyChain, Keyring, Policy
 from keyops.serve.tenant_keys import key_id, parse_key_id
 
 KEY = crypto.AeadKey(bytes(range(32)))

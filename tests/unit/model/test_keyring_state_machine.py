@@ -31,7 +31,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
 from keyops.errors import KeyInUse, KeyStateError
-from keyops.model.keyring import Keyring, KeyChain, Policy, referenced_parents
+from keyops.model.keyring import KeyChain, Keyring, Policy, referenced_parents
 from keyops.model.master import MasterRegistry
 from keyops.ops.lifecycle import end_version
 from keyops.ops.rotation import (
