@@ -76,17 +76,22 @@ def keyops_shim(folder: Path) -> Path:
     return folder
 
 
-def runbook_script(name: str) -> str:
-    """The ``sh`` blocks of ``docs/runbooks/<name>``, in order, as one script."""
-    blocks = _SH_BLOCK.findall((RUNBOOKS / name).read_text())
-    assert blocks, f"{name} has no sh blocks"
+def runbook_script(name: str, part: str | None = None) -> str:
+    """The ``sh`` blocks of ``docs/runbooks/<name>`` (of its section ``## <part>...`` only), in order, as one script."""
+    text = (RUNBOOKS / name).read_text()
+    if part is not None:
+        start = text.index(f"\n## {part}")
+        end = text.find("\n## ", start + 1)
+        text = text[start:end if end >= 0 else len(text)]
+    blocks = _SH_BLOCK.findall(text)
+    assert blocks, f"{name} has no sh blocks" + (f" in {part}" if part else "")
     return "set -euo pipefail\n" + "\n".join(blocks)
 
 
-def run_runbook(name: str, env: Mapping[str, str], bin_dir: Path,
+def run_runbook(name: str, env: Mapping[str, str], bin_dir: Path, part: str | None = None,
                 timeout: float = 600) -> subprocess.CompletedProcess[str]:
     env = {**env, "PATH": f"{keyops_shim(bin_dir)}:{os.environ['PATH']}"}
-    return subprocess.run(["bash", "-c", runbook_script(name)], env=env, capture_output=True, text=True,
+    return subprocess.run(["bash", "-c", runbook_script(name, part)], env=env, capture_output=True, text=True,
                           timeout=timeout, check=False)
 
 
