@@ -201,6 +201,10 @@ OPERATIONS: Mapping[str, Operation] = {op.name: op for op in (
               (_r("{kv}/data/locks/master", "create", "read", "update"), _r("{kv}/metadata/locks/master", "delete")),
               ("master.write", "keyring.write", "kek.unwrap", "tenants.list"), tenant_scoped=False,
               hsm="always"),
+    Operation("recover", "rebuild the master wrapping of every KEK from the break-glass escrow (keyops recover), "
+              "and replace escrow copies under another recovery key",
+              (), ("master.rotate", "keyring.write", "kek.unwrap", "tenants.list"), tenant_scoped=False,
+              hsm="always"),
     Operation("history.config", "keep the KV history of the master registry and the mount's default history "
               "for secret records (raise max_versions; never lower it)",
               (_r("{kv}/metadata/" + _MASTER, "create", "read", "update"), _r("{kv}/config", "read", "update")),
@@ -922,6 +926,7 @@ _EVENT_OPERATIONS: Mapping[str, str] = {
     "retire": "retire", "destroy": "destroy", "policy": "policy.write",
     "history.tenant": "history.write", "history.master": "history.config", "history.mount": "history.config",
     "audit.rotate": "audit.write", "audit.init": "audit.init", "backup": "backup", "restore": "restore",
+    "escrow": "rotate", "recover": "recover",
 }
 
 

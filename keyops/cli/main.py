@@ -25,7 +25,7 @@ from keyops.errors import KeyopsError
 #: Modules under keyops.cli that each register one or more commands with ``add_parser``.
 COMMANDS = ("dev", "init", "login", "tenant", "secret", "data", "status", "master", "completion")
 OPTIONAL_COMMANDS = ("plan", "retention", "rotate", "reencrypt", "migrate", "lifecycle", "policy", "audit", "kms",
-                     "serve", "backup")
+                     "serve", "backup", "escrow", "recover")
 #: Which module registers which command, so that a run imports only what its command needs (a unit
 #: test checks this table against the parser that every module builds).
 COMMAND_MODULES = {
@@ -33,7 +33,7 @@ COMMAND_MODULES = {
     "rewrap": "data", "status": "status", "rotate": "rotate", "reencrypt": "reencrypt", "migrate": "migrate",
     "retire": "lifecycle", "destroy": "lifecycle", "policy": "policy", "audit": "audit", "master": "master",
     "completion": "completion", "kms": "kms", "login": "login", "serve": "serve", "plan": "plan", "apply": "plan",
-    "retention": "retention", "backup": "backup", "restore": "backup",
+    "retention": "retention", "backup": "backup", "restore": "backup", "escrow": "escrow", "recover": "recover",
 }
 EXIT_NOTHING_TO_DO = 3  # keyops.cli._common's, not imported: that module loads the whole library
 #: Flags every command takes, before or after its name (``keyops -q rotate --due`` = ``keyops rotate --due -q``).

@@ -121,6 +121,27 @@ class Policy:
 
 
 @dataclasses.dataclass(frozen=True)
+class Escrow:
+    """A KEK version's break-glass copy: the KEK under the operator's RSA public key (keyops.wrappers.escrow).
+
+    ``key`` names that public key (``sha256:`` and the hex SHA-256 of its
+    SubjectPublicKeyInfo); ``wrapped`` is base64 of RSA-OAEP-SHA256 of the
+    KEK, its label the version's ``key_context``. Only the private key,
+    which keyops' servers and Vault never see, opens it.
+    """
+
+    key: str
+    wrapped: str
+
+    @classmethod
+    def from_dict(cls, data: Any) -> Escrow:
+        if not isinstance(data, Mapping) or set(data) != {"key", "wrapped"} or not all(
+                isinstance(v, str) and v for v in data.values()):
+            raise InvalidInput("escrow of a key version must be an object with the strings 'key' and 'wrapped'")
+        return cls(data["key"], data["wrapped"])
+
+
+@dataclasses.dataclass(frozen=True)
 class KeyVersion:
     """One version of a KEK or DEK. ``wrapped`` is ciphertext, never key material."""
 
@@ -135,13 +156,18 @@ class KeyVersion:
     #: Random, public and never reused (not even by a tenant deleted and made again): what names this
     #: version outside keyops, e.g. as the Kubernetes KMS ``key_id``. None for versions made before it.
     uid: str | None = None
+    #: KEK only, optional: the break-glass copy under the recovery public key (absent in keyrings written before).
+    escrow: Escrow | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {k: v for k, v in dataclasses.asdict(self).items() if v is not None}
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> KeyVersion:
-        return cls(**dict(data))
+        fields = dict(data)
+        if fields.get("escrow") is not None:
+            fields["escrow"] = Escrow.from_dict(fields["escrow"])
+        return cls(**fields)
 
     @property
     def usable_for_decrypt(self) -> bool:
@@ -241,13 +267,13 @@ class Keyring:
     # --- lifecycle -----------------------------------------------------------------
 
     def add_version(self, level: str, wrapped: str, parent_version: int, now: dt.datetime,
-                    transit_version: int | None = None) -> Keyring:
+                    transit_version: int | None = None, escrow: Escrow | None = None) -> Keyring:
         """Add a new primary version; the old primary becomes decrypt_only."""
         chain = self.chain(level)
         stamp = format_time(now)
         new = KeyVersion(version=chain.latest_version + 1, state="active", created_at=stamp,
                          wrapped=wrapped, parent_version=parent_version, state_changed_at=stamp,
-                         transit_version=transit_version, uid=secrets.token_hex(UID_BYTES))
+                         transit_version=transit_version, uid=secrets.token_hex(UID_BYTES), escrow=escrow)
         versions = tuple(
             dataclasses.replace(kv, state="decrypt_only", state_changed_at=stamp)
             if kv.state == "active" else kv for kv in chain.versions)

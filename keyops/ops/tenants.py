@@ -28,6 +28,7 @@ from keyops.model.paths import (
     usage_path,
 )
 from keyops.model.usage import Usage
+from keyops.ops import escrow as escrow_ops
 from keyops.ops.results import (
     TenantResult,
 )
@@ -118,6 +119,7 @@ def delete_tenant(k: Keyops, tenant: str, dry_run: bool = False) -> bool:
 def _create_kek_first(k: Keyops, tenant: str, policy: Policy) -> tuple[Keyring, int]:
     # Step 1: the KEK, wrapped by the master key, is stored before anything
     # else, so that a crash later never leaves a key we cannot recover.
+    escrow_key = escrow_ops.configured_key(k.config)  # a bad key file fails before anything is made
     k.ensure_master()
     master_version, master = k.hierarchy.master_wrapper()
     kek = crypto.generate_key()
@@ -126,7 +128,8 @@ def _create_kek_first(k: Keyops, tenant: str, policy: Policy) -> tuple[Keyring, 
     keyring = Keyring(tenant=tenant, policy=policy, created_at=format_time(now),
                       kek=KeyChain(0, ()), dek=KeyChain(0, ()))
     keyring = keyring.add_version("kek", crypto.b64e(wrapped), master_version, now,
-                                  transit_version=1 if policy.kek_residence == "transit" else None)
+                                  transit_version=1 if policy.kek_residence == "transit" else None,
+                                  escrow=escrow_ops.new_copy(escrow_key, tenant, 1, kek))
     _fresh_usage(k, tenant)
     try:
         version = k.write_keyring(tenant, keyring, cas=0)
