@@ -179,6 +179,16 @@ _WATCHDOG = _Watchdog()
 _current = threading.local()  # the watch of the request this thread is sending; whether it is idempotent
 
 
+def resent() -> bool:
+    """Whether this thread's last request was sent again after an attempt that a node may have applied.
+
+    A check-and-set write whose first attempt landed but whose answer was
+    lost fails its repeat's check; the Vault boundary then reads the document
+    back to tell its own write from another writer's.
+    """
+    return bool(getattr(_current, "resent", False))
+
+
 @contextlib.contextmanager
 def idempotent() -> Iterator[None]:
     """Declare the requests this thread sends inside as safe to repeat (see the module's docstring)."""
@@ -325,6 +335,7 @@ class Session:
         if not self._found:
             self._find_active(timeout)
         may_repeat = method in _READS or getattr(_current, "idempotent", False)
+        _current.resent = False
         first_failure: float | None = None
         attempt = 0
         while True:
@@ -348,6 +359,8 @@ class Session:
                     raise failure
                 return resp
             self.count("vault.retry")
+            if failure is not None and failure.sent or failure is None and not _refused(resp):
+                _current.resent = True
             time.sleep(pause)
             if len(self._nodes) > 1:
                 self._find_active(timeout)

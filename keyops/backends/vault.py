@@ -20,6 +20,7 @@ import builtins
 import collections
 import contextlib
 import hashlib
+import json
 import re
 import threading
 import time
@@ -334,10 +335,21 @@ class VaultStore:
         """Write with check-and-set: ``cas=0`` creates, else it must match the current version."""
         mount = mount or self.kv_mount
         self.calls.add("kv.write")
-        # A repeat after a lost answer fails its check-and-set, and the caller re-reads: safe to retry.
-        with self._errors(f"writing {mount}/{path}", mount, idempotent=True):
-            resp = self.client.secrets.kv.v2.create_or_update_secret(
-                path=path, secret=dict(data), cas=cas, mount_point=mount)
+        try:
+            # A repeat after a lost answer fails its check-and-set: safe to retry (see below).
+            with self._errors(f"writing {mount}/{path}", mount, idempotent=True):
+                resp = self.client.secrets.kv.v2.create_or_update_secret(
+                    path=path, secret=dict(data), cas=cas, mount_point=mount)
+        except CheckAndSetFailed:
+            if not _vault_http.resent():
+                raise
+            # The first attempt may have landed (a node died after committing it, before answering): then
+            # the document is ours at cas + 1, and the write succeeded. Anything else is another writer's.
+            found = self.read(path, mount)
+            if found is None or found[1] != cas + 1 or found[0] != json.loads(json.dumps(dict(data))):
+                raise
+            self.calls.add("kv.write_confirmed")
+            return found[1]
         return int(resp["data"]["version"])
 
     def list(self, path: str, mount: str | None = None, *, after: str = "", limit: int = 0) -> list[str]:
