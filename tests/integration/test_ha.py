@@ -24,7 +24,11 @@ printed for docs/benchmarks.md.
 
 from __future__ import annotations
 
+import json
+import os
 import signal
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -39,7 +43,8 @@ from jobs_support import decrypt_all, fill, values_for
 
 from keyops.config import Config
 from keyops.dev.cluster import DevCluster
-from keyops.errors import KeyopsError
+from keyops.dev.stack import DevStack
+from keyops.errors import KeyopsError, VaultSealed
 from keyops.model.keyring import Policy
 from keyops.ops.front import Keyops, MasterRegistry, secret_path, transit_key_name
 from keyops.ops.reencrypt import reencrypt
@@ -52,8 +57,10 @@ JOB_TIMEOUT = 120.0
 
 
 @pytest.fixture(autouse=True)
-def three_nodes(ha_cluster: DevCluster) -> Iterator[None]:
-    ha_cluster.up()  # restarts a killed node, unseals a sealed one; nothing when all is well
+def three_nodes(request: pytest.FixtureRequest) -> Iterator[None]:
+    if "ha_cluster" in request.fixturenames:
+        cluster: DevCluster = request.getfixturevalue("ha_cluster")
+        cluster.up()  # restarts a killed node, unseals a sealed one; nothing when all is well
     yield
 
 
@@ -177,6 +184,45 @@ def test_active_node_sealed_mid_reencryption(ha_cluster: DevCluster, ha_config: 
     assert ha_cluster.active_node() is not None
 
 
+def test_single_server_restarted_then_sealed_mid_reencryption(stack_factory: Callable[..., DevStack],
+                                                              config: Config) -> None:
+    """One server, no other node to fail over to: the job rides out what its retry window covers, else it stops
+    with a clear error and the same call again finishes it."""
+    single = stack_factory()
+    single.up()
+    cfg = single.config().replace(pkcs11_module=config.pkcs11_module, pkcs11_token_label=config.pkcs11_token_label,
+                                  pkcs11_pin_file=config.pkcs11_pin_file, pkcs11_pin=config.pkcs11_pin)
+
+    def restart() -> None:
+        single.down()
+        single.up()
+
+    outcomes = {}
+    for what, fault in (("restarted", restart), ("sealed", single.seal)):
+        tenant = new_tenant(f"one-{what}")
+        names = [f"s{i:04d}" for i in range(SECRETS // 2)]
+        values = values_for(names)
+        with Keyops(cfg) as k:
+            k.create_tenant(tenant)
+            fill(k, tenant, values)
+            target = rotate(k, tenant, "dek").new_version
+            job = in_the_middle(k, lambda k=k, tenant=tenant: reencrypt(k, tenant, workers=4, batch_size=10),
+                                len(names) // 5, fault)
+            outcomes[what] = {"rerun": job.error is not None, "error": type(job.error).__name__, **retried(k)}
+        if what == "sealed":
+            assert isinstance(job.error, VaultSealed), job.error  # a sealed single server stays sealed
+            assert "is sealed; unseal it" in str(job.error), job.error
+            single.unseal()
+        if job.error is not None:
+            with Keyops(cfg, keyring_ttl=0.0) as again:
+                reencrypt(again, tenant)
+        with Keyops(cfg, keyring_ttl=0.0) as fresh:
+            assert {name: fresh.get_secret(tenant, name) for name in names} == values
+            assert all(fresh.store.read(secret_path(tenant, name))[0]["dek_version"] == target  # type: ignore[index]
+                       for name in names)
+    print(f"\nthe single server restarted and sealed mid re-encryption: {outcomes}")
+
+
 # --- rotations --------------------------------------------------------------------------------------
 
 
@@ -275,3 +321,46 @@ def test_reads_follow_the_new_leader_and_report_their_retries(ha_cluster: DevClu
     print(f"\nfailover: first answer {recovered:.2f} s after SIGKILL of the active node; {counts}")
     assert counts["vault.retry"] >= 1 and counts["vault.failover"] == 1, counts
     assert recovered < ha_config.retry_window + ha_config.vault_timeout
+
+
+# --- keyops dev on the HA stack ---------------------------------------------------------------------
+
+
+def dev(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "keyops.cli.main", "dev", *args], capture_output=True, text=True,
+                          timeout=180, env={k: v for k, v in os.environ.items() if not k.startswith("KEYOPS_")})
+
+
+def test_dev_commands_handle_the_ha_stack(ha_cluster: DevCluster, stack: DevStack) -> None:
+    where = ("--state-dir", str(ha_cluster.state_dir))
+    status = dev("status", *where, "--json")
+    assert status.returncode == 0, status.stderr
+    nodes = json.loads(status.stdout)["nodes"]
+    assert [n["role"] for n in nodes].count("active") == 1 and [n["role"] for n in nodes].count("standby") == 2
+    assert [n["addr"] for n in nodes] == list(ha_cluster.addrs)
+
+    exports = dev("env", *where).stdout
+    assert f"export KEYOPS_VAULT_ADDRS={','.join(ha_cluster.addrs)}\n" in exports
+    assert f"export VAULT_ADDR={ha_cluster.addrs[0]}\n" in exports and ha_cluster.env()["VAULT_TOKEN"] not in exports
+
+    # --ha on a folder that holds the single server is refused, and changes nothing there.
+    before = stack.stack_file.read_bytes()
+    refused = dev("up", "--ha", "--state-dir", str(stack.state_dir))
+    assert refused.returncode == 30 and "holds a single-server dev stack" in refused.stderr, refused.stderr
+    assert stack.stack_file.read_bytes() == before and stack.status().up
+
+    # Down stops every node; up (no --ha needed: the folder says) restarts them on their raft data, unseals
+    # them all so that they elect a leader again, and the data is still there.
+    tenant = new_tenant("ha-dev")
+    with Keyops(ha_cluster.config()) as k:  # a KV write through the store: no HSM needed
+        k.store.write(f"probe/{tenant}", {"kept": True}, cas=0)
+    down = dev("down", *where, "--json")
+    assert down.returncode == 0 and json.loads(down.stdout)["stopped"], down.stderr
+    assert all(node.running_pid() is None for node in ha_cluster.nodes)
+    up = dev("up", *where, "--json")
+    assert up.returncode == 0, up.stderr
+    answer = json.loads(up.stdout)
+    assert answer["nodes"] == list(ha_cluster.addrs) and answer["unsealed_now"] and not answer["initialized_now"]
+    assert ha_cluster.active_node() is not None and ha_cluster.voters() == 3
+    assert root_client(ha_cluster).secrets.kv.v2.read_secret_version(
+        path=f"probe/{tenant}", mount_point="keyops", raise_on_deleted_version=True)["data"]["data"] == {"kept": True}
