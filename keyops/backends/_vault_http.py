@@ -83,7 +83,7 @@ _RETRY_STATUS = frozenset({429, 500, 502, 503, 504})
 _REFUSED_STATUS = frozenset({429})
 _SEALED = b"vault is sealed"
 _PAUSE_FIRST = 0.05  # seconds; doubled after each retry, up to _PAUSE_MOST
-_PAUSE_MOST = 1.0
+_PAUSE_MOST = 0.5
 _PROBE_TIMEOUT = 2.0  # seconds, at most, for one node's /v1/sys/health
 
 

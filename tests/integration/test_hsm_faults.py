@@ -137,7 +137,8 @@ def test_hsm_lost_mid_master_rotation_refuses_cleanly_and_a_rerun_finishes(
     assert 0 < moved() < TENANTS, "the rotation was meant to stop part-way"
     before = documents(vault_client, mount)
 
-    broken = {"token store unreadable": (unreadable_token_store(iso.env, tmp_path), HsmUnavailable, "HSM token"),
+    broken = {"token store unreadable": (unreadable_token_store(iso.env, tmp_path), HsmUnavailable,
+                                         "HSM token 'keyops' is unavailable"),
               "wrong PIN": ({**iso.env, "KEYOPS_PKCS11_PIN": WRONG_PIN}, HsmLoginFailed, "wrong PIN")}
     for how, (env, error, says) in broken.items():
         proc = resume(env, start)
