@@ -359,8 +359,8 @@ class Session:
                     raise failure
                 return resp
             self.count("vault.retry")
-            if failure is not None and failure.sent or failure is None and not _refused(resp):
-                _current.resent = True
+            if (failure.sent if failure is not None else not _refused(resp)):
+                _current.resent = True  # the attempt may have been applied: VaultStore.write checks its repeat
             time.sleep(pause)
             if len(self._nodes) > 1:
                 self._find_active(timeout)

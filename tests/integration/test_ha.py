@@ -319,7 +319,7 @@ def test_reads_follow_the_new_leader_and_report_their_retries(ha_cluster: DevClu
         new_active = ha_cluster.active_node()
         assert new_active is not None and k.store.client.session.active == ha_cluster.nodes[new_active].addr
     print(f"\nfailover: first answer {recovered:.2f} s after SIGKILL of the active node; {counts}")
-    assert counts["vault.retry"] >= 1 and counts["vault.failover"] == 1, counts
+    assert counts["vault.retry"] >= 1 and counts["vault.failover"] >= 1, counts
     assert recovered < ha_config.retry_window + ha_config.vault_timeout
 
 
@@ -349,18 +349,21 @@ def test_dev_commands_handle_the_ha_stack(ha_cluster: DevCluster, stack: DevStac
     assert refused.returncode == 30 and "holds a single-server dev stack" in refused.stderr, refused.stderr
     assert stack.stack_file.read_bytes() == before and stack.status().up
 
-    # Down stops every node; up (no --ha needed: the folder says) restarts them on their raft data, unseals
-    # them all so that they elect a leader again, and the data is still there.
+    # Down stops every node; up restarts them on their raft data, unseals them all so that they elect a
+    # leader again, and the data is still there. (The restart is this process's, so that the nodes die with
+    # it; `keyops dev up` runs the same code, as its second call below shows, with no --ha: the folder says.)
     tenant = new_tenant("ha-dev")
     with Keyops(ha_cluster.config()) as k:  # a KV write through the store: no HSM needed
         k.store.write(f"probe/{tenant}", {"kept": True}, cas=0)
     down = dev("down", *where, "--json")
     assert down.returncode == 0 and json.loads(down.stdout)["stopped"], down.stderr
     assert all(node.running_pid() is None for node in ha_cluster.nodes)
+    info = ha_cluster.up()
+    assert info.nodes == ha_cluster.addrs and info.unsealed_now and not info.initialized_now
+    assert ha_cluster.active_node() is not None and ha_cluster.voters() == 3
     up = dev("up", *where, "--json")
     assert up.returncode == 0, up.stderr
     answer = json.loads(up.stdout)
-    assert answer["nodes"] == list(ha_cluster.addrs) and answer["unsealed_now"] and not answer["initialized_now"]
-    assert ha_cluster.active_node() is not None and ha_cluster.voters() == 3
+    assert answer["nodes"] == list(ha_cluster.addrs) and answer["already_running"] and not answer["unsealed_now"]
     assert root_client(ha_cluster).secrets.kv.v2.read_secret_version(
         path=f"probe/{tenant}", mount_point="keyops", raise_on_deleted_version=True)["data"]["data"] == {"kept": True}
