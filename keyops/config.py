@@ -37,12 +37,14 @@ SOFTHSM_MODULE_GLOBS = (
 # field -> environment variables, first one set wins (Vault's names first).
 ENV_NAMES: dict[str, tuple[str, ...]] = {
     "vault_addr": ("VAULT_ADDR", "BAO_ADDR"),
+    "vault_addrs": ("KEYOPS_VAULT_ADDRS",),
     "vault_token": ("VAULT_TOKEN", "BAO_TOKEN"),
     "vault_token_file": ("KEYOPS_VAULT_TOKEN_FILE",),
     "vault_namespace": ("VAULT_NAMESPACE", "BAO_NAMESPACE"),
     "vault_cacert": ("VAULT_CACERT", "BAO_CACERT"),
     "vault_skip_verify": ("VAULT_SKIP_VERIFY", "BAO_SKIP_VERIFY"),
     "vault_timeout": ("KEYOPS_VAULT_TIMEOUT",),
+    "vault_retry_window": ("KEYOPS_VAULT_RETRY_WINDOW",),
     "job_stall_timeout": ("KEYOPS_JOB_STALL_TIMEOUT",),
     "approle_role_id": ("VAULT_ROLE_ID", "KEYOPS_APPROLE_ROLE_ID"),
     "approle_secret_id": ("VAULT_SECRET_ID", "KEYOPS_APPROLE_SECRET_ID"),
@@ -95,7 +97,13 @@ ENV_NAMES: dict[str, tuple[str, ...]] = {
 
 SECRET_FIELDS = frozenset({"vault_token", "approle_secret_id", "jwt", "pkcs11_pin", "pkcs11_old_pin",
                            "root_passphrase", "root_transit_token", "root_transit_secret_id"})
-_FLOATS = ("vault_timeout", "job_stall_timeout", "root_transit_timeout")
+_FLOATS = ("vault_timeout", "vault_retry_window", "job_stall_timeout", "root_transit_timeout")
+
+#: How long an idempotent Vault request keeps being retried after its first failure, by default: long
+#: enough for a raft cluster to elect a new leader; with one address there is no other node to wait for,
+#: so only a blip (a restart's first second) is ridden out and a server that is down fails fast.
+RETRY_WINDOW_CLUSTER = 15.0
+RETRY_WINDOW_SINGLE = 0.5
 
 #: Where a pod's service-account token is mounted (Kubernetes auth reads it from there by default).
 DEFAULT_KUBERNETES_TOKEN_FILE = "/var/run/secrets/kubernetes.io/serviceaccount/token"
@@ -117,7 +125,11 @@ DEV_STACK_FILE = "stack.json"
 
 @dataclasses.dataclass(frozen=True)
 class Config:
+    #: The first (preferred) node; with ``vault_addrs``, always its first entry.
     vault_addr: str = "https://127.0.0.1:8200"
+    #: Every node of an HA cluster (``KEYOPS_VAULT_ADDRS``, or a comma-separated ``VAULT_ADDR``); keyops
+    #: sends to the active one and follows it through failovers (keyops.backends._vault_http). Empty: one node.
+    vault_addrs: tuple[str, ...] = ()
     vault_token: str | None = dataclasses.field(default=None, repr=False)
     vault_token_file: str | None = None
     vault_namespace: str | None = None
@@ -126,6 +138,10 @@ class Config:
     #: The deadline of one Vault request, whole: connecting, sending and reading the complete answer
     #: (a server that answers a byte at a time cannot stretch it). Seconds.
     vault_timeout: float = 30.0
+    #: Idempotent requests (and those a node refused unread) are retried with jittered backoff until this
+    #: many seconds have passed since their first failure; 0 turns retries off. None: 15 s with several
+    #: addresses, 0.5 s with one (RETRY_WINDOW_CLUSTER, RETRY_WINDOW_SINGLE).
+    vault_retry_window: float | None = None
     #: A re-encryption, migration or rotation of many stops (resumable) when no item finishes in this
     #: many seconds. Seconds.
     job_stall_timeout: float = 300.0
@@ -218,6 +234,7 @@ class Config:
         return cls(**values)
 
     def __post_init__(self) -> None:
+        self._settle_addrs()
         for name in ("kv_mount", "transit_mount"):
             try:
                 validate_mount(getattr(self, name), name)
@@ -226,6 +243,41 @@ class Config:
         for name in ("vault_timeout", "job_stall_timeout"):
             if not getattr(self, name) > 0:
                 raise ConfigError(f"{name} ({ENV_NAMES[name][0]}) must be a positive number of seconds")
+        if self.vault_retry_window is not None and not self.vault_retry_window >= 0:
+            raise ConfigError("vault_retry_window (KEYOPS_VAULT_RETRY_WINDOW) must be 0 or a positive number "
+                              "of seconds")
+
+    def _settle_addrs(self) -> None:
+        """One list of nodes, whichever way it was given; ``vault_addr`` becomes its first entry."""
+        listed = _addr_list(self.vault_addrs)
+        inline = _addr_list(self.vault_addr)
+        if len(inline) > 1:
+            if listed and listed != inline:
+                raise ConfigError("VAULT_ADDR lists several addresses and KEYOPS_VAULT_ADDRS other ones; "
+                                  "give the cluster's nodes in one of them")
+            listed = inline
+        if len(set(listed)) != len(listed):
+            raise ConfigError(f"KEYOPS_VAULT_ADDRS names a node twice: {', '.join(listed)}")
+        object.__setattr__(self, "vault_addrs", tuple(listed) if len(listed) > 1 else ())
+        if listed:  # one address as given stays as it was written
+            object.__setattr__(self, "vault_addr", listed[0])
+
+    @property
+    def vault_nodes(self) -> tuple[str, ...]:
+        """Every Vault node keyops may send to, the preferred first (one, unless a cluster is configured)."""
+        return self.vault_addrs or (self.vault_addr,)
+
+    @property
+    def vault_where(self) -> str:
+        """The address(es) for messages: "http://a:8200", or "any of http://a:8200, http://b:8200"."""
+        nodes = self.vault_nodes
+        return nodes[0] if len(nodes) == 1 else "any of " + ", ".join(nodes)
+
+    @property
+    def retry_window(self) -> float:
+        if self.vault_retry_window is not None:
+            return self.vault_retry_window
+        return RETRY_WINDOW_CLUSTER if len(self.vault_nodes) > 1 else RETRY_WINDOW_SINGLE
 
     def replace(self, **changes: Any) -> Config:
         return dataclasses.replace(self, **changes)
@@ -294,14 +346,23 @@ class Config:
                           "KEYOPS_ROOT_PASSPHRASE_FILE (a file readable only by its owner)")
 
 
+def _addr_list(value: Any) -> list[str]:
+    """Addresses from a comma-separated string (or a TOML list), without empty entries or trailing slashes."""
+    items = value.split(",") if isinstance(value, str) else list(value or ())
+    return [str(item).strip().rstrip("/") for item in items if str(item).strip()]
+
+
 def dev_stack_addrs(env: Mapping[str, str] | None = None) -> set[str]:
     """The addresses the local dev stack would have here: its default port, and the port it remembers."""
     env = os.environ if env is None else env
     ports = {str(DEV_DEFAULT_PORT), env.get(DEV_PORT_ENV) or str(DEV_DEFAULT_PORT)}
     state = Path(env.get(DEV_STATE_DIR_ENV) or DEV_DEFAULT_STATE_DIR).expanduser() / DEV_STACK_FILE
     # No stack here, or a state file that the stack itself will complain about: the default port only.
-    with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
-        ports.add(str(int(json.loads(state.read_text())["port"])))
+    with contextlib.suppress(OSError, ValueError, KeyError, TypeError, AttributeError):
+        remembered = json.loads(state.read_text())
+        ports.add(str(int(remembered["port"])))
+        # An HA stack (`keyops dev up --ha`) remembers every node's port.
+        ports.update(str(int(node["port"])) for node in remembered.get("nodes") or ())
     return {f"http://{host}:{port}" for host in (DEV_HOST, "localhost") for port in ports}
 
 

@@ -37,6 +37,7 @@ import pytest
 from hypothesis import HealthCheck, settings
 
 from keyops.config import Config
+from keyops.dev.cluster import DevCluster
 from keyops.dev.stack import DevStack, free_port
 from keyops.ops.front import Keyops
 
@@ -173,3 +174,20 @@ def kms_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DevStack]:
             yield devstack
         finally:
             devstack.down()
+
+
+@pytest.fixture(scope="session")
+def ha_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DevCluster]:
+    cluster = DevCluster(tmp_path_factory.mktemp("keyops-ha"), port=free_port(), die_with_parent=True)
+    with _sigterm_as_interrupt():
+        try:
+            cluster.up()
+            yield cluster
+        finally:
+            cluster.down()
+
+
+@pytest.fixture(scope="session")
+def ha_config(ha_cluster: DevCluster, config: Config) -> Config:
+    return ha_cluster.config().replace(pkcs11_module=config.pkcs11_module, pkcs11_token_label=config.pkcs11_token_label,
+                                       pkcs11_pin_file=config.pkcs11_pin_file, pkcs11_pin=config.pkcs11_pin)

@@ -16,8 +16,8 @@ What is kept from ``requests.Session`` as keyops used it: TLS verification
 on unless ``verify`` is False, against ``certifi``'s bundle or the CA file
 (or folder) named by ``verify``; no proxy and nothing else read from the
 environment (keyops set ``trust_env = False``); a pool of ``pool_size``
-connections per host that never blocks; no retries; redirects followed, up
-to 30, as requests does. What is not offered, because keyops never asks for
+connections per host that never blocks; no retries of urllib3's own (keyops'
+are below); redirects followed, up to 30, as requests does. What is not offered, because keyops never asks for
 it: client certificates and proxies (refused, not ignored).
 
 Every request has a deadline, whole: the ``timeout`` hvac passes (keyops'
@@ -26,6 +26,28 @@ answer, not only each read. A per-read timeout alone lets a server (or a
 proxy) that sends a byte every few seconds keep a request alive for ever, so
 one watchdog thread shuts the socket of a request that passes its deadline,
 and the request fails with ``TransportTimeout``.
+
+Several nodes (an HA cluster): the session sends every request to the node
+it knows as active, whatever address hvac built the URL from. It finds that
+node with ``/v1/sys/health`` (200 active; 429 standby, 472/473 performance
+standby, 501 uninitialised and 503 sealed are not), at the first request and
+after a failure, and adopts the leader a standby's 307 redirect names.
+
+Retries: a request is sent again, after a jittered, growing pause, while
+``retry_window`` seconds have not passed since its first failure, when it
+failed in a way a repeat cannot make worse:
+
+* any request that no node received (no connection could be made), or that a
+  node refused unread (503 sealed, 429);
+* an idempotent request after a dropped connection or any other 5xx: reads
+  (GET, LIST, HEAD) always, and the writes that the Vault boundary declares
+  safe to repeat (``idempotent()``: check-and-set writes, whose guard refuses
+  a second application, and Transit encrypt, decrypt and HMAC).
+
+A request past its deadline is not sent again: the deadline is the bound of
+one request, and a stalled network is reported, not waited out twice. Every
+retry, failover and health probe is reported to ``count`` (the Vault
+boundary's CallCounter: ``vault.retry``, ``vault.failover``, ``vault.probe``).
 
 Transport failures are raised as ``TransportError`` and its subclasses, which
 ``keyops.backends.vault`` maps to keyops errors with every other Vault error.
@@ -38,11 +60,12 @@ import heapq
 import itertools
 import json
 import os
+import random
 import socket
 import threading
 import time
 import urllib.parse
-from collections.abc import Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 import certifi
@@ -53,17 +76,28 @@ import urllib3.util
 
 _MAX_REDIRECTS = 30  # requests' limit
 _USER_AGENT = "keyops"
+_READS = frozenset({"GET", "HEAD", "LIST"})
+#: Answers after which an idempotent request is sent again (501, "not initialised", is not transient).
+_RETRY_STATUS = frozenset({429, 500, 502, 503, 504})
+#: Answers that say the node did nothing with the request, so any request may be sent again.
+_REFUSED_STATUS = frozenset({429})
+_SEALED = b"vault is sealed"
+_PAUSE_FIRST = 0.05  # seconds; doubled after each retry, up to _PAUSE_MOST
+_PAUSE_MOST = 0.5
+_PROBE_TIMEOUT = 2.0  # seconds, at most, for one node's /v1/sys/health
 
 
 class TransportError(Exception):
     """The request did not get an answer: no connection, a dropped one, or a bad URL.
 
     ``reason``: what happened, in a few words ("connection refused"), for messages.
+    ``sent``: False when no connection was made, so no server can have seen the request.
     """
 
-    def __init__(self, text: str, reason: str = "") -> None:
+    def __init__(self, text: str, reason: str = "", *, sent: bool = True) -> None:
         super().__init__(text)
         self.reason = reason or text
+        self.sent = sent
 
 
 class TransportTimeout(TransportError):
@@ -142,7 +176,28 @@ class _Watchdog:
 
 
 _WATCHDOG = _Watchdog()
-_current = threading.local()  # the watch of the request this thread is sending
+_current = threading.local()  # the watch of the request this thread is sending; whether it is idempotent
+
+
+def resent() -> bool:
+    """Whether this thread's last request was sent again after an attempt that a node may have applied.
+
+    A check-and-set write whose first attempt landed but whose answer was
+    lost fails its repeat's check; the Vault boundary then reads the document
+    back to tell its own write from another writer's.
+    """
+    return bool(getattr(_current, "resent", False))
+
+
+@contextlib.contextmanager
+def idempotent() -> Iterator[None]:
+    """Declare the requests this thread sends inside as safe to repeat (see the module's docstring)."""
+    before = getattr(_current, "idempotent", False)
+    _current.idempotent = True
+    try:
+        yield
+    finally:
+        _current.idempotent = before
 
 
 class _Watched:
@@ -214,7 +269,8 @@ class Response:
 class Session:
     """A stand-in for ``requests.Session`` that hvac's adapters accept (see the module's docstring)."""
 
-    def __init__(self, verify: bool | str = True, pool_size: int = 32) -> None:
+    def __init__(self, verify: bool | str = True, pool_size: int = 32, *, nodes: Sequence[str] = (),
+                 retry_window: float = 0.0, count: Callable[[str], None] | None = None) -> None:
         # hvac's Adapter reads these three when it is given a session.
         self.verify = verify
         self.cert = None
@@ -227,7 +283,7 @@ class Session:
             tls = {"cert_reqs": "CERT_REQUIRED", where: verify}
         else:
             tls = {"cert_reqs": "CERT_REQUIRED", "ca_certs": certifi.where()}
-        # No retries (requests' default): a request that failed may have been applied.
+        # No retries of urllib3's: a request that failed may have been applied; request() decides.
         self._once = urllib3.Retry(total=None, connect=0, read=False, status=0, other=0, redirect=0,
                                    raise_on_redirect=False, raise_on_status=False)
         self._follow = self._once.new(redirect=_MAX_REDIRECTS)
@@ -240,6 +296,16 @@ class Session:
         self._lock = threading.Lock()
         self._redirects = urllib3.PoolManager(num_pools=4, **self._settings, **tls)
         self._redirects.pool_classes_by_scheme = _POOLS  # redirected requests keep their deadline too
+        self._nodes = tuple(_origin(node) for node in nodes)
+        self._active = self._nodes[0] if self._nodes else ""
+        self._found = len(self._nodes) < 2  # with several nodes, the first request asks which is active
+        self.retry_window = retry_window
+        self.count: Callable[[str], None] = count or _uncounted
+
+    @property
+    def active(self) -> str:
+        """The origin of the node requests go to ("" when no nodes were given: each URL's own)."""
+        return self._active
 
     def request(self, method: str, url: str, headers: Mapping[str, str] | None = None, *,
                 allow_redirects: bool = True, timeout: Any = None, verify: bool | str | None = None,
@@ -266,6 +332,42 @@ class Session:
                 send_headers.setdefault("Content-Type", "application/x-www-form-urlencoded")
             else:
                 body = data.encode("utf-8") if isinstance(data, str) else bytes(data)
+        if not self._found:
+            self._find_active(timeout)
+        may_repeat = method in _READS or getattr(_current, "idempotent", False)
+        _current.resent = False
+        first_failure: float | None = None
+        attempt = 0
+        while True:
+            url = self._routed(url)
+            failure: TransportError | None = None
+            try:
+                resp = self._send(method, url, body, send_headers, allow_redirects, timeout)
+            except TransportError as exc:
+                if isinstance(exc, (TransportTimeout, TlsVerifyFailed)) or not (may_repeat or not exc.sent):
+                    raise
+                failure = exc
+            else:
+                if resp.status_code not in _RETRY_STATUS or not (may_repeat or _refused(resp)):
+                    return resp
+            now = time.monotonic()
+            first_failure = now if first_failure is None else first_failure
+            attempt += 1
+            pause = min(_PAUSE_MOST, _PAUSE_FIRST * 2 ** (attempt - 1)) * random.uniform(0.5, 1.0)  # noqa: S311
+            if now + pause - first_failure > self.retry_window:
+                if failure is not None:
+                    raise failure
+                return resp
+            self.count("vault.retry")
+            if (failure.sent if failure is not None else not _refused(resp)):
+                _current.resent = True  # the attempt may have been applied: VaultStore.write checks its repeat
+            time.sleep(pause)
+            if len(self._nodes) > 1:
+                self._find_active(timeout)
+
+    def _send(self, method: str, url: str, body: bytes | None, send_headers: dict[str, str],
+              allow_redirects: bool, timeout: Any) -> Response:
+        """One attempt, with its own deadline (redirects followed within it)."""
         limits, total = self._timeout(timeout)
         pool, path = self._pool(url)
         watch = None
@@ -275,8 +377,10 @@ class Session:
         try:
             resp = pool.urlopen(method, path, body=body, headers=send_headers, retries=self._once, redirect=False,
                                 assert_same_host=False, timeout=limits, preload_content=True)
-            if allow_redirects and resp.get_redirect_location():
+            location = resp.get_redirect_location()
+            if allow_redirects and location:
                 # A standby node's redirect, say: send it again through urllib3's own redirect logic.
+                self._adopt(urllib.parse.urljoin(url, location))
                 resp = self._redirects.urlopen(method, url, body=body, headers=send_headers, retries=self._follow,
                                                redirect=True, timeout=limits, preload_content=True)
         except urllib3.exceptions.HTTPError as exc:
@@ -290,6 +394,44 @@ class Session:
                 watch.done = True
                 _current.watch = None
         return Response(resp.status, resp.headers, resp.data, url, resp.reason)
+
+    def _routed(self, url: str) -> str:
+        """``url`` sent to the active node when it names one of the cluster's nodes."""
+        if len(self._nodes) < 2:
+            return url
+        origin = _origin(url)
+        if origin != self._active and origin in self._nodes:
+            return self._active + url[len(origin):]
+        return url
+
+    def _adopt(self, url: str) -> None:
+        """Make the node of ``url`` the active one, when it is one of the cluster's (a redirect's target)."""
+        origin = _origin(url)
+        if origin != self._active and origin in self._nodes:
+            self._active = origin
+            self.count("vault.failover")
+
+    def _find_active(self, timeout: Any) -> None:
+        """Ask each node's ``/v1/sys/health``, the current one first; the first that answers 200 is active.
+
+        When none does (an election under way, every node sealed), the current
+        node stays: the next attempt finds out again.
+        """
+        self._found = True
+        _, total = self._timeout(timeout)
+        limit = min(_PROBE_TIMEOUT, total) if total else _PROBE_TIMEOUT
+        for origin in sorted(self._nodes, key=lambda node: node != self._active):
+            self.count("vault.probe")
+            try:
+                # standbyok=false: a standby answers 429 even where Vault would let it read.
+                resp = self._send("GET", origin + "/v1/sys/health", None, {}, False, limit)
+            except TransportError:
+                continue
+            if resp.status_code == 200:
+                if origin != self._active:
+                    self._active = origin
+                    self.count("vault.failover")
+                return
 
     def _pool(self, url: str) -> tuple[urllib3.HTTPConnectionPool, str]:
         """The pool of ``url``'s origin, and the rest of the URL (path and query)."""
@@ -337,6 +479,21 @@ class Session:
         return f"<keyops Vault transport verify={self.verify!r}>"
 
 
+def _uncounted(kind: str) -> None:
+    """The default ``count``: a session used without a Vault boundary counts nothing."""
+
+
+def _origin(url: str) -> str:
+    """``scheme://host:port`` of a URL, as written (no trailing slash or path)."""
+    scheme, _, rest = url.partition("://")
+    return f"{scheme}://{rest.partition('/')[0]}"
+
+
+def _refused(resp: Response) -> bool:
+    """The node did nothing with the request: it is sealed, or it refused it (429)."""
+    return resp.status_code in _REFUSED_STATUS or (resp.status_code == 503 and _SEALED in resp.content.lower())
+
+
 def _dumps(value: Any) -> bytes:
     # As requests sends json=: no NaN or Infinity, which are not JSON.
     return json.dumps(value, allow_nan=False).encode("utf-8")
@@ -351,7 +508,7 @@ def _failure(reason: BaseException) -> TransportError:
         return TransportError(text, "its host name does not resolve")
     # NewConnectionError derives from ConnectTimeoutError, yet means "refused" or "no route".
     if isinstance(reason, urllib3.exceptions.NewConnectionError):
-        return TransportError(text, os_reason(reason) or "no connection could be made")
+        return TransportError(text, os_reason(reason) or "no connection could be made", sent=False)
     if isinstance(reason, urllib3.exceptions.TimeoutError):
         return TransportTimeout(text, "no answer in time")
     if isinstance(reason, urllib3.exceptions.ProtocolError):

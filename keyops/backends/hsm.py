@@ -192,7 +192,9 @@ class Hsm:
             raise HsmUnavailable(f"no HSM token labelled {self.token_label!r} in {self.module!r}{hint}; "
                                  "check KEYOPS_PKCS11_TOKEN or run 'keyops dev up'") from exc
         except p11e.PKCS11Error as exc:
-            raise HsmUnavailable(f"the HSM token {self.token_label!r} is unavailable: {type(exc).__name__}") from exc
+            hint = "SoftHSM2's token folder named by SOFTHSM2_CONF" if "softhsm" in self.module else "the HSM"
+            raise HsmUnavailable(f"the HSM token {self.token_label!r} is unavailable ({type(exc).__name__}): its "
+                                 f"store cannot be read or the HSM does not answer; check {hint}") from exc
         key = (self.module, self.token_label)
         digest = _pin_digest(self._pin)
         held = _PROCESS_LOGINS.get(key)

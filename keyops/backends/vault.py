@@ -20,6 +20,7 @@ import builtins
 import collections
 import contextlib
 import hashlib
+import json
 import re
 import threading
 import time
@@ -91,7 +92,7 @@ class CallCounter:
 @contextlib.contextmanager
 def vault_errors(what: str, addr: str = "", timeout: float | None = None, *, namespace: str | None = None,
                  missing_mount: str = "", transit_ciphertext: bool = False,
-                 transit_key: bool = False) -> Iterator[None]:
+                 transit_key: bool = False, idempotent: bool = False, where: str = "") -> Iterator[None]:
     """Map the hvac and transport failures of one request to keyops errors.
 
     ``missing_mount``: what to say when Vault has no engine at the request's
@@ -100,11 +101,15 @@ def vault_errors(what: str, addr: str = "", timeout: float | None = None, *, nam
     the request opens a Transit ciphertext, so Transit's "cannot open it"
     answers become ``TransitNotAuthentic``. ``transit_key``: Transit's "key
     not found" answer becomes ``KeyNotFound`` (HMAC endpoints answer 400 for a
-    missing key, not 404).
+    missing key, not 404). ``idempotent``: the request is safe to send again
+    (a check-and-set write, a Transit encrypt), so the transport retries it
+    through failovers as it retries reads. ``where``: the address(es) for
+    messages (``Config.vault_where``), when not ``addr``.
     """
-    where = addr or "the configured address"
+    where = where or addr or "the configured address"
     try:
-        yield
+        with _vault_http.idempotent() if idempotent else contextlib.nullcontext():
+            yield
     except hvac.exceptions.Forbidden as exc:
         raise PermissionDenied(f"{what}: permission denied by Vault; the token's policies do not allow "
                                "this path (check the role or token)") from exc
@@ -206,10 +211,12 @@ def fresh_login(config: Config, login: auth.Login) -> dict[str, Any]:
 
 
 def _client(config: Config, token: str | None, pool_size: int = 32, transport: str = "urllib3") -> hvac.Client:
-    if not config.vault_addr.startswith(("http://", "https://")):
-        raise ConfigError(f"VAULT_ADDR {config.vault_addr!r} must start with http:// or https://")
+    for addr in config.vault_nodes:
+        if not addr.startswith(("http://", "https://")):
+            raise ConfigError(f"VAULT_ADDR {addr!r} must start with http:// or https://")
     if transport == "urllib3":
-        session: Any = _vault_http.Session(verify=config.tls_verify, pool_size=pool_size)
+        session: Any = _vault_http.Session(verify=config.tls_verify, pool_size=pool_size, nodes=config.vault_nodes,
+                                           retry_window=config.retry_window)
     elif transport == "requests":
         session = _requests_session(pool_size, config.tls_verify)
     else:
@@ -227,7 +234,7 @@ def log_in(client: hvac.Client, config: Config, login: auth.Login) -> dict[str, 
     the credential.
     """
     what = login.what
-    with vault_errors(what, config.vault_addr, config.vault_timeout):
+    with vault_errors(what, config.vault_addr, config.vault_timeout, where=config.vault_where):
         try:
             if login.method == "approle":
                 resp = client.auth.approle.login(role_id=login.role, secret_id=login.credential,
@@ -268,6 +275,11 @@ class VaultStore:
 
     ``client`` is the hvac client; code outside this module calls the methods
     below instead (tests use ``client`` to send what any token holder could).
+    The transport's retries, failovers and health probes are counted in
+    ``calls`` too (``vault.retry``, ``vault.failover``, ``vault.probe``).
+    Methods that pass ``idempotent=True`` to ``_errors`` are the writes that
+    are safe to send twice; every other write is sent once, unless no node
+    received it.
     """
 
     def __init__(self, config: Config, client: hvac.Client | None = None,
@@ -277,16 +289,18 @@ class VaultStore:
         self.kv_mount = config.kv_mount
         self.transit_mount = config.transit_mount
         self.calls = counter or CallCounter()
+        if isinstance(self.client.session, _vault_http.Session):
+            self.client.session.count = self.calls.add
 
     def _errors(self, what: str, mount: str | None = None, **kinds: bool) -> contextlib.AbstractContextManager[None]:
-        return vault_errors(what, self.config.vault_addr, self.config.vault_timeout,
+        return vault_errors(what, self.config.vault_addr, self.config.vault_timeout, where=self.config.vault_where,
                             namespace=self.config.vault_namespace, missing_mount=self._missing(mount), **kinds)
 
     def _missing(self, mount: str | None) -> str:
         """What to say when ``mount`` turns out not to exist: which mount, and what creates it."""
         if mount is None:
             return ""
-        where = f"Vault at {self.config.vault_addr}" + (
+        where = f"Vault at {self.config.vault_where}" + (
             f", namespace {self.config.vault_namespace!r}" if self.config.vault_namespace else "")
         if mount == self.kv_mount:
             return (f"the KV v2 mount {mount!r} that keyops uses (KEYOPS_KV_MOUNT) does not exist in {where}; "
@@ -321,9 +335,21 @@ class VaultStore:
         """Write with check-and-set: ``cas=0`` creates, else it must match the current version."""
         mount = mount or self.kv_mount
         self.calls.add("kv.write")
-        with self._errors(f"writing {mount}/{path}", mount):
-            resp = self.client.secrets.kv.v2.create_or_update_secret(
-                path=path, secret=dict(data), cas=cas, mount_point=mount)
+        try:
+            # A repeat after a lost answer fails its check-and-set: safe to retry (see below).
+            with self._errors(f"writing {mount}/{path}", mount, idempotent=True):
+                resp = self.client.secrets.kv.v2.create_or_update_secret(
+                    path=path, secret=dict(data), cas=cas, mount_point=mount)
+        except CheckAndSetFailed:
+            if not _vault_http.resent():
+                raise
+            # The first attempt may have landed (a node died after committing it, before answering): then
+            # the document is ours at cas + 1, and the write succeeded. Anything else is another writer's.
+            found = self.read(path, mount)
+            if found is None or found[1] != cas + 1 or found[0] != json.loads(json.dumps(dict(data))):
+                raise
+            self.calls.add("kv.write_confirmed")
+            return found[1]
         return int(resp["data"]["version"])
 
     def list(self, path: str, mount: str | None = None, *, after: str = "", limit: int = 0) -> list[str]:
@@ -347,14 +373,14 @@ class VaultStore:
     def delete_all_versions(self, path: str, mount: str | None = None) -> None:
         mount = mount or self.kv_mount
         self.calls.add("kv.delete")
-        with self._errors(f"deleting {mount}/{path}", mount):
+        with self._errors(f"deleting {mount}/{path}", mount, idempotent=True):
             self.client.secrets.kv.v2.delete_metadata_and_all_versions(path=path, mount_point=mount)
 
     def destroy_versions(self, path: str, versions: Sequence[int], mount: str | None = None) -> None:
         """Destroy these versions of ``path`` for good (their data is gone; the metadata stays)."""
         mount = mount or self.kv_mount
         self.calls.add("kv.destroy")
-        with self._errors(f"destroying old versions of {mount}/{path}", mount):
+        with self._errors(f"destroying old versions of {mount}/{path}", mount, idempotent=True):
             self.client.secrets.kv.v2.destroy_secret_versions(path=path, versions=list(versions), mount_point=mount)
 
     def read_metadata(self, path: str, mount: str | None = None) -> dict[str, Any] | None:
@@ -374,7 +400,7 @@ class VaultStore:
         """
         mount = mount or self.kv_mount
         self.calls.add("kv.write_metadata")
-        with self._errors(f"writing the metadata of {mount}/{path}", mount):
+        with self._errors(f"writing the metadata of {mount}/{path}", mount, idempotent=True):
             self.client.adapter.post(format_url("/v1/{}/metadata/{}", mount, path),
                                      json={"max_versions": max_versions, "cas_required": cas_required})
 
@@ -404,14 +430,14 @@ class VaultStore:
         """
         mount = mount or self.kv_mount
         self.calls.add("kv.write_config")
-        with self._errors(f"configuring KV mount {mount!r}", mount):
+        with self._errors(f"configuring KV mount {mount!r}", mount, idempotent=True):
             self.client.adapter.post(format_url("/v1/{}/config", mount), json={"max_versions": max_versions})
 
     # --- Transit ---------------------------------------------------------------------
 
     def transit_encrypt(self, key: str, plaintext: bytes, context: bytes, key_version: int | None = None) -> str:
         self.calls.add("transit.encrypt")
-        with self._errors(f"Transit encrypt with key {key!r}", self.transit_mount):
+        with self._errors(f"Transit encrypt with key {key!r}", self.transit_mount, idempotent=True):
             resp = self.client.secrets.transit.encrypt_data(
                 name=key, plaintext=_b64(plaintext), associated_data=_b64(context),
                 key_version=key_version, mount_point=self.transit_mount)
@@ -425,7 +451,7 @@ class VaultStore:
         mount = mount or self.transit_mount
         self.calls.add("transit.decrypt")
         what = f"Transit decrypt with key {key!r}" + (f" of mount {mount!r}" if mount != self.transit_mount else "")
-        with self._errors(what, mount, transit_ciphertext=True):
+        with self._errors(what, mount, transit_ciphertext=True, idempotent=True):
             resp = self.client.secrets.transit.decrypt_data(
                 name=key, ciphertext=ciphertext, associated_data=_b64(context) if context else None,
                 mount_point=mount)
@@ -499,7 +525,7 @@ class VaultStore:
             self.transit_configure_key(key, min_encryption_version=min_encryption_version)
             min_encryption_version = None
         self.calls.add("transit.config")
-        with self._errors(f"configuring Transit key {key!r}", self.transit_mount):
+        with self._errors(f"configuring Transit key {key!r}", self.transit_mount, idempotent=True):
             self.client.secrets.transit.update_key_configuration(
                 name=key, min_decryption_version=min_decryption_version,
                 min_encryption_version=min_encryption_version, deletion_allowed=deletion_allowed,
@@ -508,14 +534,15 @@ class VaultStore:
     def transit_trim_key(self, key: str, min_available_version: int) -> None:
         """Delete the Transit key's versions below ``min_available_version`` (irreversible)."""
         self.calls.add("transit.trim")
-        with self._errors(f"trimming Transit key {key!r}", self.transit_mount):
+        with self._errors(f"trimming Transit key {key!r}", self.transit_mount, idempotent=True):
             self.client.secrets.transit.trim_key(name=key, min_version=min_available_version,
                                                  mount_point=self.transit_mount)
 
     def transit_generate_hmac(self, key: str, data: bytes, algorithm: str = "sha2-256") -> str:
         """Transit's HMAC of ``data`` (``vault:vN:...``); ``KeyNotFound`` when the key does not exist."""
         self.calls.add("transit.hmac")
-        with self._errors(f"HMAC with the Transit key {key!r}", self.transit_mount, transit_key=True):
+        with self._errors(f"HMAC with the Transit key {key!r}", self.transit_mount, transit_key=True,
+                          idempotent=True):
             resp = self.client.secrets.transit.generate_hmac(name=key, hash_input=_b64(data), algorithm=algorithm,
                                                              mount_point=self.transit_mount)
         return str(resp["data"]["hmac"])
@@ -527,7 +554,8 @@ class VaultStore:
         hvac's ``verify_signed_data`` takes one input, not a batch.
         """
         self.calls.add("transit.verify_hmac")
-        with self._errors(f"verifying HMACs with the Transit key {key!r}", self.transit_mount, transit_key=True):
+        with self._errors(f"verifying HMACs with the Transit key {key!r}", self.transit_mount, transit_key=True,
+                          idempotent=True):
             resp = self.client.adapter.post(
                 format_url("/v1/{}/verify/{}", self.transit_mount, key),
                 json={"hash_algorithm": algorithm,
@@ -548,12 +576,12 @@ class VaultStore:
 
     def create_or_update_policy(self, name: str, policy: str) -> None:
         self.calls.add("sys.write_policy")
-        with self._errors(f"writing policy {name!r}"):
+        with self._errors(f"writing policy {name!r}", idempotent=True):
             self.client.sys.create_or_update_policy(name=name, policy=policy)
 
     def delete_policy(self, name: str) -> None:
         self.calls.add("sys.delete_policy")
-        with self._errors(f"deleting policy {name!r}"):
+        with self._errors(f"deleting policy {name!r}", idempotent=True):
             self.client.sys.delete_policy(name=name)
 
     # --- tokens ----------------------------------------------------------------------

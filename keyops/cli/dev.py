@@ -1,6 +1,7 @@
 """``keyops dev up|down|status|env``: the embedded local stack (OpenBao + SoftHSM2).
 
     keyops dev up              # start (or resume) the stack under ./.keyops
+    keyops dev up --ha         # three OpenBao nodes with integrated raft instead (in a folder of its own)
     eval "$(keyops dev env)"   # point this shell at it; prints no secret
     keyops dev status          # exit 0 when up, 3 when not running
     keyops dev down            # stop the bao server this stack started
@@ -17,6 +18,7 @@ import os
 import shlex
 import sys
 
+from keyops.dev.cluster import NODES, open_stack
 from keyops.dev.stack import DEFAULT_PORT, PORT_ENV, STATE_DIR_ENV, DevStack, default_state_dir
 
 #: Exit code of ``keyops dev status`` when the stack is not up.
@@ -41,6 +43,9 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
     up.add_argument("--port", type=int, default=None,
                     help=f"API port at the first start (default: ${PORT_ENV} or {DEFAULT_PORT}, "
                          "a free one when taken); later starts reuse the remembered port")
+    up.add_argument("--ha", action="store_true",
+                    help=f"a cluster of {NODES} OpenBao nodes with integrated raft storage, joined and unsealed, "
+                         "each on its own ports (the state folder remembers it: later commands need no --ha)")
     up.add_argument("--json", action="store_true", help="print the result as JSON")
     up.set_defaults(func=cmd_up)
 
@@ -65,21 +70,25 @@ def _usage(parser: argparse.ArgumentParser) -> int:
     return 2
 
 
-def _stack(args: argparse.Namespace, port: int | None = None) -> DevStack:
+def _stack(args: argparse.Namespace, port: int | None = None, ha: bool = False) -> DevStack:
+    """The stack of the state folder: the HA stack when it holds one (or ``--ha`` asks), else the single server."""
     state_dir = args.state_dir or default_state_dir(os.environ)
-    return DevStack(state_dir, port=port)
+    return open_stack(state_dir, port=port, ha=ha)
 
 
 def cmd_up(args: argparse.Namespace) -> int:
-    stack = _stack(args, port=args.port)
+    stack = _stack(args, port=args.port, ha=args.ha)
     info = stack.up()
     if args.json:
-        print(json.dumps({"version": 1, "state_dir": str(info.state_dir), "addr": info.addr, "pid": info.pid,
-                          "port": info.port, "cluster_port": info.cluster_port,
-                          "already_running": info.already_running, "initialized_now": info.initialized_now,
-                          "unsealed_now": info.unsealed_now, "token_created": info.token_created,
-                          "key_created": info.key_created, "master_key_label": info.master_key_label,
-                          "seconds": info.seconds}, indent=2))
+        answer = {"version": 1, "state_dir": str(info.state_dir), "addr": info.addr, "pid": info.pid,
+                  "port": info.port, "cluster_port": info.cluster_port,
+                  "already_running": info.already_running, "initialized_now": info.initialized_now,
+                  "unsealed_now": info.unsealed_now, "token_created": info.token_created,
+                  "key_created": info.key_created, "master_key_label": info.master_key_label,
+                  "seconds": info.seconds}
+        if info.nodes:
+            answer["nodes"] = list(info.nodes)
+        print(json.dumps(answer, indent=2))
         return 0
     if info.already_running:
         head = f"dev stack already running at {info.addr} (pid {info.pid})"
@@ -89,6 +98,8 @@ def cmd_up(args: argparse.Namespace) -> int:
         how = "initialised and started" if info.initialized_now else "restarted"
         head = f"dev stack {how} at {info.addr} (pid {info.pid}) in {info.seconds:.1f} s"
     print(head)
+    if info.nodes:
+        print(f"  nodes:      {', '.join(info.nodes)} (integrated raft; keyops follows the active one)")
     print(f"  state:      {info.state_dir}")
     print(f"  mounts:     keyops/ (kv v2), transit/; audit log {stack.bao_audit_log}")
     print(f"  audit:      {stack.keyops_audit_log}, keyed by transit/keyops_audit, anchored in keyops/audit/head/")
@@ -128,6 +139,9 @@ def cmd_status(args: argparse.Namespace) -> int:
         print(f"bao:        running at {st.addr} (pid {st.pid}), {init}, {seal}")
     else:
         print(f"bao:        not running (state {st.state_dir})")
+    for node in st.nodes:
+        pid = f" (pid {node['pid']})" if node["pid"] else ""
+        print(f"  node {node['node']}:   {node['addr']}{pid}, {node['role']}")
     print(f"HSM token:  {'present' if st.hsm_token_present else 'missing'}")
     if st.master_key_label:
         print(f"master key: {st.master_key_label} {'present' if st.master_key_present else 'missing'}")

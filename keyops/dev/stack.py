@@ -124,6 +124,8 @@ class StackInfo:
     #: The registered primary master key's label, or "" while no tenant (or master_key task) has made one.
     master_key_label: str
     seconds: float
+    #: Every node's address, for an HA stack (``keyops dev up --ha``); empty for the single server.
+    nodes: tuple[str, ...] = ()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -139,6 +141,9 @@ class StackStatus:
     hsm_token_present: bool
     master_key_present: bool
     master_key_label: str
+    #: An HA stack's nodes: ``addr``, ``pid``, ``running``, ``sealed``, ``role`` (active, standby, sealed,
+    #: down); empty for the single server. ``running``/``sealed`` then tell the active node.
+    nodes: tuple[dict[str, Any], ...] = ()
 
     @property
     def up(self) -> bool:
@@ -148,6 +153,10 @@ class StackStatus:
         d = dataclasses.asdict(self)
         d["state_dir"] = str(self.state_dir)
         d["up"] = self.up
+        if not self.nodes:
+            del d["nodes"]  # the single server's status stays as it always was
+        else:
+            d["nodes"] = [dict(node) for node in self.nodes]
         return d
 
 
@@ -381,7 +390,7 @@ class DevStack:
 
     def _store(self) -> VaultStore:
         """keyops' own Vault client, with the root token: everything once the server is unsealed."""
-        config = Config(vault_addr=self._require_addr(), vault_token=self._root_token(), kv_mount=KV_MOUNT,
+        config = Config(vault_addr=self._keyops_addr(), vault_token=self._root_token(), kv_mount=KV_MOUNT,
                         transit_mount=TRANSIT_MOUNT, vault_timeout=10.0)
         return VaultStore(config, pool_size=2)
 
@@ -435,6 +444,15 @@ class DevStack:
         pid = self._pid_from_file()
         return pid if pid is not None and self._is_our_bao(pid) else None
 
+    @property
+    def node_id(self) -> str:
+        """The raft node id in bao.hcl (each node of an HA stack has its own)."""
+        return NODE_ID
+
+    def _keyops_addr(self) -> str:
+        """VAULT_ADDR for keyops' own clients: this server, or every node of an HA stack, comma-separated."""
+        return self._require_addr()
+
     def _write_bao_config(self, port: int, cluster_port: int) -> None:
         # OpenBao 2.7: no "file" storage backend, and "disable_mlock" is an unknown
         # field (OpenBao dropped mlock), so it is left out. performance_multiplier = 1
@@ -443,7 +461,7 @@ class DevStack:
         text = f"""# Written by keyops dev up; rewritten on every start.
 storage "raft" {{
   path                   = {q(str(self.raft_dir))}
-  node_id                = {q(NODE_ID)}
+  node_id                = {q(self.node_id)}
   performance_multiplier = 1
 }}
 
@@ -612,7 +630,7 @@ log_level     = "info"
         request = {"module": self._softhsm_module(), "token_label": TOKEN_LABEL, "key_prefix": MASTER_KEY_PREFIX,
                    "pin_file": str(self.pin_file), "so_pin_file": str(self.so_pin_file)}
         if with_vault:
-            request.update(vault_addr=self._require_addr(), token_file=str(self.root_token_file),
+            request.update(vault_addr=self._keyops_addr(), token_file=str(self.root_token_file),
                            kv_mount=KV_MOUNT, transit_mount=TRANSIT_MOUNT)
         env = dict(os.environ, SOFTHSM2_CONF=str(self.softhsm_conf))
         try:
@@ -800,7 +818,7 @@ log_level     = "info"
     def config(self) -> Config:
         """A keyops Config that talks to this stack."""
         return Config(
-            vault_addr=self._require_addr(), vault_token=self._root_token(),
+            vault_addr=self._keyops_addr(), vault_token=self._root_token(),
             vault_token_file=str(self.root_token_file), kv_mount=KV_MOUNT, transit_mount=TRANSIT_MOUNT,
             pkcs11_module=self._softhsm_module(), pkcs11_token_label=TOKEN_LABEL,
             pkcs11_pin_file=str(self.pin_file), master_key_label=MASTER_KEY_PREFIX,

@@ -19,6 +19,8 @@ options:
   url:
     description:
       - Address of the Vault or OpenBao server, for example C(https://vault.example.com:8200).
+      - For an HA cluster, every node's address, comma-separated (or C(KEYOPS_VAULT_ADDRS) in the environment,
+        which wins); keyops sends to the active node, follows failovers and retries what is safe to repeat.
       - When unset, C(VAULT_ADDR), then C(BAO_ADDR); else C(https://127.0.0.1:8200).
     type: str
   token:

@@ -1,4 +1,4 @@
-"""Deadlines (issue 9, item 7): a Vault that answers a byte every few seconds cannot hold keyops up.
+"""Deadlines (issue 9, item 7; issue 13, item 2): a Vault that drips or stalls cannot hold keyops up.
 
 A small threading TCP proxy in front of the real OpenBao forwards requests
 as they are, and answers, once told to, one byte every two seconds: every
@@ -7,6 +7,13 @@ the whole request ends it. ``keyops secret get`` and ``keyops reencrypt``
 run through it as programs and must end within a bound with a clear error;
 nothing is lost, and the same re-encryption run again without the proxy
 finishes the job.
+
+The proxy can also pause (``mode="pause"``): past a number of requests it
+forwards nothing more in either direction, as a network that stalls. A KEK
+rotation of a Transit tenant (several steps) stalled in its middle ends
+within a bound set by ``KEYOPS_VAULT_TIMEOUT`` (a request past its deadline
+is not retried, so the retries do not stretch it), and the same command
+without the proxy finishes the rotation with exactly one new version.
 """
 
 from __future__ import annotations
@@ -27,6 +34,7 @@ from _tenants import new_tenant
 
 from keyops.config import Config
 from keyops.dev.stack import DevStack
+from keyops.model.keyring import Policy
 from keyops.ops.front import Keyops, secret_path
 from keyops.ops.rotation import rotate
 
@@ -41,10 +49,11 @@ METHODS = (b"GET ", b"POST ", b"PUT ", b"LIST ", b"DELETE ", b"HEAD ")
 class DripProxy:
     """127.0.0.1:port -> the upstream; answers drip once more than ``after`` requests went through."""
 
-    def __init__(self, upstream: str, after: int) -> None:
+    def __init__(self, upstream: str, after: int, mode: str = "drip") -> None:
         parts = urlsplit(upstream)
         self.upstream = (parts.hostname or "127.0.0.1", parts.port or 80)
         self.after = after
+        self.mode = mode
         self.requests = 0
         self.closing = threading.Event()
         self.server = socket.create_server(("127.0.0.1", 0))
@@ -78,6 +87,9 @@ class DripProxy:
                 if data.startswith(METHODS):
                     with self.lock:
                         self.requests += 1
+                if self.mode == "pause" and self.dripping:
+                    self.closing.wait()  # the network stalls: nothing more goes through
+                    return
                 up.sendall(data)
 
     def _answers(self, up: socket.socket, client: socket.socket) -> None:
@@ -86,6 +98,9 @@ class DripProxy:
                 if not self.dripping:
                     client.sendall(data)
                     continue
+                if self.mode == "pause":
+                    self.closing.wait()
+                    return
                 for i in range(len(data)):
                     if self.closing.wait(DRIP_EVERY):
                         return
@@ -100,8 +115,8 @@ class DripProxy:
 
 
 @contextlib.contextmanager
-def drip_proxy(stack: DevStack, after: int = 0) -> Iterator[DripProxy]:
-    proxy = DripProxy(str(stack.addr), after)
+def drip_proxy(stack: DevStack, after: int = 0, mode: str = "drip") -> Iterator[DripProxy]:
+    proxy = DripProxy(str(stack.addr), after, mode)
     try:
         yield proxy
     finally:
@@ -171,4 +186,45 @@ def test_reencrypt_behind_a_dripping_proxy_stops_in_time_and_a_rerun_finishes(
     assert proc.returncode == 0, proc.stderr
     assert on_target() == len(values)
     with Keyops(config, keyring_ttl=0.0) as fresh:
+        assert {name: fresh.get_secret(tenant, name) for name in values} == values
+
+
+def test_kek_rotation_through_a_stalled_network_ends_in_time_and_a_rerun_finishes(
+        stack: DevStack, env: dict[str, str], config: Config, k: Keyops) -> None:
+    def transit_tenant() -> tuple[str, dict[str, bytes], int]:
+        tenant = new_tenant("stall-kek")
+        k.create_tenant(tenant, Policy(kek_residence="transit"))
+        for _ in range(6):
+            rotate(k, tenant, "dek")
+        values = {f"s{i}": f"{tenant} {i}".encode() for i in range(3)}
+        for name, value in values.items():
+            k.put_secret(tenant, name, value)
+        return tenant, values, k.read_keyring(tenant)[0].kek.primary
+
+    def command(tenant: str, start: int) -> tuple[str, ...]:
+        return ("rotate", "--tenant", tenant, "--level", "kek", "--expect-version", str(start))
+
+    twin, _, twin_start = transit_tenant()
+    with drip_proxy(stack, after=10**6) as counting:  # how many requests a whole run sends
+        proc, _ = keyops({**env, "VAULT_ADDR": counting.addr}, *command(twin, twin_start))
+        assert proc.returncode == 0, proc.stderr
+        whole = counting.requests
+    tenant, values, start = transit_tenant()
+    with drip_proxy(stack, after=whole // 2, mode="pause") as proxy:
+        proc, took = keyops({**env, "VAULT_ADDR": proxy.addr}, *command(tenant, start))
+        assert proxy.dripping, (proxy.requests, whole)
+    assert proc.returncode == 11, (proc.returncode, proc.stderr)
+    assert f"cannot be reached: no complete answer within {DEADLINE:g} s (KEYOPS_VAULT_TIMEOUT)" in proc.stderr
+    # The stalled request, and the lease's release and the failure's audit event, each cut at the deadline.
+    assert took < 4 * DEADLINE + 10, took
+
+    with Keyops(config, keyring_ttl=0.0) as fresh:
+        assert {name: fresh.get_secret(tenant, name) for name in values} == values
+        begun = fresh.read_keyring(tenant)[0].kek.latest_version > start
+    print(f"\nstalled after {whole // 2} of {whole} requests: ended in {took:.1f} s, the rotation begun: {begun}")
+    proc, _ = keyops(env, *command(tenant, start))
+    assert proc.returncode == 0, proc.stderr
+    with Keyops(config, keyring_ttl=0.0) as fresh:
+        keyring = fresh.read_keyring(tenant)[0]
+        assert keyring.kek.primary == keyring.kek.latest_version == start + 1
         assert {name: fresh.get_secret(tenant, name) for name in values} == values
