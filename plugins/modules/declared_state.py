@@ -199,7 +199,7 @@ VARIABLES = {"tenants": "keyops_tenants", "policies": "keyops_rotation_policies"
 SEED_SPEC = dict(name=dict(type="str", required=True), value=dict(type="str", no_log=True),
                  value_env=dict(type="str", no_log=False), value_file=dict(type="str"), enforce=dict(type="bool"))
 TENANT_SPEC = dict(name=dict(type="str", required=True), residence=dict(type="str"), policy=dict(type="raw"),
-                   secrets=dict(type="list", elements="dict", options=SEED_SPEC))
+                   secrets=dict(type="list", elements="dict", no_log=False, options=SEED_SPEC))
 
 
 def given(value):
