@@ -82,7 +82,7 @@ def plan_diffs(plan: Plan) -> list[dict[str, str]]:
 
 
 def _fields(values: Mapping[str, Any]) -> str:
-    return "".join(f"{name}: {value}\n" for name, value in sorted(values.items()))
+    return "".join(f"{name}: {'(unset)' if value is None else value}\n" for name, value in sorted(values.items()))
 
 
 def _text(lines: Iterable[str]) -> str:
