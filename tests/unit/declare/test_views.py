@@ -57,3 +57,17 @@ def test_policy_changes_are_diffs_of_lines() -> None:
     assert diffs[1] == {"prepared": '--- server\n+++ declared\n@@ -1 +1 @@\n-path "a" {\n+path "b" {\n'}
     assert diffs[2]["before"] == "period_days: 365\n" and diffs[2]["after"] == "period_days: 180\n"
     assert len(diffs) == 3  # a rotation changes no setting: it is in the steps, not the diff
+
+
+def test_an_unreadable_undeclared_tenant_is_drift_and_never_pruned() -> None:
+    import datetime as dt
+
+    from keyops.declare import Observed, diff, validate
+
+    observed = Observed({}, None, 0, {}, dt.datetime(2025, 1, 1, tzinfo=dt.UTC),
+                        unreadable={"broken": "keyring of tenant 'broken' has no schema"})
+    for prune in (False, True):
+        found = diff(validate({"tenants": []}), observed, prune=prune)
+        assert [(s.action, s.target) for s in found.steps] == [("drift", "broken")]
+        assert "its keyring cannot be read (keyring of tenant 'broken' has no schema)" in found.steps[0].summary
+        assert bool(found.notes) is prune and (not prune or "is not pruned" in found.notes[0])
