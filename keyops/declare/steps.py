@@ -62,6 +62,8 @@ class Observed:
     now: dt.datetime
     #: Whether the caller may destroy (retention's destroy steps are left for the security-admin otherwise).
     may_destroy: bool = True
+    #: Undeclared tenants whose keyring could not be read -> why: drift still, never a reason to stop the plan.
+    unreadable: Mapping[str, str] = dataclasses.field(default_factory=dict)
 
     def fingerprint(self, declared: list[str]) -> dict[str, Any]:
         """The KV versions the plan was made from: a saved plan applies only while they are unchanged."""
@@ -160,6 +162,12 @@ def diff(declaration: Declaration, observed: Observed, *, prune: bool = False) -
                               f"{len(kr.kek.versions)} KEK and {len(kr.dek.versions)} DEK versions; its "
                               f"{state.secrets:,} secrets become unreadable for good", tenant=name,
                               count=state.secrets))
+    for name, why in sorted(observed.unreadable.items()):
+        steps.append(Step("drift", name, f"tenant {name} exists in Vault but is not declared; its keyring cannot "
+                          f"be read ({why})", tenant=name))
+        if prune:
+            notes.append(f"tenant {name} is not pruned: its keyring cannot be read; restore it (docs/access.md) "
+                         "or delete it with keyops tenant delete")
     fingerprint = observed.fingerprint([t.name for t in declaration.tenants])
     return Plan(tuple(steps), fingerprint, declaration.source, declaration.digest, prune, tuple(notes))
 

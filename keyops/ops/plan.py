@@ -23,7 +23,7 @@ from typing import Any, Literal
 
 from keyops import access
 from keyops.declare import Declaration, Observed, Plan, SeedSpec, Step, TenantState, diff
-from keyops.errors import Conflict, InvalidInput, KeyopsError, TenantNotFound
+from keyops.errors import Conflict, InvalidInput, KeyopsError, KeyStateError, PermissionDenied, TenantNotFound
 from keyops.files import write_file_atomic
 from keyops.model.keyring import Policy
 from keyops.model.paths import secret_context
@@ -59,12 +59,21 @@ def observe(k: Keyops, declaration: Declaration, *, workers: int = READ_WORKERS)
     """What the store holds for the declaration, counted (reads every secret record once)."""
     names = sorted(set(k.list_tenants()) | {t.name for t in declaration.tenants})
 
+    unreadable: dict[str, str] = {}
+
     def one(name: str) -> tuple[str, TenantState | None]:
+        spec = declaration.tenant(name)
         try:
             keyring, revision = k.read_keyring(name)
         except TenantNotFound:
             return name, None
-        spec = declaration.tenant(name)
+        except (KeyStateError, PermissionDenied) as exc:
+            if spec is not None:
+                raise
+            # One broken (or forbidden) tenant outside the declaration must not stop the plan of every
+            # declared one; an unreachable Vault still does.
+            unreadable[name] = str(exc)
+            return name, None
         if keyring.dek.empty:
             return name, TenantState(keyring, revision)
         if spec is None:
@@ -81,7 +90,8 @@ def observe(k: Keyops, declaration: Declaration, *, workers: int = READ_WORKERS)
         tenants = {name: state for name, state in pool.map(one, names) if state is not None}
     master = k.read_master()
     return Observed(tenants, master[0] if master else None, master[1] if master else 0,
-                    _policies(k, declaration), k.clock(), may_destroy=k.principal.allows("destroy"))
+                    _policies(k, declaration), k.clock(), may_destroy=k.principal.allows("destroy"),
+                    unreadable=unreadable)
 
 
 def _seed_state(k: Keyops, tenant: str, seed: SeedSpec) -> str:

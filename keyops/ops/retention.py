@@ -18,7 +18,7 @@ import dataclasses
 from collections.abc import Sequence
 
 from keyops.declare.steps import retention
-from keyops.errors import KeyInUse, KeyopsError
+from keyops.errors import KeyInUse, KeyopsError, is_retryable
 from keyops.model.names import validate_tenant
 from keyops.ops.front import Keyops
 from keyops.ops.lifecycle import LifecycleResult, destroy, retire
@@ -30,6 +30,15 @@ class RetentionFailure:
     tenant: str
     code: str
     message: str
+
+    @property
+    def error(self) -> str:
+        """The code under the name the faces' failure tables read (``TenantFailure.error``)."""
+        return self.code
+
+    @property
+    def retryable(self) -> bool:
+        return is_retryable(self.code)
 
 
 @dataclasses.dataclass(frozen=True)

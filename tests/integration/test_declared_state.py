@@ -196,6 +196,61 @@ def test_a_saved_plan_is_refused_once_the_state_moved(env: dict[str, str], vault
     assert usable(vault, names[1], "dek") == [1, 2]
 
 
+def test_an_enforced_seed_overwrites_the_value_an_application_changed(env: dict[str, str], vault: Any,
+                                                                      tmp_path: Path) -> None:
+    names = [f"enf{i}-{uuid.uuid4().hex[:6]}" for i in range(3)]
+    keys = declaration(tmp_path, names)
+    seeded = "seed-" + uuid.uuid4().hex
+    run_env = {**env, "SEED_DB": seeded}
+    assert keyops(run_env, "apply", "-f", str(keys)).returncode == 0
+    assert keyops(run_env, "secret", "put", names[0], "db/password", stdin="changed-by-app").returncode == 0
+    keys.write_text(keys.read_text().replace("value_env: SEED_DB}", "value_env: SEED_DB, enforce: true}"))
+
+    plan = keyops(run_env, "plan", "-f", str(keys), "--detailed-exitcode", "--json")
+    assert plan.returncode == 2, plan.stderr
+    steps = [s for s in json.loads(plan.stdout)["steps"] if s["action"] != "drift"]  # the other tests' tenants
+    assert [(s["action"], s["target"]) for s in steps] == [("update_secret", f"{names[0]}/db/password")]
+    assert seeded not in plan.stdout + plan.stderr and "changed-by-app" not in plan.stdout + plan.stderr
+    assert keyops(run_env, "secret", "get", names[0], "db/password").stdout == "changed-by-app"  # plan wrote nothing
+
+    applied = keyops(run_env, "apply", "-f", str(keys))
+    assert applied.returncode == 0, applied.stderr
+    assert f"overwrite secret {names[0]}/db/password with the declared seed" in applied.stderr + applied.stdout
+    assert keyops(run_env, "secret", "get", names[0], "db/password").stdout == seeded
+    assert keyops(run_env, "plan", "-f", str(keys), "--detailed-exitcode").returncode == 0
+    assert keyops(run_env, "--detailed-exitcode", "apply", "-f", str(keys)).returncode == 3
+
+
+def test_prune_deletes_only_the_undeclared_tenant(env: dict[str, str], vault: Any, tmp_path: Path) -> None:
+    stray = f"stray-{uuid.uuid4().hex[:6]}"
+    assert keyops(env, "tenant", "create", stray).returncode == 0
+    assert keyops(env, "secret", "put", stray, "db/password", stdin="doomed").returncode == 0
+    # Every other tenant of this module's stack declared as it is: only the stray one is undeclared.
+    listed = vault.secrets.kv.v2.list_secrets(path="tenants", mount_point=KV)["data"]["keys"]
+    others = sorted(k.rstrip("/") for k in listed if k.rstrip("/") != stray)
+    keys = tmp_path / "keys.yml"
+    keys.write_text(yaml.safe_dump({"tenants": [
+        {"name": n, "residence": keyring(vault, n)[0]["policy"]["kek_residence"], "policy": {}} for n in others]}))
+    before = {n: keyring(vault, n)[1] for n in others}
+
+    plan = keyops(env, "plan", "-f", str(keys), "--prune", "--json")
+    assert plan.returncode == 0, plan.stderr
+    steps = [(s["action"], s["target"]) for s in json.loads(plan.stdout)["steps"]]
+    assert ("drift", stray) in steps and ("delete_tenant", stray) in steps
+    assert not [s for s in steps if s[0] == "delete_tenant" and s[1] != stray]
+    assert keyops(env, "apply", "-f", str(keys)).returncode in (0, 3)  # without --prune: left as it is
+    assert keyops(env, "secret", "get", stray, "db/password").stdout == "doomed"
+
+    pruned = keyops(env, "apply", "-f", str(keys), "--prune")
+    assert pruned.returncode == 0, pruned.stderr
+    gone = keyops(env, "secret", "get", stray, "db/password")
+    assert gone.returncode == 5, gone.stderr
+    assert stray not in [k.rstrip("/") for k in vault.secrets.kv.v2.list_secrets(path="tenants",
+                                                                                mount_point=KV)["data"]["keys"]]
+    assert {n: keyring(vault, n)[1] for n in others} == before  # the declared ones untouched
+    assert keyops(env, "plan", "-f", str(keys), "--prune", "--detailed-exitcode").returncode == 0
+
+
 # --- retention ------------------------------------------------------------------------------------------
 
 
