@@ -283,7 +283,12 @@ def hsm_unavailable(w: World) -> None:
     not_a_module.write_bytes(b"not a shared library")
     w.expect(21, "tenant", "create", new_tenant("x21"), env=_hsm_env(w, KEYOPS_PKCS11_MODULE=str(not_a_module)),
              says="cannot load the PKCS#11 module")
-    w.expect(21, "tenant", "create", new_tenant("x21"), env=_hsm_env(w, KEYOPS_PKCS11_TOKEN="no-such-token"))
+    # The token the registry names is not there (an HSM partition gone): SoftHSM2 with an empty token folder.
+    empty = w.tmp / "no-tokens"
+    empty.mkdir(exist_ok=True)
+    conf = w.tmp / "no-tokens.conf"
+    conf.write_text(f"directories.tokendir = {empty}\nobjectstore.backend = file\n")
+    w.expect(21, "tenant", "create", new_tenant("x21"), env=_hsm_env(w, SOFTHSM2_CONF=str(conf)))
 
 
 def hsm_wrong_pin(w: World) -> None:
