@@ -158,10 +158,13 @@ class Keyops:
             self._reservations.clear()
             self._fast.clear()  # no encryption under the released reservations from here on
         for tenant in tenants:
-            try:
-                self.update_usage(tenant, lambda u: u.release(self.holder, wall()))
-            except KeyopsError as exc:
-                _log.info("the leases of tenant %r run out by themselves: %s", tenant, exc.code)
+            self._release(tenant)
+
+    def _release(self, tenant: str) -> None:
+        try:
+            self.update_usage(tenant, lambda u: u.release(self.holder, wall()))
+        except KeyopsError as exc:
+            _log.info("the leases of tenant %r run out by themselves: %s", tenant, exc.code)
 
     def forget_tenant(self, tenant: str) -> None:
         """Drop everything this process holds of ``tenant`` (after its deletion)."""
@@ -169,7 +172,26 @@ class Keyops:
         self._fast.pop(tenant, None)
         self._reservations.pop((tenant, False), None)
         self._reservations.pop((tenant, True), None)
+        self._demand.pop(tenant, None)
+        self._refresh_after.pop(tenant, None)
+        self._tenant_locks.pop(tenant, None)
         self.hierarchy.forget_tenant(tenant)
+
+    def done_with(self, tenant: str) -> None:
+        """This process is done with ``tenant`` for now: end its leases, drop its keys and cached keyring.
+
+        A run over many tenants calls it after each one, so that what the
+        process holds does not grow with the tenants (``keyops.ops.fanout``).
+        A later use of the tenant reads and unwraps afresh.
+        """
+        with self._lock:
+            held = any((tenant, external) in self._reservations for external in (False, True))
+            self._reservations.pop((tenant, False), None)
+            self._reservations.pop((tenant, True), None)
+            self._fast.pop(tenant, None)  # no encryption under the released reservations from here on
+        if held:
+            self._release(tenant)
+        self.forget_tenant(tenant)
 
     def __enter__(self) -> Keyops:
         return self
@@ -597,8 +619,9 @@ class Keyops:
     def get_secret(self, tenant: str, name: str) -> bytes:
         return secret_ops.get_secret(self, tenant, name)
 
-    def put_secret(self, tenant: str, name: str, value: bytes | str, dry_run: bool = False) -> SecretResult:
-        return secret_ops.put_secret(self, tenant, name, value, dry_run=dry_run)
+    def put_secret(self, tenant: str, name: str, value: bytes | str, dry_run: bool = False,
+                   expect_new: bool = False) -> SecretResult:
+        return secret_ops.put_secret(self, tenant, name, value, dry_run=dry_run, expect_new=expect_new)
 
     def list_secrets(self, tenant: str, prefix: str = "") -> list[str]:
         return secret_ops.list_secrets(self, tenant, prefix=prefix)

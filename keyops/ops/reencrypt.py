@@ -28,8 +28,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 import datetime as dt
-from collections.abc import Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
 from keyops import crypto
@@ -38,6 +37,7 @@ from keyops.model.keyring import Keyring
 from keyops.model.names import validate_count, validate_tenant
 from keyops.model.usage import CLOCK_SKEW_SECONDS
 from keyops.ops.cas import CAS_ATTEMPTS
+from keyops.ops.fanout import DEFAULT_TENANT_WORKERS, fan_out
 from keyops.ops.front import Keyops, secret_context, secret_path
 from keyops.ops.jobs import (
     MAX_WORKERS,
@@ -128,9 +128,6 @@ class _Moved:
     conflicts: int
 
 
-#: Tenants re-encrypted at once by ``reencrypt_tenants``; each runs its own pool
-#: of ``workers``; 8 x 4 workers fit the hvac session's pool of 32 connections.
-DEFAULT_TENANT_WORKERS = 8
 
 
 @dataclasses.dataclass(frozen=True)
@@ -170,7 +167,7 @@ class ReencryptReport:
         return f"{verb} {self.rewritten} records of {tenants} tenant{'s' if tenants != 1 else ''}"
 
 
-def reencrypt_tenants(k: Keyops, tenants: Sequence[str], *, tenant_workers: int = DEFAULT_TENANT_WORKERS,
+def reencrypt_tenants(k: Keyops, tenants: Iterable[str], *, tenant_workers: int = DEFAULT_TENANT_WORKERS,
                       workers: int = DEFAULT_WORKERS, batch_size: int = DEFAULT_BATCH_SIZE,
                       job_id: str | None = None, dry_run: bool = False) -> ReencryptReport:
     """Re-encrypt several tenants, up to ``tenant_workers`` at once; outcomes in the order given.
@@ -180,9 +177,25 @@ def reencrypt_tenants(k: Keyops, tenants: Sequence[str], *, tenant_workers: int 
     costs their Vault round trips in parallel, not in sequence. ``job_id``
     names the job to resume (or start) and goes with exactly one tenant.
     """
+    if job_id is not None:
+        tenants = list(tenants)
+        if len(tenants) != 1:
+            raise InvalidInput(f"a job id names the job of one tenant, not of {len(tenants)}")
+    return ReencryptReport(dry_run, tuple(iter_reencrypt_tenants(
+        k, tenants, tenant_workers=tenant_workers, workers=workers, batch_size=batch_size, job_id=job_id,
+        dry_run=dry_run)))
+
+
+def iter_reencrypt_tenants(k: Keyops, tenants: Iterable[str], *, tenant_workers: int = DEFAULT_TENANT_WORKERS,
+                           workers: int = DEFAULT_WORKERS, batch_size: int = DEFAULT_BATCH_SIZE,
+                           job_id: str | None = None,
+                           dry_run: bool = False) -> Iterator[TenantOutcome[ReencryptResult]]:
+    """Each tenant's outcome as it finishes, in the order given; tenants pulled as workers free up.
+
+    What the process holds does not grow with the tenants (``keyops.ops.fanout``):
+    a run over 10,000 tenants keeps a few dozen jobs' state at once.
+    """
     validate_count(tenant_workers, "tenant_workers", MAX_WORKERS)
-    if job_id is not None and len(tenants) != 1:
-        raise InvalidInput(f"a job id names the job of one tenant, not of {len(tenants)}")
 
     def one(tenant: str) -> TenantOutcome[ReencryptResult]:
         try:
@@ -191,8 +204,9 @@ def reencrypt_tenants(k: Keyops, tenants: Sequence[str], *, tenant_workers: int 
             return TenantOutcome(tenant, failure=TenantFailure.of(tenant, "dek", exc))
         return TenantOutcome(tenant, result.rewritten > 0 if dry_run else result.changed, result)
 
-    with ThreadPoolExecutor(max_workers=tenant_workers) as pool:
-        return ReencryptReport(dry_run, tuple(pool.map(one, tenants)))
+    for _, outcome in fan_out(tenants, one, workers=tenant_workers, stall=k.config.job_stall_timeout, k=k,
+                              tenant_of=lambda tenant: tenant):
+        yield outcome
 
 
 def reencrypt(k: Keyops, tenant: str, *, workers: int = DEFAULT_WORKERS, batch_size: int = DEFAULT_BATCH_SIZE,
