@@ -47,6 +47,10 @@ def value_of(tenant: str, i: int) -> bytes:
     return f"{tenant}/{i}/value".encode()
 
 
+def secrets_of(tenant: str, n: int) -> Iterator[tuple[str, bytes]]:
+    return ((f"app/secret-{i:02d}", value_of(tenant, i)) for i in range(n))
+
+
 def server_cpu_seconds(pid: int | None) -> float:
     if pid is None:
         return 0.0
@@ -86,9 +90,8 @@ def cycle(tenants: int, secrets: int, tenant_workers: int, workers: int) -> dict
             return out
 
         def provision() -> int:
-            report = provision_tenants(
-                k, ((t, ((f"app/secret-{i:02d}", value_of(t, i)) for i in range(secrets)))
-                    for t in tenant_names(prefix, tenants)), tenant_workers=tenant_workers)
+            report = provision_tenants(k, ((t, secrets_of(t, secrets)) for t in tenant_names(prefix, tenants)),
+                                       tenant_workers=tenant_workers)
             if report.failures:
                 raise SystemExit(f"provisioning failed: {report.failures[0]}")
             return report.tenants
