@@ -97,7 +97,7 @@ SUITES: tuple[Suite, ...] = (
     Suite("vault_client", "bench_vault_client.py", ("--requests", "500", "--rounds", "3"),
           ("--requests", "30", "--rounds", "1"), _vault_client),
     Suite("startup", "bench_startup.py", ("--rounds", "7"), ("--rounds", "1"), _startup, json_file=False),
-    Suite("http", "bench_http.py", ("--seconds", "5"), ("--seconds", "0.5", "--concurrency", "2"), _http,
+    Suite("http", "bench_http.py", ("--seconds", "5"), ("--seconds", "1", "--concurrency", "4"), _http,
           json_file=False, needs="hey"),
     Suite("kms", "bench_kms.py", (), ("--calls", "20", "--burst", "60", "--threads", "2"), _kms, json_file=False),
     Suite("rotate_playbook", "bench_rotate_playbook.py", ("--tenants", "1,10,100,1000", "--json"),

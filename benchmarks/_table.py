@@ -94,7 +94,7 @@ def _suite_rows(name: str, f: dict[str, Any], kv_ms: float) -> Iterator[Row]:
                    _ratio(row["nothing_due_s"], one["nothing_due_s"]))
     elif name == "scale":
         c = f["cycle"]
-        phases = ", ".join(f"{p} {v['seconds']:.0f} s" for p, v in c["phases"].items())
+        phases = ", ".join(f"{p} {_n(v['seconds'])} s" for p, v in c["phases"].items())
         yield (name, f"{c['tenants']:,} tenants × {c['secrets']} secrets: whole cycle, s ({phases})", _n(c["seconds"]),
                f"{c['records']:,} raw KV read+CAS writes in a row {_n(c['records'] * kv_ms / 1000)} s",
                _ratio(c["seconds"], c["records"] * kv_ms / 1000))
