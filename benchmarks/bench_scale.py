@@ -62,15 +62,20 @@ def peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def cycle(tenants: int, secrets: int, tenant_workers: int, workers: int) -> dict[str, Any]:
-    """One whole cycle on a fresh stack, in this process."""
+def cycle(tenants: int, secrets: int, tenant_workers: int, workers: int, serial: bool = False) -> dict[str, Any]:
+    """One whole cycle on a fresh stack, in this process.
+
+    ``serial``: the baseline, as keyops did it before the fan-out: one tenant
+    after the other through the API every version has (``create_tenant``,
+    ``put_secret``, ``rotate``, ``reencrypt``), so that it runs against an
+    older checkout too (``--code``).
+    """
     from benchmarks._stack import temporary_stack
 
     with temporary_stack() as stack:
         from keyops.ops.front import Keyops
-        from keyops.ops.provision import provision_tenants
-        from keyops.ops.reencrypt import reencrypt_tenants
-        from keyops.ops.rotation import rotate_tenants
+        from keyops.ops.reencrypt import reencrypt
+        from keyops.ops.rotation import rotate
 
         pid = stack.running_pid()
         prefix = f"s{os.getpid()}"
@@ -90,19 +95,35 @@ def cycle(tenants: int, secrets: int, tenant_workers: int, workers: int) -> dict
             return out
 
         def provision() -> int:
+            if serial:
+                for t in tenant_names(prefix, tenants):
+                    k.create_tenant(t)
+                    for name, value in secrets_of(t, secrets):
+                        k.put_secret(t, name, value)
+                return tenants
+            from keyops.ops.provision import provision_tenants
+
             report = provision_tenants(k, ((t, secrets_of(t, secrets)) for t in tenant_names(prefix, tenants)),
                                        tenant_workers=tenant_workers)
             if report.failures:
                 raise SystemExit(f"provisioning failed: {report.failures[0]}")
             return report.tenants
 
-        def rotate() -> int:
+        def rotate_all() -> int:
+            if serial:
+                return sum(rotate(k, t, "dek").changed for t in tenant_names(prefix, tenants))
+            from keyops.ops.rotation import rotate_tenants
+
             report = rotate_tenants(k, tenant_names(prefix, tenants), "dek", tenant_workers=tenant_workers)
             if report.failures:
                 raise SystemExit(f"rotation failed: {report.failures[0]}")
             return len(report.rotations)
 
-        def reencrypt() -> int:
+        def reencrypt_all() -> int:
+            if serial:
+                return sum(reencrypt(k, t, workers=workers).rewritten for t in tenant_names(prefix, tenants))
+            from keyops.ops.reencrypt import reencrypt_tenants
+
             report = reencrypt_tenants(k, tenant_names(prefix, tenants), tenant_workers=tenant_workers,
                                        workers=workers)
             if report.failures:
@@ -111,8 +132,8 @@ def cycle(tenants: int, secrets: int, tenant_workers: int, workers: int) -> dict
 
         started = time.perf_counter()
         phase("provision", provision)
-        phase("rotate", rotate)
-        rewritten = phase("reencrypt", reencrypt)
+        phase("rotate", rotate_all)
+        rewritten = phase("reencrypt", reencrypt_all)
         total = time.perf_counter() - started
         k.close()
         _check(stack.config(), prefix, tenants, secrets)
@@ -122,7 +143,8 @@ def cycle(tenants: int, secrets: int, tenant_workers: int, workers: int) -> dict
     re_calls = phases["reencrypt"]["calls"]
     vault = sum(n for kind, n in re_calls.items() if not kind.startswith("hsm."))
     hsm = {name: sum(n for kind, n in p["calls"].items() if kind.startswith("hsm.")) for name, p in phases.items()}
-    return {"tenants": tenants, "secrets": secrets, "records": records, "tenant_workers": tenant_workers,
+    return {"tenants": tenants, "secrets": secrets, "records": records, "serial": serial,
+            "tenant_workers": tenant_workers,
             "workers": workers, "seconds": round(total, 2), "phases": phases,
             "vault_requests_per_record": round(vault / records, 3), "hsm_calls": hsm,
             "peak_rss_mib": round(peak_rss_mib(), 1), "rss_before_mib": round(rss_start, 1),
@@ -145,13 +167,14 @@ def _check(config: Any, prefix: str, tenants: int, secrets: int) -> None:
                     raise SystemExit(f"tenant {tenant}: secret {i} does not decrypt to its value")
 
 
-def run_child(tenants: int, secrets: int, tenant_workers: int, workers: int) -> dict[str, Any]:
-    """A cycle in a fresh interpreter: its peak RSS is the cycle's own."""
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
-    proc = subprocess.run([sys.executable, "-m", "benchmarks.bench_scale", "--child", "--tenants", str(tenants),
+def run_child(tenants: int, secrets: int, tenant_workers: int, workers: int, serial: bool = False,
+              code: Path = REPO) -> dict[str, Any]:
+    """A cycle in a fresh interpreter: its peak RSS is the cycle's own. ``code``: the keyops checkout it runs."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(code), str(REPO)]))}
+    proc = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--child", "--tenants", str(tenants),
                            "--secrets", str(secrets), "--tenant-workers", str(tenant_workers),
-                           "--workers", str(workers)], cwd=REPO, env=env, capture_output=True, text=True,
-                          check=False, stdin=subprocess.DEVNULL)
+                           "--workers", str(workers), *(["--serial"] if serial else [])], cwd=code, env=env,
+                          capture_output=True, text=True, check=False, stdin=subprocess.DEVNULL)
     if proc.returncode != 0:
         raise SystemExit(f"the cycle of {tenants} tenants failed (exit {proc.returncode}):\n{proc.stderr[-4000:]}")
     result: dict[str, Any] = json.loads(proc.stdout.strip().splitlines()[-1])
@@ -176,11 +199,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--memory", action="store_true",
                         help="peak RSS of 1,000 and of 10,000 tenants (1 secret each), each in its own process")
     parser.add_argument("--quick", action="store_true", help="a smoke test: 20 tenants x 3 secrets")
+    parser.add_argument("--baseline", action="store_true",
+                        help="also run the cycle one tenant after the other (the way before the fan-out), first")
+    parser.add_argument("--code", type=Path, default=REPO,
+                        help="the keyops checkout the baseline runs (default this one), e.g. a worktree of main")
+    parser.add_argument("--serial", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--json", metavar="FILE", help="also write the figures as JSON to FILE")
     args = parser.parse_args(argv)
     if args.child:
-        print(json.dumps(cycle(args.tenants, args.secrets, args.tenant_workers, args.workers)))
+        print(json.dumps(cycle(args.tenants, args.secrets, args.tenant_workers, args.workers, args.serial)))
         return 0
     if args.quick:
         args.tenants, args.secrets = 20, 3
@@ -194,8 +222,16 @@ def main(argv: list[str] | None = None) -> int:
                              "ratio": round(large["peak_rss_mib"] / small["peak_rss_mib"], 3)}
         print(f"peak RSS, 10,000 / 1,000 tenants: {results['memory']['ratio']}x (goal <= 1.2x)")
     else:
+        if args.baseline:
+            results["baseline"] = run_child(args.tenants, args.secrets, args.tenant_workers, args.workers,
+                                            serial=True, code=args.code.resolve())
+            print("baseline, one tenant after the other: " + describe(results["baseline"]), flush=True)
         results["cycle"] = run_child(args.tenants, args.secrets, args.tenant_workers, args.workers)
         print(describe(results["cycle"]))
+        if args.baseline:
+            ratio = results["cycle"]["seconds"] / results["baseline"]["seconds"]
+            results["ratio"] = round(ratio, 3)
+            print(f"whole cycle against the baseline of the same run: {ratio:.2f}x")
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2))
     return 0
