@@ -213,6 +213,16 @@ class Keyops:
             self._release(tenant)
         self.forget_tenant(tenant)
 
+    def held(self) -> dict[str, int]:
+        """How much per-tenant state this process holds, by kind (counts only, no key material).
+
+        What ``done_with`` frees; a run over many tenants keeps these bounded by
+        the tenants in flight, not by the tenants done (tests count them).
+        """
+        return {"keyrings": len(self._keyrings), "reservations": len(self._reservations), "fast": len(self._fast),
+                "locks": len(self._tenant_locks), "demand": len(self._demand), "primed": len(self._primed),
+                "usage": len(self._last_usage), **self.hierarchy.cached()}
+
     def __enter__(self) -> Keyops:
         return self
 
