@@ -198,11 +198,13 @@ class Keyops:
         self.hierarchy.forget_tenant(tenant)
 
     def done_with(self, tenant: str) -> None:
-        """This process is done with ``tenant`` for now: end its leases, drop its keys and cached keyring.
+        """This process is done with ``tenant`` for now: end its leases, drop its keyring and reservations.
 
         A run over many tenants calls it after each one, so that what the
         process holds does not grow with the tenants (``keyops.ops.fanout``).
-        A later use of the tenant reads and unwraps afresh.
+        Unwrapped keys stay in the hierarchy's caches, which are bounded
+        (``cache_size`` per level): a later phase over the same tenants then
+        costs no HSM unwrap while they fit, and one per tenant beyond.
         """
         with self._lock:
             held = any((tenant, external) in self._reservations for external in (False, True))
@@ -211,13 +213,19 @@ class Keyops:
             self._fast.pop(tenant, None)  # no encryption under the released reservations from here on
         if held:
             self._release(tenant)
-        self.forget_tenant(tenant)
+        self._keyrings.pop(tenant, None)
+        self._demand.pop(tenant, None)
+        self._primed.pop(tenant, None)
+        self._last_usage.pop(tenant, None)
+        self._refresh_after.pop(tenant, None)
+        self._tenant_locks.pop(tenant, None)
 
     def held(self) -> dict[str, int]:
         """How much per-tenant state this process holds, by kind (counts only, no key material).
 
         What ``done_with`` frees; a run over many tenants keeps these bounded by
-        the tenants in flight, not by the tenants done (tests count them).
+        the tenants in flight, not by the tenants done (tests count them). The
+        key caches (``keks``, ``deks``) are bounded by ``cache_size`` instead.
         """
         return {"keyrings": len(self._keyrings), "reservations": len(self._reservations), "fast": len(self._fast),
                 "locks": len(self._tenant_locks), "demand": len(self._demand), "primed": len(self._primed),
