@@ -119,7 +119,8 @@ def render(info: dict[str, Any], crypto: dict[str, Any] | None, kv: dict[str, fl
             except (KeyError, TypeError, IndexError, ZeroDivisionError) as exc:
                 notes.append(f"- {name}: its figures could not be tabled ({exc!r})")
         else:
-            notes.append(f"- {name}: {out.get('skipped') or out.get('error', 'no figures')}"[:400])
+            why = " ".join(str(out.get("skipped") or out.get("error", "no figures")).split())
+            notes.append(f"- {name}: {why if len(why) <= 400 else '... ' + why[-400:]}")
     lines = [START, "",
              f"Run of {info['date']} ({'quick smoke run' if info.get('quick') else 'full run'}, {info['seconds']} s): "
              f"{info['nproc']} CPUs ({info['cpu']}), {info['implementation']} {info['python']}, "

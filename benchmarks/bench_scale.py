@@ -12,8 +12,10 @@ cycle alone. Phases, all through the library's fan-out over tenants:
 
 * ``provision``: ``provision_tenants``: each tenant's keyring (KEK, DEK) and
   its secrets;
-* ``rotate``: ``rotate_tenants(level="dek")`` over every tenant;
-* ``reencrypt``: ``reencrypt_tenants`` over every tenant.
+* ``rotate``: ``iter_rotate_tenants(level="dek")`` over every tenant;
+* ``reencrypt``: ``iter_reencrypt_tenants`` over every tenant (the streaming
+  forms of ``rotate_tenants`` and ``reencrypt_tenants``: outcomes are counted
+  as they come, not kept).
 
 Tenant names are generated as the phases go (never a list of all of them),
 as an operator's inventory or ``list_tenants`` pages would give them.
@@ -112,23 +114,29 @@ def cycle(tenants: int, secrets: int, tenant_workers: int, workers: int, serial:
         def rotate_all() -> int:
             if serial:
                 return sum(rotate(k, t, "dek").changed for t in tenant_names(prefix, tenants))
-            from keyops.ops.rotation import rotate_tenants
+            from keyops.ops.rotation import iter_rotate_tenants
 
-            report = rotate_tenants(k, tenant_names(prefix, tenants), "dek", tenant_workers=tenant_workers)
-            if report.failures:
-                raise SystemExit(f"rotation failed: {report.failures[0]}")
-            return len(report.rotations)
+            # The streaming form: outcomes counted as they come, never held (rotate_tenants keeps them all).
+            rotated = 0
+            for outcome in iter_rotate_tenants(k, tenant_names(prefix, tenants), "dek",
+                                               tenant_workers=tenant_workers):
+                if outcome.failure is not None:
+                    raise SystemExit(f"rotation failed: {outcome.failure}")
+                rotated += outcome.changed
+            return rotated
 
         def reencrypt_all() -> int:
             if serial:
                 return sum(reencrypt(k, t, workers=workers).rewritten for t in tenant_names(prefix, tenants))
-            from keyops.ops.reencrypt import reencrypt_tenants
+            from keyops.ops.reencrypt import iter_reencrypt_tenants
 
-            report = reencrypt_tenants(k, tenant_names(prefix, tenants), tenant_workers=tenant_workers,
-                                       workers=workers)
-            if report.failures:
-                raise SystemExit(f"re-encryption failed: {report.failures[0]}")
-            return report.rewritten
+            rewritten = 0
+            for outcome in iter_reencrypt_tenants(k, tenant_names(prefix, tenants), tenant_workers=tenant_workers,
+                                                  workers=workers):
+                if outcome.result is None:
+                    raise SystemExit(f"re-encryption failed: {outcome.failure}")
+                rewritten += outcome.result.rewritten
+            return rewritten
 
         started = time.perf_counter()
         phase("provision", provision)

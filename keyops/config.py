@@ -62,6 +62,13 @@ ENV_NAMES: dict[str, tuple[str, ...]] = {
     "pkcs11_token_label": ("KEYOPS_PKCS11_TOKEN",),
     "pkcs11_pin": ("KEYOPS_PKCS11_PIN",),
     "pkcs11_pin_file": ("KEYOPS_PKCS11_PIN_FILE",),
+    # The token being replaced: it only unwraps the master versions it holds (keyops.roots).
+    "pkcs11_old_token_label": ("KEYOPS_PKCS11_OLD_TOKEN",),
+    "pkcs11_old_module": ("KEYOPS_PKCS11_OLD_MODULE",),
+    "pkcs11_old_pin": ("KEYOPS_PKCS11_OLD_PIN",),
+    "pkcs11_old_pin_file": ("KEYOPS_PKCS11_OLD_PIN_FILE",),
+    # The break-glass recovery key: every KEK version is also escrowed to this RSA public key (keyops.ops.escrow).
+    "escrow_public_key": ("KEYOPS_ESCROW_PUBLIC_KEY",),
     "master_key_label": ("KEYOPS_MASTER_KEY_LABEL",),
     # The root of the hierarchy for new master versions (keyops.roots): pkcs11, transit or passphrase.
     "root": ("KEYOPS_ROOT",),
@@ -86,8 +93,8 @@ ENV_NAMES: dict[str, tuple[str, ...]] = {
     "roles_file": ("KEYOPS_ROLES_FILE",),
 }
 
-SECRET_FIELDS = frozenset({"vault_token", "approle_secret_id", "jwt", "pkcs11_pin", "root_passphrase",
-                           "root_transit_token", "root_transit_secret_id"})
+SECRET_FIELDS = frozenset({"vault_token", "approle_secret_id", "jwt", "pkcs11_pin", "pkcs11_old_pin",
+                           "root_passphrase", "root_transit_token", "root_transit_secret_id"})
 _FLOATS = ("vault_timeout", "job_stall_timeout", "root_transit_timeout")
 
 #: Where a pod's service-account token is mounted (Kubernetes auth reads it from there by default).
@@ -142,6 +149,15 @@ class Config:
     pkcs11_token_label: str = "keyops"
     pkcs11_pin: str | None = dataclasses.field(default=None, repr=False)
     pkcs11_pin_file: str | None = None
+    #: The token a replacement moves away from (its label, PKCS#11 module when not the same, PIN): keyops only
+    #: unwraps with the master versions it holds, and makes nothing on it.
+    pkcs11_old_token_label: str | None = None
+    pkcs11_old_module: str | None = None
+    pkcs11_old_pin: str | None = dataclasses.field(default=None, repr=False)
+    pkcs11_old_pin_file: str | None = None
+    #: A PEM file with the operator's RSA public key (at least 3072 bits; 4096 advised) to which every KEK
+    #: version is escrowed. Its private key never reaches keyops' servers or Vault.
+    escrow_public_key: str | None = None
     master_key_label: str = "keyops-master"
     #: What protects new master versions; older versions keep the root recorded with them.
     root: str = "pkcs11"
@@ -259,6 +275,14 @@ class Config:
             return read_secret_file(self.pkcs11_pin_file, what="PKCS#11 PIN file")
         raise ConfigError("no HSM PIN configured: set KEYOPS_PKCS11_PIN or KEYOPS_PKCS11_PIN_FILE "
                           "(a file readable only by its owner)")
+
+    def resolve_pkcs11_old_pin(self) -> str:
+        if self.pkcs11_old_pin:
+            return self.pkcs11_old_pin
+        if self.pkcs11_old_pin_file:
+            return read_secret_file(self.pkcs11_old_pin_file, what="PIN file of the old PKCS#11 token")
+        raise ConfigError(f"no PIN for the old HSM token {self.pkcs11_old_token_label!r}: set "
+                          "KEYOPS_PKCS11_OLD_PIN_FILE (a file readable only by its owner) or KEYOPS_PKCS11_OLD_PIN")
 
     def resolve_root_passphrase(self, why: str) -> str:
         """The root passphrase (surrounding whitespace dropped, as from a file); ``why`` says who needs it."""

@@ -247,6 +247,12 @@ class HsmKeyNotFound(HsmError, KeyNotFound):
     exit_code = 23
 
 
+class HsmTokenNotConfigured(ConfigError):
+    """A master version lives on a PKCS#11 token that is neither ``KEYOPS_PKCS11_TOKEN`` nor the old token."""
+
+    code = "hsm_token_not_configured"
+
+
 class HsmKeyNotOwned(HsmError):
     """The token holds a key under a name this registry would use, but this registry did not make it."""
 

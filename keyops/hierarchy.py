@@ -30,7 +30,7 @@ from cryptography.hazmat.primitives.keywrap import aes_key_wrap_with_padding
 
 from keyops import crypto
 from keyops.errors import DecryptionError, KeyopsError, KeyStateError, NotFound
-from keyops.model.keyring import Keyring
+from keyops.model.keyring import Escrow, Keyring
 from keyops.model.master import MasterRegistry
 from keyops.model.paths import transit_key_name
 from keyops.roots import Roots
@@ -143,6 +143,55 @@ class Hierarchy:
             kek = master.unwrap(crypto.b64d(kv.wrapped), crypto.key_context(keyring.tenant, "kek", kek_version))
         self._keks.put(cache_key, kek)
         return kek
+
+    def escrow_copy(self, keyring: Keyring, kek_version: int, escrow: KeyWrapper, key_name: str) -> Escrow:
+        """The KEK version's break-glass copy under the recovery public key ``escrow`` (named ``key_name``)."""
+        context = crypto.key_context(keyring.tenant, "kek", kek_version)
+        return Escrow(key_name, crypto.b64e(escrow.wrap(self._kek(keyring, kek_version), context)))
+
+    def recover_kek(self, keyring: Keyring, kek_version: int, recovery: KeyWrapper, master: KeyWrapper) -> str:
+        """The KEK version opened from its escrow copy, checked, and wrapped by ``master`` (base64).
+
+        The public key can make an escrow copy of any key, so a copy is only
+        trusted once the KEK it holds opens what the KEK protects: a DEK
+        wrapped by it (residence ``kv``), or a probe of its Transit version
+        (residence ``transit``). A copy that cannot be checked (a KEK that
+        wraps nothing and lost its Transit key) is refused.
+        """
+        kv = keyring.kek.get(kek_version)
+        if kv.escrow is None:
+            raise KeyStateError(f"KEK v{kek_version} of tenant {keyring.tenant!r} has no escrow copy")
+        context = crypto.key_context(keyring.tenant, "kek", kek_version)
+        try:
+            kek = recovery.unwrap(crypto.b64d(kv.escrow.wrapped), context)
+        except DecryptionError:
+            raise KeyStateError(f"the escrow copy of KEK v{kek_version} of tenant {keyring.tenant!r} does not open "
+                                "with this private key (another key, or a copy moved from elsewhere)") from None
+        self._check_recovered(keyring, kek_version, kek)
+        self._keks.put((keyring.tenant, kek_version, kv.wrapped), kek)
+        return crypto.b64e(master.wrap(kek, context))
+
+    def _check_recovered(self, keyring: Keyring, kek_version: int, kek: bytes) -> None:
+        what = f"the KEK v{kek_version} of tenant {keyring.tenant!r} opened from its escrow copy"
+        if keyring.policy.kek_residence == "transit":
+            name = transit_key_name(keyring.tenant)
+            tv = keyring.kek.get(kek_version).transit_version or kek_version
+            if self._k.store.transit_read_key(name) is not None:
+                self._check_transit_version(name, tv, kek)
+                return
+        deks = [d for d in keyring.dek.versions if d.parent_version == kek_version]
+        if keyring.policy.kek_residence == "kv" and deks:
+            d = deks[0]
+            try:
+                AeadWrapper(kek).unwrap(crypto.b64d(d.wrapped), crypto.key_context(keyring.tenant, "dek", d.version))
+            except DecryptionError:
+                raise KeyStateError(f"{what} does not open DEK v{d.version} that it wraps: the copy is not "
+                                    "this KEK's; the keyring was left as it was") from None
+            return
+        if keyring.policy.kek_residence == "kv" and not deks:
+            return  # wraps nothing: nothing it could open wrongly
+        raise KeyStateError(f"{what} cannot be checked: the Transit key {transit_key_name(keyring.tenant)!r} is "
+                            "missing; restore it, then recover again")
 
     def kek_aead(self, keyring: Keyring, kek_version: int) -> crypto.AeadKey:
         """The KEK as an AEAD key: what Transit's copy of an imported KEK computes (migrating vault:v texts)."""

@@ -21,9 +21,10 @@ import os
 import threading
 from typing import TYPE_CHECKING, Any
 
+from keyops.backends.hsm import Hsm
 from keyops.backends.vault import CallCounter, VaultStore
-from keyops.config import Config
-from keyops.errors import ConfigError, KeyStateError
+from keyops.config import Config, find_softhsm_module
+from keyops.errors import ConfigError, HsmTokenNotConfigured, KeyStateError
 from keyops.model.master import MasterRegistry, MasterVersion
 from keyops.wrappers import KeyWrapper, Pkcs11Wrapper
 from keyops.wrappers import passphrase as passphrase_root
@@ -47,7 +48,13 @@ class Roots:
         self.calls = CallCounter()
         self._stores: dict[tuple[str, str, str | None], VaultStore] = {}
         self._opened: dict[tuple[str, int, str], KeyWrapper] = {}  # passphrase versions, unwrapped once
+        self._old_hsm: Hsm | None = None
         self._lock = threading.Lock()
+
+    def close(self) -> None:
+        if self._old_hsm is not None:
+            self._old_hsm.close()
+            self._old_hsm = None
 
     @property
     def configured(self) -> str:
@@ -61,7 +68,9 @@ class Roots:
         if registry.registry_id is None:
             raise KeyStateError("the master key registry has no id yet; it cannot name a new key")
         params: dict[str, Any] = {}
-        if self.configured == "transit":
+        if self.configured == "pkcs11":
+            params = _token_params(config)
+        elif self.configured == "transit":
             params = {"addr": _kms_addr(config), "mount": config.root_transit_mount, "key": config.root_transit_key,
                       "namespace": config.root_transit_namespace}
         elif self.configured == "passphrase":
@@ -86,26 +95,68 @@ class Roots:
         if mv.on_hsm:
             if mv.key_id is None:
                 raise KeyStateError(f"master key version {mv.version} has no key id; it cannot be created")
-            self._k.hsm.check_unused(mv.label, bytes.fromhex(mv.key_id))
+            self.hsm_for(mv).check_unused(mv.label, bytes.fromhex(mv.key_id))
 
     def make(self, registry: MasterRegistry, mv: MasterVersion) -> None:
         """Bring a claimed version's key into being (idempotent), and check that it wraps and unwraps."""
         if mv.on_hsm:
             # Still pending: nothing is wrapped by it yet, so a key left half-made may be replaced.
-            self._k.hsm.ensure_key(mv.label, key_id=bytes.fromhex(mv.key_id or ""), replace_unusable=True)
+            self.hsm_for(mv).ensure_key(mv.label, key_id=bytes.fromhex(mv.key_id or ""), replace_unusable=True)
         else:
             self.probe(registry, mv)
 
     def present(self, mv: MasterVersion) -> bool:
         """Whether the root still holds the version's key (only the HSM can lose one behind keyops' back)."""
-        return self._k.hsm.has_key(mv.label, mv.key_id_bytes) if mv.on_hsm else True
+        return self.hsm_for(mv).has_key(mv.label, mv.key_id_bytes) if mv.on_hsm else True
+
+    # --- PKCS#11 tokens -------------------------------------------------------------------
+
+    def hsm_for(self, mv: MasterVersion) -> Hsm:
+        """The token that holds a ``pkcs11`` version: the configured one, or the old one during a replacement.
+
+        A version records its token's label (``params.token``). One made before
+        tokens were recorded is on the configured token, or, while an old token
+        is configured, on whichever of the two holds it: such versions were all
+        made on the token a replacement moves away from.
+        """
+        config = self._k.config
+        token = mv.params.get("token")
+        old = config.pkcs11_old_token_label
+        if token is None:
+            if old and old != config.pkcs11_token_label and not self._k.hsm.has_key(mv.label, mv.key_id_bytes):
+                return self._old(mv)
+            return self._k.hsm
+        if token == config.pkcs11_token_label:
+            return self._k.hsm
+        if token == old:
+            return self._old(mv)
+        raise HsmTokenNotConfigured(
+            f"master key v{mv.version} ({mv.label}) is on HSM token {token!r}, but KEYOPS_PKCS11_TOKEN is "
+            f"{config.pkcs11_token_label!r}{f' and KEYOPS_PKCS11_OLD_TOKEN is {old!r}' if old else ''}: to reach it "
+            f"set KEYOPS_PKCS11_OLD_TOKEN={token} and KEYOPS_PKCS11_OLD_PIN_FILE (docs/runbooks/hsm-replacement.md); "
+            "if that token is lost, recover from the escrow (docs/runbooks/hsm-recovery.md)")
+
+    def on_configured_token(self, mv: MasterVersion) -> bool:
+        """Whether a ``pkcs11`` version is known to live on ``KEYOPS_PKCS11_TOKEN`` (unrecorded: assumed so)."""
+        return mv.params.get("token") in (None, self._k.config.pkcs11_token_label)
+
+    def _old(self, mv: MasterVersion) -> Hsm:
+        config = self._k.config
+        with self._lock:
+            if self._old_hsm is None:
+                # The old token's own module when it was recorded (a vendor's), else the one configured.
+                module = (config.pkcs11_old_module or _optional(mv.params.get("module"))
+                          or config.resolve_pkcs11_module())
+                self._old_hsm = Hsm(module, str(config.pkcs11_old_token_label), config.resolve_pkcs11_old_pin(),
+                                    self._k.calls)
+            return self._old_hsm
 
     # --- using versions -------------------------------------------------------------------
 
     def wrapper(self, registry: MasterRegistry, mv: MasterVersion) -> KeyWrapper:
         """The version as a wrapper, by the root that made it."""
         if mv.on_hsm:
-            return Pkcs11Wrapper(self._k.hsm, mv.label, mv.key_id_bytes)
+            return Pkcs11Wrapper(self.hsm_for(mv), mv.label, mv.key_id_bytes)
         registry_id = registry.registry_id
         if registry_id is None:
             raise KeyStateError(f"master key v{mv.version} is a {mv.root} version in a registry without an id; "
@@ -150,6 +201,19 @@ class Roots:
                 store = VaultStore(_kms_config(config, addr, mount, namespace), counter=self.calls, pool_size=_KMS_POOL)
                 self._stores[(addr, mount, namespace)] = store
         return store
+
+
+def _token_params(config: Config) -> dict[str, Any]:
+    """What names the token of a new ``pkcs11`` version: its label, and its module unless it is SoftHSM2's.
+
+    SoftHSM2's path differs between distributions, so it is left out; a
+    vendor's module is recorded, so that a later replacement reaches this
+    token through it by default.
+    """
+    params: dict[str, Any] = {"token": config.pkcs11_token_label}
+    if config.pkcs11_module and config.pkcs11_module != find_softhsm_module():
+        params["module"] = config.pkcs11_module
+    return params
 
 
 def _kms_addr(config: Config) -> str:

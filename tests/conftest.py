@@ -34,12 +34,21 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, settings
 
 from keyops.config import Config
 from keyops.dev.stack import DevStack, free_port
 from keyops.ops.front import Keyops
 
 _INTEGRATION_DIR = Path(__file__).parent / "integration"
+
+# Hypothesis: a moderate number of examples by default, so the unit tests stay quick on a 2-core machine;
+# HYPOTHESIS_PROFILE=thorough runs many more (a nightly job, or after touching the parser or the keyring).
+settings.register_profile("keyops", max_examples=150, deadline=None,
+                          suppress_health_check=[HealthCheck.too_slow])
+settings.register_profile("thorough", max_examples=5000, deadline=None,
+                          suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "keyops"))
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

@@ -201,10 +201,31 @@ OPERATIONS: Mapping[str, Operation] = {op.name: op for op in (
               (_r("{kv}/data/locks/master", "create", "read", "update"), _r("{kv}/metadata/locks/master", "delete")),
               ("master.write", "keyring.write", "kek.unwrap", "tenants.list"), tenant_scoped=False,
               hsm="always"),
+    Operation("recover", "rebuild the master wrapping of every KEK from the break-glass escrow (keyops recover), "
+              "and replace escrow copies under another recovery key",
+              (), ("master.rotate", "keyring.write", "kek.unwrap", "tenants.list"), tenant_scoped=False,
+              hsm="always"),
     Operation("history.config", "keep the KV history of the master registry and the mount's default history "
               "for secret records (raise max_versions; never lower it)",
               (_r("{kv}/metadata/" + _MASTER, "create", "read", "update"), _r("{kv}/config", "read", "update")),
               tenant_scoped=False),
+    Operation("backup", "read everything keyops keeps in KV for a backup (keyrings, usage documents, the "
+              "registry, secret records, job checkpoints, the audit chain's heads and their KV history settings): "
+              "wrapped keys and ciphertexts only, no HSM",
+              (_r(_KEYRING_META, "read"), _r(_USAGE_META, "read"), _r("{kv}/metadata/" + _MASTER, "read"),
+               _r("{kv}/metadata/secrets/", "list"), _r("{kv}/metadata/secrets/{tenant}/*", "read", "list"),
+               _r("{kv}/data/tenants/{tenant}/jobs/*", "read"),
+               _r("{kv}/metadata/tenants/{tenant}/jobs/*", "read", "list"),
+               _r("{kv}/data/{audit}/head/*", "read"), _r("{kv}/metadata/{audit}/head/*", "read", "list")),
+              ("status.read", "secrets.read"), tenant_scoped=False),
+    Operation("restore", "restore a backup: create the documents that are missing, raise their KV history, "
+              "replace differing ones only when asked (never an audit head)",
+              (_r(_KEYRING, "create", "read", "update"), _r(_USAGE, "create", "read", "update"),
+               _r("{kv}/data/" + _MASTER, "create", "read", "update"),
+               _r(_SECRETS_DATA, "create", "read", "update"), _r(_SECRETS_META, "create", "read", "update"),
+               _r("{kv}/data/tenants/{tenant}/jobs/*", "create", "read", "update"),
+               _r("{kv}/data/{audit}/head/*", "create", "read"), _r(_TRANSIT_KEY, "read")),
+              ("backup", "history.write", "history.config"), tenant_scoped=False),
     Operation("status.read", "read every tenant's status (ages, states, usage, what is due)",
               (), ("tenants.list", "keyring.read", "master.read"), tenant_scoped=False),
     Operation("audit.read", "read and verify the audit trail: its KV copies and head, the chain's HMACs "
@@ -897,13 +918,15 @@ def forget_principals() -> None:
 #: Matched by exact name, then by the part before the first dot.
 _EVENT_OPERATIONS: Mapping[str, str] = {
     "tenant.create": "tenant.create", "tenant.update_policy": "tenant.update", "tenant.update": "tenant.update",
-    "tenant.delete": "tenant.delete", "master.create": "master.write", "master.rotate": "master.rotate",
+    "tenant.delete": "tenant.delete", "master.create": "master.write", "master.update": "master.write",
+    "master.rotate": "master.rotate",
     "dek.unwrap": "dek.unwrap", "kek.unwrap": "kek.unwrap", "secret.write": "secrets.write",
     "secret.delete": "secrets.delete",
     "rotate": "rotate", "rotation": "rotate", "reencrypt": "reencrypt", "migrate": "migrate",
     "retire": "retire", "destroy": "destroy", "policy": "policy.write",
     "history.tenant": "history.write", "history.master": "history.config", "history.mount": "history.config",
-    "audit.rotate": "audit.write", "audit.init": "audit.init",
+    "audit.rotate": "audit.write", "audit.init": "audit.init", "backup": "backup", "restore": "restore",
+    "escrow": "rotate", "recover": "recover",
 }
 
 

@@ -12,7 +12,9 @@ import argparse
 
 from keyops.access import Mounts
 from keyops.cli._common import EXIT_NOTHING_TO_DO, open_keyops, print_json, set_command
-from keyops.ops.mounts import init_mounts
+from keyops.cli._output import note
+from keyops.errors import AuditChainBroken
+from keyops.ops.mounts import InitResult, init_mounts
 
 
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -43,15 +45,17 @@ def cmd_init(args: argparse.Namespace) -> int:
             bare.authorize("audit.init")
             key_created = audit.ensure_audit_key(bare.store, key_name)
     if trail is not None and not args.dry_run and (result.changed or key_created):
-        with open_keyops() as k:
-            for mount in result.mounts:
-                if mount.action == "create":
-                    with k.audited("mount.enable", level="policy", path=mount.path, engine=mount.engine,
-                                   recorded="after the fact: the trail needs this mount"):
-                        pass
-            if key_created:
-                with k.audited("audit.init", level="audit", audit_key=key_name, created=True):
-                    pass
+        try:
+            _record(result, key_created, key_name)
+        except AuditChainBroken:
+            kv_made = any(m.action == "create" and m.engine == "kv" for m in result.mounts)
+            if not kv_made:
+                raise
+            # The chain's head lived in the KV mount that was just made again, empty: the mounts are in
+            # place (this command's job), and `keyops restore` brings the head back before it records.
+            note(f"keyops: note: the audit chain's head was kept in KV mount {bare.config.kv_mount!r}, which "
+                 "was just created empty, so these mount events are only in the server's audit device; "
+                 "'keyops restore BACKUP' brings the head back (docs/runbooks/backup-restore.md)")
     changed = result.changed or key_created
     if args.json:
         print_json({"command": "init", "changed": changed, "dry_run": result.dry_run, "result": result,
@@ -61,3 +65,15 @@ def cmd_init(args: argparse.Namespace) -> int:
         if key_created:
             print(f"created the audit chain's Transit key {bare.config.transit_mount}/{key_name}")
     return 0 if changed else EXIT_NOTHING_TO_DO
+
+
+def _record(result: InitResult, key_created: bool, key_name: str) -> None:
+    with open_keyops() as k:
+        for mount in result.mounts:
+            if mount.action == "create":
+                with k.audited("mount.enable", level="policy", path=mount.path, engine=mount.engine,
+                               recorded="after the fact: the trail needs this mount"):
+                    pass
+        if key_created:
+            with k.audited("audit.init", level="audit", audit_key=key_name, created=True):
+                pass

@@ -24,14 +24,16 @@ from keyops.errors import KeyopsError
 
 #: Modules under keyops.cli that each register one or more commands with ``add_parser``.
 COMMANDS = ("dev", "init", "login", "tenant", "secret", "data", "status", "master", "completion")
-OPTIONAL_COMMANDS = ("rotate", "reencrypt", "migrate", "lifecycle", "policy", "audit", "kms", "serve")
+OPTIONAL_COMMANDS = ("plan", "retention", "rotate", "reencrypt", "migrate", "lifecycle", "policy", "audit", "kms",
+                     "serve", "backup", "escrow", "recover")
 #: Which module registers which command, so that a run imports only what its command needs (a unit
 #: test checks this table against the parser that every module builds).
 COMMAND_MODULES = {
     "dev": "dev", "init": "init", "tenant": "tenant", "secret": "secret", "encrypt": "data", "decrypt": "data",
     "rewrap": "data", "status": "status", "rotate": "rotate", "reencrypt": "reencrypt", "migrate": "migrate",
     "retire": "lifecycle", "destroy": "lifecycle", "policy": "policy", "audit": "audit", "master": "master",
-    "completion": "completion", "kms": "kms", "login": "login", "serve": "serve",
+    "completion": "completion", "kms": "kms", "login": "login", "serve": "serve", "plan": "plan", "apply": "plan",
+    "retention": "retention", "backup": "backup", "restore": "backup", "escrow": "escrow", "recover": "recover",
 }
 EXIT_NOTHING_TO_DO = 3  # keyops.cli._common's, not imported: that module loads the whole library
 #: Flags every command takes, before or after its name (``keyops -q rotate --due`` = ``keyops rotate --due -q``).
@@ -139,6 +141,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(json.dumps({"error": exc.code, "message": str(exc)}), file=sys.stderr)
         else:
             print(f"{_output.paint('keyops: error:', 'red', sys.stderr)} {exc}", file=sys.stderr)
+        # plan --detailed-exitcode (as Terraform's): 2 means "changes", so every error is one code.
+        if args.detailed_exitcode and getattr(args, "error_exit", None) is not None:
+            return int(args.error_exit)
         return exc.exit_code
     except KeyboardInterrupt:
         print("keyops: interrupted", file=sys.stderr)

@@ -46,7 +46,8 @@ def cmd_status(args: argparse.Namespace) -> int:
         for v in status.versions:
             mark = "*" if v.version == status.primary else " "
             where = {True: "on token", False: paint("MISSING from token", "red", sys.stdout), None: ""}[v.on_token]
-            print(f"  v{v.version}{mark} {v.state:<13} {v.label:<40} {v.created_at}  {where}")
+            root = f"token {v.token}" if v.token else v.root
+            print(f"  v{v.version}{mark} {v.state:<13} {v.label:<40} {v.created_at}  {root:<20} {where}")
     if not status.exists:
         raise NotFound("no master key is registered; create it with 'keyops master create'")
     if status.missing:

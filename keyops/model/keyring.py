@@ -44,6 +44,9 @@ MAX_DEK_USAGE_CAP = 2**32 - 1
 #: scheduled rotation happens before encryption would be refused at the cap.
 DUE_USAGE_FRACTION = 0.9
 MAX_TOMBSTONES = 64
+#: At most this many usable versions per level under a retention policy (MAX_TOMBSTONES bounds the rest).
+MAX_KEEP = 32
+RETENTION_FIELDS = ("keep_versions", "destroy_after_days")
 #: Random bytes in a key version's ``uid``: 128 bits, so two versions anywhere never share one.
 UID_BYTES = 16
 
@@ -69,6 +72,13 @@ class Policy:
     kek_period_days: int = 90
     dek_period_days: int = 30
     dek_usage_cap: int = DEFAULT_DEK_USAGE_CAP
+    #: Retention: how many usable versions (active and decrypt_only) of each level to keep. Older ones
+    #: are retired by the scheduled run once nothing refers to them. None keeps every version (as
+    #: before retention existed, so that stored keyrings read the same).
+    keep_versions: int | None = None
+    #: Retention: days a version stays retired before the scheduled run destroys it (with the destroy
+    #: right, that is the security-admin role). None never destroys on its own.
+    destroy_after_days: int | None = None
 
     def __post_init__(self) -> None:
         if self.kek_residence not in RESIDENCES:
@@ -82,9 +92,21 @@ class Policy:
         if isinstance(cap, bool) or not isinstance(cap, int) or not 1 <= cap <= MAX_DEK_USAGE_CAP:
             raise InvalidInput(f"dek_usage_cap must be between 1 and {MAX_DEK_USAGE_CAP} "
                                f"(the random-nonce limit of AES-GCM), got {cap!r}")
+        keep = self.keep_versions
+        if keep is not None and (isinstance(keep, bool) or not isinstance(keep, int) or not 1 <= keep <= MAX_KEEP):
+            raise InvalidInput(f"keep_versions must be a whole number between 1 and {MAX_KEEP} (the primary "
+                               f"counts as one), got {keep!r}")
+        after = self.destroy_after_days
+        if after is not None and (isinstance(after, bool) or not isinstance(after, int) or not 0 <= after <= 36500):
+            raise InvalidInput(f"destroy_after_days must be a whole number of days between 0 and 36500, "
+                               f"got {after!r}")
+        if after is not None and keep is None:
+            raise InvalidInput("destroy_after_days needs keep_versions: only versions retired by retention are "
+                               "destroyed on schedule")
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        # Retention fields left unset are not written, so a keyring without them reads and compares as before.
+        return {k: v for k, v in dataclasses.asdict(self).items() if v is not None or k not in RETENTION_FIELDS}
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Policy:
@@ -96,6 +118,27 @@ class Policy:
 
     def period_days(self, level: str) -> int:
         return self.kek_period_days if level == "kek" else self.dek_period_days
+
+
+@dataclasses.dataclass(frozen=True)
+class Escrow:
+    """A KEK version's break-glass copy: the KEK under the operator's RSA public key (keyops.wrappers.escrow).
+
+    ``key`` names that public key (``sha256:`` and the hex SHA-256 of its
+    SubjectPublicKeyInfo); ``wrapped`` is base64 of RSA-OAEP-SHA256 of the
+    KEK, its label the version's ``key_context``. Only the private key,
+    which keyops' servers and Vault never see, opens it.
+    """
+
+    key: str
+    wrapped: str
+
+    @classmethod
+    def from_dict(cls, data: Any) -> Escrow:
+        if not isinstance(data, Mapping) or set(data) != {"key", "wrapped"} or not all(
+                isinstance(v, str) and v for v in data.values()):
+            raise InvalidInput("escrow of a key version must be an object with the strings 'key' and 'wrapped'")
+        return cls(data["key"], data["wrapped"])
 
 
 @dataclasses.dataclass(frozen=True)
@@ -113,13 +156,18 @@ class KeyVersion:
     #: Random, public and never reused (not even by a tenant deleted and made again): what names this
     #: version outside keyops, e.g. as the Kubernetes KMS ``key_id``. None for versions made before it.
     uid: str | None = None
+    #: KEK only, optional: the break-glass copy under the recovery public key (absent in keyrings written before).
+    escrow: Escrow | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {k: v for k, v in dataclasses.asdict(self).items() if v is not None}
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> KeyVersion:
-        return cls(**dict(data))
+        fields = dict(data)
+        if fields.get("escrow") is not None:
+            fields["escrow"] = Escrow.from_dict(fields["escrow"])
+        return cls(**fields)
 
     @property
     def usable_for_decrypt(self) -> bool:
@@ -219,13 +267,13 @@ class Keyring:
     # --- lifecycle -----------------------------------------------------------------
 
     def add_version(self, level: str, wrapped: str, parent_version: int, now: dt.datetime,
-                    transit_version: int | None = None) -> Keyring:
+                    transit_version: int | None = None, escrow: Escrow | None = None) -> Keyring:
         """Add a new primary version; the old primary becomes decrypt_only."""
         chain = self.chain(level)
         stamp = format_time(now)
         new = KeyVersion(version=chain.latest_version + 1, state="active", created_at=stamp,
                          wrapped=wrapped, parent_version=parent_version, state_changed_at=stamp,
-                         transit_version=transit_version, uid=secrets.token_hex(UID_BYTES))
+                         transit_version=transit_version, uid=secrets.token_hex(UID_BYTES), escrow=escrow)
         versions = tuple(
             dataclasses.replace(kv, state="decrypt_only", state_changed_at=stamp)
             if kv.state == "active" else kv for kv in chain.versions)

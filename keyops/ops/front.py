@@ -151,6 +151,7 @@ class Keyops:
 
     def close(self) -> None:
         self.release_leases()
+        self.hierarchy.roots.close()
         if self._hsm is not None:
             self._hsm.close()
 

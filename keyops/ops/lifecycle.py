@@ -39,11 +39,12 @@ import dataclasses
 import datetime as dt
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Literal
 
 from keyops.errors import (
     ConfirmationRequired,
+    HsmTokenNotConfigured,
     InvalidInput,
     KeyInUse,
     KeyNotFound,
@@ -175,6 +176,7 @@ def _change_tenant_key(k: Keyops, action: Action, tenant: str | None, level: str
                                detail=f"would {action} {level.upper()} v{version} of tenant {tenant} "
                                       f"({before} -> {target}){waited}")
     current = [(keyring, revision)]
+    records = {version: references} if level == "dek" else {}
 
     def attempt() -> Keyring:
         if current:
@@ -183,11 +185,7 @@ def _change_tenant_key(k: Keyops, action: Action, tenant: str | None, level: str
             keyring, revision = k.read_keyring(tenant)
             if _at_or_past(_state(keyring, level, version), target):
                 return keyring
-            _check_not_primary(keyring, level, version)
-            if level == "kek" and count_kek_references(keyring).get(version, 0):
-                raise KeyInUse(_in_use_message(action, level, version, tenant,
-                                               count_kek_references(keyring)[version]))
-        new = keyring.set_state(level, version, target, k.clock())
+        new = end_version(keyring, level, version, action, k.clock(), records)
         k.write_keyring(tenant, new, cas=revision)
         return new
 
@@ -199,6 +197,22 @@ def _change_tenant_key(k: Keyops, action: Action, tenant: str | None, level: str
     if follow:
         detail += "; " + "; ".join(follow)
     return LifecycleResult(action, tenant, level, version, True, before, target, 0, False, detail=detail)
+
+
+def end_version(keyring: Keyring, level: str, version: int, action: Action, now: dt.datetime,
+                dek_records: Mapping[int, int]) -> Keyring:
+    """The keyring with ``version`` retired or destroyed, refused while anything refers to it. No I/O.
+
+    The rules every retire and destroy of a tenant's key obeys: never the
+    primary (``KeyStateError``), never a KEK that wraps a DEK version of the
+    keyring, never a DEK that a secret record uses (``dek_records``: records
+    per DEK version, as counted after the fence) (``KeyInUse``).
+    """
+    _check_not_primary(keyring, level, version)
+    references = (count_kek_references(keyring) if level == "kek" else dek_records).get(version, 0)
+    if references:
+        raise KeyInUse(_in_use_message(action, level, version, keyring.tenant, references))
+    return keyring.set_state(level, version, _TARGET[action], now)
 
 
 def _stop_encryptions(k: Keyops, keyring: Keyring, version: int, action: Action, options: _Options) -> str:
@@ -350,7 +364,7 @@ def _change_master(k: Keyops, action: Action, tenant: str | None, level: str, ve
             return LifecycleResult(action, None, "master", version, True, mv.state, target, 0, True,
                                    detail=f"would {action} master key v{version} ({mv.label}); "
                                           f"{mv.state} -> {target}")
-        if action == "destroy" and mv.owned and mv.on_hsm:
+        if action == "destroy" and mv.owned and mv.on_hsm and k.hierarchy.roots.on_configured_token(mv):
             k.hsm.login()  # the HSM work follows the write: a wrong PIN fails before it
         changed = dataclasses.replace(mv, state=target)
         # A registry written before ids gets one with this write (see MasterRegistry.with_id).
@@ -381,7 +395,13 @@ def _follow_hsm(k: Keyops, registry: MasterRegistry, version: int, action: Actio
                     "ids, so it may be another Vault's or namespace's key too, and keyops never deletes it. Once "
                     "no registry on this token lists it, the token's administrator may delete it with the HSM's "
                     "own tools"]
-    removal = k.hsm.destroy_key(mv.label, key_id=bytes.fromhex(mv.key_id or ""))
+    try:
+        hsm = k.hierarchy.roots.hsm_for(mv)
+    except HsmTokenNotConfigured:
+        return [], [f"HSM key {mv.label!r} stays on token {mv.params.get('token')!r}, which keyops is not configured "
+                    "for any more (a replaced token): keyops no longer uses it; retire that token with the HSM's own "
+                    "tools"]
+    removal = hsm.destroy_key(mv.label, key_id=bytes.fromhex(mv.key_id or ""))
     done = [f"HSM key {mv.label!r} deleted"] if removal.deleted else []
     notes = [_not_destroyable_note(mv.label, mv.key_id or "")] if removal.kept else []
     return done, notes

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 from keyops import access
 from keyops.errors import (
     Conflict,
+    HsmTokenNotConfigured,
     KeyStateError,
     PermissionDenied,
 )
@@ -91,8 +92,10 @@ def ensure_master(k: Keyops, dry_run: bool = False) -> tuple[MasterRegistry, boo
     primary = registry.get(registry.primary)
     if roots.present(primary):
         return registry, False
+    token = primary.params.get("token", k.config.pkcs11_token_label)
     raise KeyStateError(f"master key {primary.label!r} is registered in Vault but missing from HSM token "
-                        f"{k.config.pkcs11_token_label!r}; point keyops at the right token")
+                        f"{token!r}; point keyops at the right token, or, if the token is lost, recover from the "
+                        "escrow (docs/runbooks/hsm-recovery.md)")
 
 
 def _await_first_master(k: Keyops, registry: MasterRegistry, revision: int) -> tuple[MasterRegistry, bool]:
@@ -138,7 +141,10 @@ class MasterVersionStatus:
     state: str
     created_at: str
     key_id: str | None
-    on_token: bool | None  # None: not looked for (destroyed versions, or checking the token was not asked)
+    on_token: bool | None  # None: not looked for (destroyed versions, a token not configured, or not asked)
+    #: The root that made it, and for ``pkcs11`` the token it recorded (None: made before tokens were recorded).
+    root: str = "pkcs11"
+    token: str | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -163,10 +169,16 @@ def master_status(k: Keyops, check_token: bool = True) -> MasterStatus:
         return MasterStatus(False)
     registry = found[0]
     versions = []
+    roots = k.hierarchy.roots
     for mv in registry.versions:
-        on_token = (k.hsm.has_key(mv.label, mv.key_id_bytes)
-                    if check_token and mv.state not in ("destroyed", MASTER_PENDING) else None)
-        versions.append(MasterVersionStatus(mv.version, mv.label, mv.state, mv.created_at, mv.key_id, on_token))
+        on_token = None
+        if check_token and mv.on_hsm and mv.state in ("active", "decrypt_only"):
+            # A retired token (after a replacement) is not configured any more: not looked for.
+            with contextlib.suppress(HsmTokenNotConfigured):
+                on_token = roots.present(mv)
+        token = mv.params.get("token") if mv.on_hsm else None
+        versions.append(MasterVersionStatus(mv.version, mv.label, mv.state, mv.created_at, mv.key_id, on_token,
+                                            mv.root, None if token is None else str(token)))
     return MasterStatus(True, registry.registry_id, registry.primary, tuple(versions))
 
 

@@ -85,10 +85,11 @@ from typing import Any, Literal
 from keyops import crypto
 from keyops.crypto import b64d, b64e
 from keyops.errors import Conflict, InvalidInput, JobFailed, KeyopsError, KeyStateError, NotFound, TenantNotFound
-from keyops.model.keyring import TENANT_LEVELS, Keyring, age_days, due_rotations, format_time
+from keyops.model.keyring import TENANT_LEVELS, Escrow, Keyring, age_days, due_rotations, format_time
 from keyops.model.master import MASTER_PENDING, MasterRegistry, MasterVersion
 from keyops.model.names import validate_count, validate_tenant, validate_version
 from keyops.model.paths import LOCKS_PATH, MASTER_PATH, transit_key_name
+from keyops.ops import escrow as escrow_ops
 from keyops.ops.cas import retry_on_conflict
 from keyops.ops.fanout import DEFAULT_TENANT_WORKERS, fan_out
 from keyops.ops.front import Keyops
@@ -586,18 +587,19 @@ def _with_new_dek(k: Keyops, keyring: Keyring) -> Keyring:
     return keyring.add_version("dek", b64e(wrapped), kek_version, k.clock())
 
 
-def _new_master_wrapped_kek(k: Keyops, keyring: Keyring) -> tuple[bytes, int, str, int]:
-    """A fresh KEK: (bytes, version, master-wrapped blob, master version)."""
+def _new_master_wrapped_kek(k: Keyops, keyring: Keyring) -> tuple[bytes, int, str, int, Escrow | None]:
+    """A fresh KEK: (bytes, version, master-wrapped blob, master version, escrow copy when configured)."""
+    escrow_key = escrow_ops.configured_key(k.config)  # a bad key file fails before the master key is used
     version = keyring.kek.latest_version + 1
     kek = crypto.generate_key()
     master_version, master = k.master_wrapper()
     wrapped = master.wrap(kek, crypto.key_context(keyring.tenant, "kek", version))
-    return kek, version, b64e(wrapped), master_version
+    return kek, version, b64e(wrapped), master_version, escrow_ops.new_copy(escrow_key, keyring.tenant, version, kek)
 
 
 def _with_new_kv_kek(k: Keyops, keyring: Keyring) -> Keyring:
-    kek, version, wrapped, master_version = _new_master_wrapped_kek(k, keyring)
-    new = keyring.add_version("kek", wrapped, master_version, k.clock())
+    kek, version, wrapped, master_version, escrow = _new_master_wrapped_kek(k, keyring)
+    new = keyring.add_version("kek", wrapped, master_version, k.clock(), escrow=escrow)
     return _rewrap_deks(k, new, AeadWrapper(kek))
 
 
@@ -613,9 +615,9 @@ def _with_new_transit_kek(k: Keyops, keyring: Keyring) -> Keyring:
     if not info.get("imported_key"):
         raise KeyStateError(f"the Transit key {name!r} was not imported by keyops (no BYOK versions can be "
                             "added to it); the KEK was not rotated")
-    _, _, wrapped, master_version = _new_master_wrapped_kek(k, keyring)
+    _, _, wrapped, master_version, escrow = _new_master_wrapped_kek(k, keyring)
     return keyring.add_version("kek", wrapped, master_version, k.clock(),
-                               transit_version=int(info["latest_version"]) + 1)
+                               transit_version=int(info["latest_version"]) + 1, escrow=escrow)
 
 
 def _rewrap_deks(k: Keyops, keyring: Keyring, new_wrapper: KeyWrapper | None = None) -> Keyring:

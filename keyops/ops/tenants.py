@@ -28,6 +28,7 @@ from keyops.model.paths import (
     usage_path,
 )
 from keyops.model.usage import Usage
+from keyops.ops import escrow as escrow_ops
 from keyops.ops.results import (
     TenantResult,
 )
@@ -123,6 +124,7 @@ def _create_kek_first(k: Keyops, tenant: str, policy: Policy) -> tuple[Keyring, 
     # in memory by a KEK unwrapped back from its stored form (so the blob is
     # proven first), and one write leaves either nothing or both. Residence
     # transit imports the KEK into Transit between the two writes.
+    escrow_key = escrow_ops.configured_key(k.config)  # a bad key file fails before anything is made
     registry, _ = k.ensure_master()  # a fresh read of the registry: its primary is the one to wrap under
     master_version, master = k.hierarchy.master_wrapper(registry.primary)
     kek = crypto.generate_key()
@@ -131,7 +133,8 @@ def _create_kek_first(k: Keyops, tenant: str, policy: Policy) -> tuple[Keyring, 
     keyring = Keyring(tenant=tenant, policy=policy, created_at=format_time(now),
                       kek=KeyChain(0, ()), dek=KeyChain(0, ()))
     keyring = keyring.add_version("kek", crypto.b64e(wrapped), master_version, now,
-                                  transit_version=1 if policy.kek_residence == "transit" else None)
+                                  transit_version=1 if policy.kek_residence == "transit" else None,
+                                  escrow=escrow_ops.new_copy(escrow_key, tenant, 1, kek))
     if policy.kek_residence == "kv":
         keyring = _with_first_dek(k, keyring)
     usage = _fresh_usage(k, tenant)

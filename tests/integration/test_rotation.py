@@ -296,7 +296,7 @@ def test_two_cli_rotations_started_at_once(stack: Any, config: Config, vault_cli
         tenant, values = make_tenant(setup, "transit", secrets=2)
     env = cli_env(stack)
     cmd = [sys.executable, "-m", "keyops.cli.main", "rotate", "--tenant", tenant, "--level", "kek",
-           "--expect-version", "1"]
+           "--expect-version", "1", "--detailed-exitcode"]
     procs = [subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
              for _ in range(2)]
     results = [(p.wait(timeout=120), *p.communicate()) for p in procs]

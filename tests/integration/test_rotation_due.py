@@ -71,10 +71,11 @@ def test_nothing_due_does_nothing_and_says_so(iso: Isolated, vault_client: Any) 
     before = keyring_versions(vault_client, iso.mount, tenants)
     master_before = kv_version(vault_client, MASTER_PATH, iso.mount)
 
-    proc = keyops_main(iso.env, "rotate", "--due")
+    proc = keyops_main(iso.env, "rotate", "--due", "--detailed-exitcode")
     assert proc.returncode == 3, proc
     assert proc.stdout.strip() == "nothing due (2 tenants and the master key checked)"
-    as_json = keyops_main(iso.env, "rotate", "--due", "--json")
+    assert keyops_main(iso.env, "rotate", "--due").returncode == 0  # a scheduled job: nothing due is a success
+    as_json = keyops_main(iso.env, "rotate", "--due", "--json", "--detailed-exitcode")
     assert as_json.returncode == 3, as_json
     out = json.loads(as_json.stdout)
     assert out["nothing_due"] and not out["changed"] and out["rotations"] == [] and out["tenants_checked"] == 2
@@ -103,7 +104,7 @@ def test_a_dek_past_due_rotates_and_nothing_else(iso: Isolated, vault_client: An
     assert kv_version(vault_client, keyring_path(fresh_tenant), iso.mount) == before[fresh_tenant]
     check_secrets(iso.config, old_tenant, values)
 
-    again = keyops_main(iso.env, "rotate", "--due")
+    again = keyops_main(iso.env, "rotate", "--due", "--detailed-exitcode")
     assert again.returncode == 3 and again.stdout.startswith("nothing due"), again
 
 

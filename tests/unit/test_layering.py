@@ -29,7 +29,7 @@ def test_public_names_resolve() -> None:
 #: ``if TYPE_CHECKING:`` imports are for annotations and do not count.
 LAYERS: tuple[tuple[str, ...], ...] = (
     ("keyops.errors", "keyops.files", "keyops.model.names", "keyops.model.paths"),
-    ("keyops.config", "keyops.auth", "keyops.crypto", "keyops.model"),
+    ("keyops.config", "keyops.auth", "keyops.crypto", "keyops.model", "keyops.declare"),
     ("keyops.backends",),
     ("keyops.wrappers",),
     ("keyops.hierarchy", "keyops.roots", "keyops.access"),
