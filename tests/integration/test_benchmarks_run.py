@@ -31,8 +31,10 @@ def test_quick_run_of_every_benchmark_writes_the_table(tmp_path: Path) -> None:
     env["PYTHONPATH"] = str(REPO)
     proc = subprocess.run([sys.executable, "-m", "benchmarks.run", "--quick", "--docs", str(docs), "--json", str(out)],
                           cwd=REPO, env=env, capture_output=True, text=True, timeout=900, check=False)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert out.exists(), proc.stderr[-3000:]
     run = json.loads(out.read_text())
+    failed = {name: suite["error"] for name, suite in run["suites"].items() if "error" in suite}
+    assert not failed and proc.returncode == 0, (failed, proc.stderr[-1500:])
     assert run["kv_baseline"]["pair_ms"] > 0 and run["crypto"]["rates"]
     assert set(run["suites"]) == set(NAMES)
     for name, suite in run["suites"].items():
