@@ -91,6 +91,10 @@ class Hierarchy:
         self._keks.discard_tenant(tenant)
         self._deks.discard_tenant(tenant)
 
+    def cached(self) -> dict[str, int]:
+        """How many unwrapped keys are cached, per level (counts only)."""
+        return {"keks": len(self._keks), "deks": len(self._deks)}
+
     # --- master key ------------------------------------------------------------------------
 
     def saw_master(self, registry: MasterRegistry) -> None:

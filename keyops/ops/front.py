@@ -126,6 +126,14 @@ class Keyops:
         self._keyrings: dict[str, tuple[Keyring, int, float]] = {}
         self._reservations: dict[tuple[str, bool], Reservation] = {}
         self._demand: dict[str, int] = {}
+        #: Per tenant: a usage document (with its KV version) and a keyring read or written after it, from
+        #: which the next reservation may start instead of reading both again (``prime_reservation``).
+        self._primed: dict[str, tuple[Usage, int, Keyring, float]] = {}
+        #: Per tenant, after this process's last reservation write: the usage document it was based on,
+        #: the document written and its version, when the base was read (monotonic) and the DEK version
+        #: reserved. See ``reservation_base``.
+        self._last_usage: dict[str, tuple[Usage, Usage, int, float, int]] = {}
+        self._master_history_set = False
         #: Names this object's leases in usage documents (``keyops.model.usage``); no meaning beyond that.
         self.holder = uuid.uuid4().hex[:12]
         self._fast: dict[str, FastTenant] = {}
@@ -159,10 +167,23 @@ class Keyops:
             self._reservations.clear()
             self._fast.clear()  # no encryption under the released reservations from here on
         for tenant in tenants:
-            try:
-                self.update_usage(tenant, lambda u: u.release(self.holder, wall()))
-            except KeyopsError as exc:
-                _log.info("the leases of tenant %r run out by themselves: %s", tenant, exc.code)
+            self._release(tenant)
+
+    def _release(self, tenant: str) -> None:
+        # The document this process wrote last is tried first: the check-and-set on its version fails if
+        # anyone wrote it since, and the retry reads it. One request instead of two when nobody did.
+        last = self._last_usage.pop(tenant, None)
+        known = [] if last is None else [(last[1], last[2])]
+
+        def read() -> tuple[Usage, int]:
+            return known.pop() if known else self.read_usage(tenant)
+
+        try:
+            update_document(read, lambda new, version: self.store.write(usage_path(tenant), new.to_dict(),
+                                                                        cas=version),
+                            lambda u: u.release(self.holder, wall()), f"the usage document of tenant {tenant!r}")
+        except KeyopsError as exc:
+            _log.info("the leases of tenant %r run out by themselves: %s", tenant, exc.code)
 
     def forget_tenant(self, tenant: str) -> None:
         """Drop everything this process holds of ``tenant`` (after its deletion)."""
@@ -170,7 +191,46 @@ class Keyops:
         self._fast.pop(tenant, None)
         self._reservations.pop((tenant, False), None)
         self._reservations.pop((tenant, True), None)
+        self._demand.pop(tenant, None)
+        self._primed.pop(tenant, None)
+        self._last_usage.pop(tenant, None)
+        self._refresh_after.pop(tenant, None)
+        self._tenant_locks.pop(tenant, None)
         self.hierarchy.forget_tenant(tenant)
+
+    def done_with(self, tenant: str) -> None:
+        """This process is done with ``tenant`` for now: end its leases, drop its keyring and reservations.
+
+        A run over many tenants calls it after each one, so that what the
+        process holds does not grow with the tenants (``keyops.ops.fanout``).
+        Unwrapped keys stay in the hierarchy's caches, which are bounded
+        (``cache_size`` per level): a later phase over the same tenants then
+        costs no HSM unwrap while they fit, and one per tenant beyond.
+        """
+        with self._lock:
+            held = any((tenant, external) in self._reservations for external in (False, True))
+            self._reservations.pop((tenant, False), None)
+            self._reservations.pop((tenant, True), None)
+            self._fast.pop(tenant, None)  # no encryption under the released reservations from here on
+        if held:
+            self._release(tenant)
+        self._keyrings.pop(tenant, None)
+        self._demand.pop(tenant, None)
+        self._primed.pop(tenant, None)
+        self._last_usage.pop(tenant, None)
+        self._refresh_after.pop(tenant, None)
+        self._tenant_locks.pop(tenant, None)
+
+    def held(self) -> dict[str, int]:
+        """How much per-tenant state this process holds, by kind (counts only, no key material).
+
+        What ``done_with`` frees; a run over many tenants keeps these bounded by
+        the tenants in flight, not by the tenants done (tests count them). The
+        key caches (``keks``, ``deks``) are bounded by ``cache_size`` instead.
+        """
+        return {"keyrings": len(self._keyrings), "reservations": len(self._reservations), "fast": len(self._fast),
+                "locks": len(self._tenant_locks), "demand": len(self._demand), "primed": len(self._primed),
+                "usage": len(self._last_usage), **self.hierarchy.cached()}
 
     def __enter__(self) -> Keyops:
         return self
@@ -307,7 +367,10 @@ class Keyops:
         self._keyrings[tenant] = (keyring, version, time.monotonic())
         if cas == 0:
             try:
-                access.ensure_history(self, [tenant], master=self.principal.allows("history.config"), mount=False)
+                # The registry's history is set when it is made; checking it once per process is enough.
+                master = not self._master_history_set and self.principal.allows("history.config")
+                access.ensure_history(self, [tenant], master=master, mount=False)
+                self._master_history_set = self._master_history_set or master
             except PermissionDenied as exc:
                 # The keyring is made and usable; only its history setting waits for an administrator.
                 _log.warning("KV history of tenant %r not set (%s); run 'keyops policy apply' with a "
@@ -418,8 +481,13 @@ class Keyops:
         def attempt() -> Reservation:
             lost = next(attempts)  # every attempt but the first follows a check-and-set lost to another writer
             started = _monotonic()
-            usage, cas = self.read_usage(tenant)
-            keyring = self.read_keyring(tenant)[0]
+            primed = self._primed.pop(tenant, None)
+            read_at = started
+            if lost == 0 and primed is not None and started - primed[3] < self.keyring_ttl:
+                usage, cas, keyring, read_at = primed
+            else:
+                usage, cas = self.read_usage(tenant)
+                keyring = self.read_keyring(tenant)[0]
             primary = keyring.dek.primary_key
             if primary.state != "active":
                 raise KeyStateError(f"the primary DEK of tenant {tenant!r} is {primary.state}")
@@ -434,12 +502,47 @@ class Keyops:
             if end <= start:
                 raise UsageCapReached(f"DEK version {primary.version} of tenant {tenant!r} reached its usage cap; "
                                       f"rotate the DEK: keyops rotate --tenant {tenant} --level dek")
-            self.store.write(usage_path(tenant), new.to_dict(), cas=cas)
+            written = self.store.write(usage_path(tenant), new.to_dict(), cas=cas)
+            self._last_usage[tenant] = (usage, new, written, read_at, primary.version)
             return Reservation(primary.version, start, end, block, started + lease, itertools.count(start), external)
 
         r = retry_on_conflict(attempt, f"the usage document of tenant {tenant!r}")
         self._reservations[(tenant, external)] = r
         return r
+
+    def prime_reservation(self, tenant: str, usage: Usage, cas: int, keyring: Keyring) -> None:
+        """The next reservation of ``tenant`` may start from these instead of reading them again.
+
+        ``usage`` is the usage document at KV version ``cas``, and ``keyring``
+        was read (or written) after it: the same two reads, in the same order,
+        that a reservation makes, so its check-and-set write on ``cas`` is as
+        safe as after its own reads (a fence or another reservation written
+        since makes it fail, and the retry reads afresh). Used within
+        ``keyring_ttl``, like a cached keyring.
+        """
+        self._primed[tenant] = (usage, cas, keyring, _monotonic())
+
+    def read_for_reservation(self, tenant: str) -> Keyring:
+        """A fresh keyring, read after the usage document, both kept for the next reservation."""
+        usage, cas = self.read_usage(tenant)
+        keyring = self.read_keyring(tenant)[0]
+        self.prime_reservation(tenant, usage, cas, keyring)
+        return keyring
+
+    def reservation_base(self, tenant: str, since: float, version: int) -> Usage | None:
+        """The usage document this process's last reservation of ``tenant`` was written over, or None.
+
+        Only a reservation of DEK ``version`` or newer whose document was read
+        after ``since`` (a ``time.monotonic()`` stamp) counts. Its check-and-set
+        succeeded on this document, and it reserved the primary of a keyring
+        read after the document; so any reservation of an older version written
+        later lost its check-and-set and, reading the keyring again, got a newer
+        version. The document thus holds every lease of the versions older than
+        ``version`` that will ever be granted: a re-encryption need not read it
+        again to know when the last of them ends.
+        """
+        last = self._last_usage.get(tenant)
+        return last[0] if last is not None and last[3] >= since and last[4] >= version else None
 
     def read_usage(self, tenant: str) -> tuple[Usage, int]:
         """The tenant's usage document and its KV version (0: none yet)."""
@@ -598,8 +701,9 @@ class Keyops:
     def get_secret(self, tenant: str, name: str) -> bytes:
         return secret_ops.get_secret(self, tenant, name)
 
-    def put_secret(self, tenant: str, name: str, value: bytes | str, dry_run: bool = False) -> SecretResult:
-        return secret_ops.put_secret(self, tenant, name, value, dry_run=dry_run)
+    def put_secret(self, tenant: str, name: str, value: bytes | str, dry_run: bool = False,
+                   expect_new: bool = False) -> SecretResult:
+        return secret_ops.put_secret(self, tenant, name, value, dry_run=dry_run, expect_new=expect_new)
 
     def list_secrets(self, tenant: str, prefix: str = "") -> list[str]:
         return secret_ops.list_secrets(self, tenant, prefix=prefix)

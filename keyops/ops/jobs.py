@@ -184,12 +184,17 @@ def list_jobs(k: Keyops, tenant: str) -> list[str]:
 KEEP_FINISHED_JOBS = 10
 
 
-def prune_finished(k: Keyops, tenant: str, keep: int = KEEP_FINISHED_JOBS) -> int:
+def prune_finished(k: Keyops, tenant: str, keep: int = KEEP_FINISHED_JOBS, known: list[str] | None = None) -> int:
     """Delete finished job documents older than the newest ``keep``; running ones stay. Returns the count.
 
     Housekeeping after a job finished: a token that may not delete job
     documents leaves them in place, which costs reads later, never data.
+    ``known``: the tenant's job ids as listed when the job started, plus its
+    own; when they are within ``keep``, no listing is made (a job another
+    process started meanwhile is pruned by a later run, if ever needed).
     """
+    if known is not None and len(known) <= keep:
+        return 0
     deleted = 0
     for job_id in list_jobs(k, tenant)[:-keep or None]:
         try:
@@ -202,10 +207,10 @@ def prune_finished(k: Keyops, tenant: str, keep: int = KEEP_FINISHED_JOBS) -> in
     return deleted
 
 
-def find_unfinished(k: Keyops, tenant: str, kind: str,
-                    match: Callable[[Checkpoint], bool] = lambda _: True) -> tuple[Checkpoint, int] | None:
-    """The newest running job of ``kind`` for ``tenant`` that ``match`` accepts."""
-    for job_id in reversed(list_jobs(k, tenant)):
+def find_unfinished(k: Keyops, tenant: str, kind: str, match: Callable[[Checkpoint], bool] = lambda _: True,
+                    job_ids: list[str] | None = None) -> tuple[Checkpoint, int] | None:
+    """The newest running job of ``kind`` for ``tenant`` that ``match`` accepts (among ``job_ids`` if given)."""
+    for job_id in reversed(list_jobs(k, tenant) if job_ids is None else job_ids):
         try:
             found = read_job(k, tenant, job_id)
         except InvalidInput:
@@ -236,6 +241,10 @@ class JobRun:
     def update(self, checkpoint: Checkpoint) -> None:
         self.checkpoint = checkpoint
         self.save()
+
+    def stage(self, checkpoint: Checkpoint) -> None:
+        """Take ``checkpoint`` as the job's state without writing it: the next ``update`` writes both."""
+        self.checkpoint = checkpoint
 
     def save(self) -> None:
         if not self.touched:
@@ -328,14 +337,17 @@ class _Batch(Generic[T]):
 
 def run_batches(names: Iterable[str], work: Callable[[str], T], *, workers: int, batch_size: int,
                 on_item: Callable[[str, T], None], on_batch: Callable[[str], None],
-                describe: Callable[[str, KeyopsError], str], stall: float | None = None) -> None:
+                describe: Callable[[str, KeyopsError], str], stall: float | None = None,
+                on_last_batch: Callable[[str], None] | None = None) -> None:
     """Run ``work`` on every name with a bounded pool, a few batches ahead.
 
     ``on_item`` and ``on_batch`` (with the batch's last name, once all of the
     batch is finished, in order) run in the calling thread only. The first
     failing item stops the pipeline: items not started are cancelled, those
     running finish, and a ``JobFailed`` naming the item (``describe``) is
-    raised. The checkpoint thus never passes an unfinished item.
+    raised. The checkpoint thus never passes an unfinished item. The last
+    batch goes to ``on_last_batch`` instead, when given: a job that writes
+    its end next saves that write rather than a checkpoint just before it.
 
     ``stall`` (``KEYOPS_JOB_STALL_TIMEOUT``): when the item the checkpoint
     waits for has not finished this many seconds after the last one did, the
@@ -351,7 +363,7 @@ def run_batches(names: Iterable[str], work: Callable[[str], T], *, workers: int,
     progress = [time.monotonic()]  # when an item last finished
     stalled = [False]
 
-    def drain_oldest() -> None:
+    def drain_oldest(last: bool = False) -> None:
         batch = inflight.popleft()
         for name, future in zip(batch.names, batch.futures, strict=True):
             left = None if stall is None else max(0.0, progress[0] + stall - time.monotonic())
@@ -366,7 +378,7 @@ def run_batches(names: Iterable[str], work: Callable[[str], T], *, workers: int,
                                 "resume") from None
             progress[0] = time.monotonic()
             on_item(name, outcome)
-        on_batch(batch.names[-1])
+        (on_last_batch if last and on_last_batch is not None else on_batch)(batch.names[-1])
 
     try:
         for names_batch in batched(names, batch_size):
@@ -374,7 +386,7 @@ def run_batches(names: Iterable[str], work: Callable[[str], T], *, workers: int,
             while len(inflight) > ahead:
                 drain_oldest()
         while inflight:
-            drain_oldest()
+            drain_oldest(last=len(inflight) == 1)
     finally:
         # A stalled item is not waited for: its worker ends with its request's deadline.
         pool.shutdown(wait=not stalled[0], cancel_futures=True)

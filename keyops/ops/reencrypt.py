@@ -28,16 +28,17 @@ from __future__ import annotations
 import collections
 import dataclasses
 import datetime as dt
-from collections.abc import Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
+import time
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
 from keyops import crypto
 from keyops.errors import Conflict, InvalidInput, KeyopsError, KeyStateError
 from keyops.model.keyring import Keyring
 from keyops.model.names import validate_count, validate_tenant
-from keyops.model.usage import CLOCK_SKEW_SECONDS
+from keyops.model.usage import CLOCK_SKEW_SECONDS, Usage
 from keyops.ops.cas import CAS_ATTEMPTS
+from keyops.ops.fanout import DEFAULT_TENANT_WORKERS, fan_out
 from keyops.ops.front import Keyops, secret_context, secret_path
 from keyops.ops.jobs import (
     MAX_WORKERS,
@@ -46,6 +47,7 @@ from keyops.ops.jobs import (
     count_names,
     find_unfinished,
     iter_names,
+    list_jobs,
     new_job_id,
     prune_finished,
     read_job,
@@ -128,9 +130,6 @@ class _Moved:
     conflicts: int
 
 
-#: Tenants re-encrypted at once by ``reencrypt_tenants``; each runs its own pool
-#: of ``workers``; 8 x 4 workers fit the hvac session's pool of 32 connections.
-DEFAULT_TENANT_WORKERS = 8
 
 
 @dataclasses.dataclass(frozen=True)
@@ -170,7 +169,7 @@ class ReencryptReport:
         return f"{verb} {self.rewritten} records of {tenants} tenant{'s' if tenants != 1 else ''}"
 
 
-def reencrypt_tenants(k: Keyops, tenants: Sequence[str], *, tenant_workers: int = DEFAULT_TENANT_WORKERS,
+def reencrypt_tenants(k: Keyops, tenants: Iterable[str], *, tenant_workers: int = DEFAULT_TENANT_WORKERS,
                       workers: int = DEFAULT_WORKERS, batch_size: int = DEFAULT_BATCH_SIZE,
                       job_id: str | None = None, dry_run: bool = False) -> ReencryptReport:
     """Re-encrypt several tenants, up to ``tenant_workers`` at once; outcomes in the order given.
@@ -180,9 +179,25 @@ def reencrypt_tenants(k: Keyops, tenants: Sequence[str], *, tenant_workers: int 
     costs their Vault round trips in parallel, not in sequence. ``job_id``
     names the job to resume (or start) and goes with exactly one tenant.
     """
+    if job_id is not None:
+        tenants = list(tenants)
+        if len(tenants) != 1:
+            raise InvalidInput(f"a job id names the job of one tenant, not of {len(tenants)}")
+    return ReencryptReport(dry_run, tuple(iter_reencrypt_tenants(
+        k, tenants, tenant_workers=tenant_workers, workers=workers, batch_size=batch_size, job_id=job_id,
+        dry_run=dry_run)))
+
+
+def iter_reencrypt_tenants(k: Keyops, tenants: Iterable[str], *, tenant_workers: int = DEFAULT_TENANT_WORKERS,
+                           workers: int = DEFAULT_WORKERS, batch_size: int = DEFAULT_BATCH_SIZE,
+                           job_id: str | None = None,
+                           dry_run: bool = False) -> Iterator[TenantOutcome[ReencryptResult]]:
+    """Each tenant's outcome as it finishes, in the order given; tenants pulled as workers free up.
+
+    What the process holds does not grow with the tenants (``keyops.ops.fanout``):
+    a run over 10,000 tenants keeps a few dozen jobs' state at once.
+    """
     validate_count(tenant_workers, "tenant_workers", MAX_WORKERS)
-    if job_id is not None and len(tenants) != 1:
-        raise InvalidInput(f"a job id names the job of one tenant, not of {len(tenants)}")
 
     def one(tenant: str) -> TenantOutcome[ReencryptResult]:
         try:
@@ -191,8 +206,9 @@ def reencrypt_tenants(k: Keyops, tenants: Sequence[str], *, tenant_workers: int 
             return TenantOutcome(tenant, failure=TenantFailure.of(tenant, "dek", exc))
         return TenantOutcome(tenant, result.rewritten > 0 if dry_run else result.changed, result)
 
-    with ThreadPoolExecutor(max_workers=tenant_workers) as pool:
-        return ReencryptReport(dry_run, tuple(pool.map(one, tenants)))
+    for _, outcome in fan_out(tenants, one, workers=tenant_workers, stall=k.config.job_stall_timeout, k=k,
+                              tenant_of=lambda tenant: tenant):
+        yield outcome
 
 
 def reencrypt(k: Keyops, tenant: str, *, workers: int = DEFAULT_WORKERS, batch_size: int = DEFAULT_BATCH_SIZE,
@@ -209,8 +225,10 @@ def reencrypt(k: Keyops, tenant: str, *, workers: int = DEFAULT_WORKERS, batch_s
     workers, batch_size = validate_pool(workers, batch_size)
     if job_id is not None:
         validate_job_id(job_id)
-    # A fresh read: this process then encrypts with the current primary at once.
-    keyring = k.read_keyring(tenant)[0]
+    # A fresh read: this process then encrypts with the current primary at once. A job that will write
+    # reads the usage document first, so that its reservation starts from both without reading them again.
+    since = time.monotonic()
+    keyring = k.read_keyring(tenant)[0] if dry_run else k.read_for_reservation(tenant)
     target = keyring.dek.primary
     if keyring.dek.primary_key.state != "active":
         raise KeyStateError(f"the primary DEK (version {target}) of tenant {tenant!r} is "
@@ -219,13 +237,13 @@ def reencrypt(k: Keyops, tenant: str, *, workers: int = DEFAULT_WORKERS, batch_s
     if dry_run:
         return _dry_run(k, tenant, target, job_id or new_job_id(KIND, k.clock()), workers, batch_size, progress)
 
-    run = _open_job(k, tenant, job_id, target)
+    run, job_ids = _open_job(k, tenant, job_id, target)
     if run is None:
         assert job_id is not None
         found = read_job(k, tenant, job_id)
         assert found is not None
         return ReencryptResult.from_job(found[0])
-    job = _Job(k, tenant, target, run, workers, batch_size, progress)
+    job = _Job(k, tenant, target, run, workers, batch_size, progress, keyring, since, job_ids)
     k.expect_uses(tenant, batch_size)  # each batch re-encrypts up to that many records: reserve for one at once
     with k.audited("reencrypt.start", tenant=tenant, level="dek", versions=[target],
                    job_id=run.checkpoint.job_id, resumed=run.resumed):
@@ -244,21 +262,26 @@ def _warm_keys(k: Keyops, keyring: Keyring) -> None:
             k.dek(keyring.tenant, kv.version)
 
 
-def _open_job(k: Keyops, tenant: str, job_id: str | None, target: int) -> JobRun | None:
-    """The job to run: the named one, else the tenant's unfinished one, else a new one. None: named and done."""
+def _open_job(k: Keyops, tenant: str, job_id: str | None, target: int) -> tuple[JobRun | None, list[str] | None]:
+    """The job to run: the named one, else the tenant's unfinished one, else a new one. None: named and done.
+
+    With it, the tenant's job ids as listed now, the job's own included (None: not listed).
+    """
     found = None
+    job_ids = None
     if job_id is not None:
         found = read_job(k, tenant, job_id)
         if found is not None and found[0].kind != KIND:
             raise InvalidInput(f"job {job_id!r} of tenant {tenant!r} is a {found[0].kind} job, not a re-encryption")
         if found is not None and found[0].state != "running":
-            return None
+            return None, None
     else:
-        found = find_unfinished(k, tenant, KIND)
+        job_ids = list_jobs(k, tenant)
+        found = find_unfinished(k, tenant, KIND, job_ids=job_ids)
     if found is None:
         checkpoint = Checkpoint.start(job_id or new_job_id(KIND, k.clock()), KIND, tenant,
                                       {"dek_version": target}, k.clock())
-        return JobRun(k, checkpoint)
+        return JobRun(k, checkpoint), None if job_ids is None else [*job_ids, checkpoint.job_id]
     checkpoint, version = found
     checkpoint = checkpoint.resumed(k.clock())
     if int(checkpoint.params.get("dek_version", 0)) != target:
@@ -266,12 +289,16 @@ def _open_job(k: Keyops, tenant: str, job_id: str | None, target: int) -> JobRun
         checkpoint = checkpoint.with_params({"dek_version": target}, k.clock())
     run = JobRun(k, checkpoint, version, resumed=True)
     run.save()  # claims the job: a second runner of the same job loses its next check-and-set
-    return run
+    return run, job_ids
 
 
 class _Job:
     def __init__(self, k: Keyops, tenant: str, target: int, run: JobRun, workers: int, batch_size: int,
-                 progress: ProgressCallback | None) -> None:
+                 progress: ProgressCallback | None, keyring: Keyring, since: float,
+                 job_ids: list[str] | None) -> None:
+        self.keyring = keyring  # as read when the job started, after the usage document
+        self.since = since
+        self.job_ids = job_ids
         self.k = k
         self.tenant = tenant
         self.target = target
@@ -296,15 +323,23 @@ class _Job:
         started = dt.datetime.now(dt.UTC)
         seen: collections.Counter[int] = collections.Counter()
         if run.checkpoint.phase == "pass":
-            seen = self._pass()
-            run.update(run.checkpoint.with_phase("verify", self.k.clock(), reset_cursor=False))
-        if whole_pass and self._no_late_writes(started):
+            seen = self._pass()  # its last batch is staged, not written: the next write carries it
+        base = self.k.reservation_base(self.tenant, self.since, self.target) if whole_pass else None
+        if whole_pass and self._no_late_writes(started, base):
             # Every record was read after any write under an older DEK had landed: the pass saw them
             # all, so reading them again would find nothing to move (and a retire counts for itself).
+            # The job goes from its pass to its end in one write: a crash before it resumes the pass,
+            # which finds every record it had moved marked as its own.
             references, late = {v: n for v, n in sorted(seen.items()) if n > 0}, 0
+            keyring, usage = (self.keyring, base) if base is not None else (None, None)
         else:
+            if run.checkpoint.phase == "pass":
+                run.update(run.checkpoint.with_phase("verify", self.k.clock(), reset_cursor=False))
             references, late = self._verify()
-        unreferenced = _unreferenced(self.k, self.tenant, references)
+            keyring, usage = None, None
+        # The keyring and usage document the decision above rested on also name the candidates for
+        # retirement (a report: retire checks every state and count again itself).
+        unreferenced = _unreferenced(self.k, self.tenant, references, keyring)
         counts = collections.Counter(dict(run.checkpoint.counts))
         result = ReencryptResult(
             tenant=self.tenant, job_id=self.job_id, dek_version=self.target,
@@ -313,9 +348,9 @@ class _Job:
             redone_after_conflict=counts["conflicted"], references=references, dry_run=False,
             resumed=run.resumed, vanished=counts["vanished"], rewritten_late=late,
             unreferenced=unreferenced, changed=run.touched,
-            external=_external_uses(self.k, self.tenant, unreferenced))
+            external=_external_uses(self.k, self.tenant, unreferenced, keyring, usage))
         run.update(run.checkpoint.finish(result.to_dict(), self.k.clock()))
-        prune_finished(self.k, self.tenant)
+        prune_finished(self.k, self.tenant, known=self.job_ids)
         return result
 
     def _pass(self) -> collections.Counter[int]:
@@ -343,24 +378,32 @@ class _Job:
             run.update(run.checkpoint.advance(last, pending, self.k.clock()))
             pending.clear()
 
+        def on_last_batch(last: str) -> None:
+            run.stage(run.checkpoint.advance(last, pending, self.k.clock()))
+            pending.clear()
+
         run_batches(iter_names(self.k.store, self.base, cursor, page=self.batch_size), self.move,
                     workers=self.workers, batch_size=self.batch_size, on_item=on_item, on_batch=on_batch,
-                    describe=self.describe, stall=self.k.config.job_stall_timeout)
+                    describe=self.describe, stall=self.k.config.job_stall_timeout, on_last_batch=on_last_batch)
         return seen
 
-    def _no_late_writes(self, started: dt.datetime) -> bool:
+    def _no_late_writes(self, started: dt.datetime, base: Usage | None) -> bool:
         """No process can have written a record under a DEK older than the target since the pass started.
 
         The usage document's leases bound every write under a version (a
         process writes no ciphertext of it after its lease, and a closed
         process ends its lease at once); counts kept in the keyring before
-        the usage document carry no lease, so they answer no.
+        the usage document carry no lease, so they answer no. ``base``: the
+        usage document this job's own reservation was written over, which
+        holds every lease of an older version there will ever be
+        (``Keyops.reservation_base``); without it, the document is read now.
         """
-        keyring = self.k.read_keyring(self.tenant)[0]
+        keyring = self.keyring if base is not None else self.k.read_keyring(self.tenant)[0]
         older = [kv for kv in keyring.dek.versions if kv.version < self.target]
         if any(kv.uses for kv in older):
             return False
-        end = self.k.read_usage(self.tenant)[0].leases_end(kv.version for kv in older)
+        usage = base if base is not None else self.k.read_usage(self.tenant)[0]
+        end = usage.leases_end(kv.version for kv in older)
         return end is None or end + dt.timedelta(seconds=CLOCK_SKEW_SECONDS) < started
 
     def _verify(self) -> tuple[dict[int, int], int]:
@@ -436,18 +479,24 @@ def _encrypt_at_least(k: Keyops, tenant: str, plaintext: bytes, context: bytes, 
     return ct
 
 
-def _external_uses(k: Keyops, tenant: str, versions: tuple[int, ...]) -> dict[int, int]:
-    """Uses handed to callers outside the store per version (a count kept before the usage document counts too)."""
+def _external_uses(k: Keyops, tenant: str, versions: tuple[int, ...], keyring: Keyring | None = None,
+                   usage: Usage | None = None) -> dict[int, int]:
+    """Uses handed to callers outside the store per version (a count kept before the usage document counts too).
+
+    ``keyring`` and ``usage`` (else read now) may be older than the job's end: no use of a version
+    older than the primary is reserved after the reservation a ``usage`` came from was written.
+    """
     if not versions:
         return {}
-    usage = k.read_usage(tenant)[0]
-    keyring = k.read_keyring(tenant)[0]
+    usage = usage if usage is not None else k.read_usage(tenant)[0]
+    keyring = keyring if keyring is not None else k.read_keyring(tenant)[0]
     out = {v: usage.get(v).external or keyring.dek.get(v).uses for v in versions}
     return {v: n for v, n in out.items() if n}
 
 
-def _unreferenced(k: Keyops, tenant: str, references: Mapping[int, int]) -> tuple[int, ...]:
-    keyring = k.read_keyring(tenant)[0]
+def _unreferenced(k: Keyops, tenant: str, references: Mapping[int, int],
+                  keyring: Keyring | None = None) -> tuple[int, ...]:
+    keyring = keyring if keyring is not None else k.read_keyring(tenant)[0]
     return tuple(kv.version for kv in keyring.dek.versions
                  if kv.version != keyring.dek.primary and kv.state == "decrypt_only"
                  and references.get(kv.version, 0) == 0)

@@ -78,7 +78,7 @@ import os
 import socket
 import time
 import uuid
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Literal
 
@@ -91,9 +91,10 @@ from keyops.model.names import validate_count, validate_tenant, validate_version
 from keyops.model.paths import LOCKS_PATH, MASTER_PATH, transit_key_name
 from keyops.ops import escrow as escrow_ops
 from keyops.ops.cas import retry_on_conflict
+from keyops.ops.fanout import DEFAULT_TENANT_WORKERS, fan_out
 from keyops.ops.front import Keyops
 from keyops.ops.jobs import MAX_WORKERS
-from keyops.ops.outcomes import TenantFailure
+from keyops.ops.outcomes import TenantFailure, TenantOutcome
 from keyops.roots import NAMES as ROOT_NAMES
 from keyops.roots import PROBE_CONTEXT
 from keyops.wrappers import AeadWrapper, KeyWrapper
@@ -710,29 +711,51 @@ def sync_transit_key(k: Keyops, keyring: Keyring, *, trim: bool = False) -> list
     return changed
 
 
-def rotate_tenants(k: Keyops, tenants: Sequence[str], level: Literal["dek", "kek", "master"], *,
+def rotate_tenants(k: Keyops, tenants: Iterable[str], level: Literal["dek", "kek", "master"], *,
                    dry_run: bool = False, expect_version: int | None = None,
-                   reason: str = "on demand") -> RotationReport:
-    """Rotate ``level`` of each tenant now, one after the other, in the order given.
+                   reason: str = "on demand", tenant_workers: int = DEFAULT_TENANT_WORKERS) -> RotationReport:
+    """Rotate ``level`` of each tenant now, up to ``tenant_workers`` at once; results in the order given.
 
     A tenant whose rotation fails is reported in ``failures`` and the others
     still run. ``level="master"`` takes no tenant: it rotates the master key
     (``rotate_master``), one operation whose failure raises.
     """
     if level == "master":
-        if tenants:
+        if list(tenants):
             raise InvalidInput("the master key belongs to no tenant; give no tenant with level master")
         return RotationReport(dry_run, (rotate_master(k, dry_run=dry_run, expect_version=expect_version,
                                                       reason=reason),), ())
     rotations: list[RotationResult | MasterRotationResult] = []
     failures: list[TenantFailure] = []
-    for tenant in tenants:
-        try:
-            rotations.append(rotate(k, tenant, level, dry_run=dry_run, expect_version=expect_version,
-                                    reason=reason))
-        except KeyopsError as exc:
-            failures.append(TenantFailure.of(tenant, level, exc))
+    for outcome in iter_rotate_tenants(k, tenants, level, dry_run=dry_run, expect_version=expect_version,
+                                       reason=reason, tenant_workers=tenant_workers):
+        if outcome.result is not None:
+            rotations.append(outcome.result)
+        elif outcome.failure is not None:
+            failures.append(outcome.failure)
     return RotationReport(dry_run, tuple(rotations), tuple(failures))
+
+
+def iter_rotate_tenants(k: Keyops, tenants: Iterable[str], level: Literal["dek", "kek"], *,
+                        dry_run: bool = False, expect_version: int | None = None, reason: str = "on demand",
+                        tenant_workers: int = DEFAULT_TENANT_WORKERS) -> Iterator[TenantOutcome[RotationResult]]:
+    """Each tenant's rotation as it finishes, in the order given, pulling tenants as workers free up.
+
+    Each tenant has its own keyring and lease, so rotations of different
+    tenants never contend; ``keyops.ops.fanout`` bounds what is held at once.
+    """
+    validate_count(tenant_workers, "tenant_workers", MAX_WORKERS)
+
+    def one(tenant: str) -> TenantOutcome[RotationResult]:
+        try:
+            result = rotate(k, tenant, level, dry_run=dry_run, expect_version=expect_version, reason=reason)
+        except KeyopsError as exc:
+            return TenantOutcome(tenant, failure=TenantFailure.of(tenant, level, exc))
+        return TenantOutcome(tenant, result.changed, result)
+
+    for _, outcome in fan_out(tenants, one, workers=tenant_workers, stall=k.config.job_stall_timeout, k=k,
+                              tenant_of=lambda tenant: tenant):
+        yield outcome
 
 
 # --- master key -------------------------------------------------------------------------------

@@ -68,11 +68,16 @@ def get_secret(k: Keyops, tenant: str, name: str) -> bytes:
 
 
 def put_secret(k: Keyops, tenant: str, name: str, value: bytes | str, dry_run: bool = False,
-               create_only: bool = False) -> SecretResult:
+               create_only: bool = False, expect_new: bool = False) -> SecretResult:
     """Store ``value`` encrypted; no write (``changed=False``) when it is already stored.
 
     ``create_only``: a secret that exists is left as it is, whatever its value (a seed never overwrites
     what an application stored since); the creation is a check-and-set on "absent".
+
+    ``expect_new``: the caller has reason to think no record exists yet (a
+    tenant it just created), so the first attempt skips the read and writes
+    with check-and-set 0, which only creates: a record that exists after all
+    makes that write fail, and the next attempt reads it and decides as usual.
     """
     tenant, name = validate_tenant(tenant), validate_secret_name(name)
     value = value.encode("utf-8") if isinstance(value, str) else bytes(value)
@@ -84,8 +89,11 @@ def put_secret(k: Keyops, tenant: str, name: str, value: bytes | str, dry_run: b
     k.authorize("secrets.write", tenant)
     k.cached_keyring(tenant)  # a clear TenantNotFound before anything else
 
+    skip_read = [expect_new and not dry_run]
+
     def attempt() -> SecretResult:
-        record = k.read_record(tenant, name)
+        record = None if skip_read[0] else k.read_record(tenant, name)
+        skip_read[0] = False
         if record is not None and create_only:
             return SecretResult(tenant, name, False, record.kv_version, record.dek_version)
         if record is not None and k.decrypt(tenant, record.ciphertext, secret_context(name)) == value:

@@ -69,7 +69,8 @@ def create_tenant(k: Keyops, tenant: str, policy: Policy | None = None, dry_run:
             keyring, version = _create_kek_first(k, tenant, policy)
         elif keyring.policy != policy:
             raise TenantExists(f"tenant {tenant!r} is half-made with another policy; re-run with its policy")
-        keyring = _finish_tenant(k, keyring, version)
+        if keyring.dek.empty:
+            keyring = _finish_tenant(k, keyring, version)
         event["versions"] = {"kek": keyring.kek.primary, "dek": keyring.dek.primary}
     return TenantResult(tenant, True, keyring)
 
@@ -119,9 +120,13 @@ def delete_tenant(k: Keyops, tenant: str, dry_run: bool = False) -> bool:
 def _create_kek_first(k: Keyops, tenant: str, policy: Policy) -> tuple[Keyring, int]:
     # Step 1: the KEK, wrapped by the master key, is stored before anything
     # else, so that a crash later never leaves a key we cannot recover.
+    # Residence kv stores its first DEK in the same write: the DEK is wrapped
+    # in memory by a KEK unwrapped back from its stored form (so the blob is
+    # proven first), and one write leaves either nothing or both. Residence
+    # transit imports the KEK into Transit between the two writes.
     escrow_key = escrow_ops.configured_key(k.config)  # a bad key file fails before anything is made
-    k.ensure_master()
-    master_version, master = k.hierarchy.master_wrapper()
+    registry, _ = k.ensure_master()  # a fresh read of the registry: its primary is the one to wrap under
+    master_version, master = k.hierarchy.master_wrapper(registry.primary)
     kek = crypto.generate_key()
     now = k.clock()
     wrapped = master.wrap(kek, crypto.key_context(tenant, "kek", 1))
@@ -130,37 +135,53 @@ def _create_kek_first(k: Keyops, tenant: str, policy: Policy) -> tuple[Keyring, 
     keyring = keyring.add_version("kek", crypto.b64e(wrapped), master_version, now,
                                   transit_version=1 if policy.kek_residence == "transit" else None,
                                   escrow=escrow_ops.new_copy(escrow_key, tenant, 1, kek))
-    _fresh_usage(k, tenant)
+    if policy.kek_residence == "kv":
+        keyring = _with_first_dek(k, keyring)
+    usage = _fresh_usage(k, tenant)
     try:
         version = k.write_keyring(tenant, keyring, cas=0)
     except Conflict as exc:
         raise Conflict(f"tenant {tenant!r} is being created by another process; re-run to see its state") from exc
+    if usage is not None and not keyring.dek.empty:
+        # Both documents as written, usage first: what a reservation would read, without reading it.
+        k.prime_reservation(tenant, usage[0], usage[1], keyring)
     return keyring, version
 
 
-def _fresh_usage(k: Keyops, tenant: str) -> None:
+def _fresh_usage(k: Keyops, tenant: str) -> tuple[Usage, int] | None:
     """An empty usage document, written before the keyring so that the keyring's creation sets its history too.
 
     One left by an earlier tenant of the same name (deleted by an older
     keyops) counts another tenant's keys: it is replaced, with check-and-set.
+    The first attempt writes without reading: check-and-set 0 only creates,
+    so a document already there makes it fail and is read then. Returns the
+    document and its version as written (None: another process wrote it).
     """
+    empty = Usage(tenant)
+    with contextlib.suppress(Conflict):
+        return empty, k.store.write(usage_path(tenant), empty.to_dict(), cas=0)
     found = k.store.read(usage_path(tenant))
-    if found is not None and found[0] == Usage(tenant).to_dict():
-        return
+    if found is not None and found[0] == empty.to_dict():
+        return empty, found[1]
     # Conflict: another process creating this tenant wrote it first; only one keyring write can win.
     with contextlib.suppress(Conflict):
-        k.store.write(usage_path(tenant), Usage(tenant).to_dict(), cas=found[1] if found else 0)
+        return empty, k.store.write(usage_path(tenant), empty.to_dict(), cas=found[1] if found else 0)
+    return None
+
+
+def _with_first_dek(k: Keyops, keyring: Keyring) -> Keyring:
+    kek_version = keyring.kek.primary
+    dek = crypto.generate_key()
+    wrapper = k.hierarchy.kek_wrapper(keyring, kek_version)
+    wrapped = wrapper.wrap(dek, crypto.key_context(keyring.tenant, "dek", 1))
+    return keyring.add_version("dek", crypto.b64e(wrapped), kek_version, k.clock())
 
 
 def _finish_tenant(k: Keyops, keyring: Keyring, version: int) -> Keyring:
     tenant = keyring.tenant
-    kek_version = keyring.kek.primary
     if keyring.policy.kek_residence == "transit":
-        k.hierarchy.ensure_transit_kek(keyring, kek_version)
-    dek = crypto.generate_key()
-    wrapper = k.hierarchy.kek_wrapper(keyring, kek_version)
-    wrapped = wrapper.wrap(dek, crypto.key_context(tenant, "dek", 1))
-    new = keyring.add_version("dek", crypto.b64e(wrapped), kek_version, k.clock())
+        k.hierarchy.ensure_transit_kek(keyring, keyring.kek.primary)
+    new = _with_first_dek(k, keyring)
     try:
         k.write_keyring(tenant, new, cas=version)
     except Conflict as exc:

@@ -479,10 +479,16 @@ def test_create_tenant_is_idempotent(k: Keyops, vault_client: Any) -> None:
 
 @pytest.mark.parametrize("residence", RESIDENCES)
 def test_create_tenant_resumes_a_half_made_keyring(k: Keyops, vault_client: Any, residence: str) -> None:
-    """A crash after the KEK was stored (first write) is finished by running create_tenant again."""
+    """A crash after the KEK was stored (first write) is finished by running create_tenant again.
+
+    Residence kv now stores the KEK and the first DEK in one write; a kv keyring with a KEK alone is
+    what earlier keyops versions left after such a crash, and is still finished.
+    """
     tenant = new_tenant(f"half-{residence}")
     policy = Policy(kek_residence=residence)
-    tenant_ops._create_kek_first(k, tenant, policy)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(tenant_ops, "_with_first_dek", lambda k, keyring: keyring)  # the KEK alone, as before
+        tenant_ops._create_kek_first(k, tenant, policy)
     doc, version = raw_doc(vault_client, keyring_path(tenant))
     assert doc["dek"]["versions"] == [] and len(doc["kek"]["versions"]) == 1
     kek_wrapped = doc["kek"]["versions"][0]["wrapped"]

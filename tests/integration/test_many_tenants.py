@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 from _tenants import new_tenant
 
 from keyops.config import Config
 from keyops.errors import InvalidInput, TenantNotFound
 from keyops.model.keyring import Policy
+from keyops.model.usage import CLOCK_SKEW_SECONDS
 from keyops.ops.front import Keyops, secret_path
 from keyops.ops.outcomes import TenantFailure
 from keyops.ops.reencrypt import reencrypt_tenants
@@ -86,3 +89,62 @@ def test_provisioning_many_tenants_unwraps_each_kek_once(config: Config) -> None
         calls = k.calls.snapshot()
     assert calls.get("hsm.decrypt", 0) == len(tenants), calls
     assert calls.get("hsm.encrypt", 0) == len(tenants), calls  # one KEK wrap per tenant
+
+
+def _vault_requests(k: Keyops) -> int:
+    return sum(n for kind, n in k.calls.snapshot().items() if kind.startswith(("kv.", "transit.")))
+
+
+def test_a_cycle_over_many_tenants_costs_a_fixed_number_of_requests_per_tenant_and_holds_none(
+        config: Config) -> None:
+    """Provision, rotate, re-encrypt two dozen tenants through the fan-out; count requests and what is held.
+
+    The benchmark (benchmarks/bench_scale.py) runs the same cycle over 1,000 tenants; here the counts
+    per tenant are held at a size the suite can afford. After each phase the process holds no tenant's
+    keyring or reservation, and no more keys than its caches' bound: what it holds does not grow with the
+    tenants.
+    """
+    from keyops.ops.provision import provision_tenants
+    from keyops.ops.reencrypt import iter_reencrypt_tenants
+    from keyops.ops.rotation import iter_rotate_tenants
+
+    count, per_tenant, workers = 24, 5, 4
+    tenants = [new_tenant("cycle") for _ in range(count)]
+    values = {t: {f"app/s{i}": f"{t}-{i}".encode() for i in range(per_tenant)} for t in tenants}
+    empty = {"keyrings": 0, "reservations": 0, "fast": 0, "locks": 0, "demand": 0, "primed": 0, "usage": 0}
+
+    def held(k: Keyops) -> dict[str, int]:
+        counts = k.held()
+        assert counts.pop("keks") <= 8 and counts.pop("deks") <= 8  # the key caches keep their bound
+        return counts
+
+    with Keyops(config, cache_size=8) as k:
+        k.ensure_master()
+        k.calls.reset()
+        report = provision_tenants(k, ((t, values[t].items()) for t in tenants), tenant_workers=workers)
+        assert (report.tenants, report.created, report.written) == (count, count, count * per_tenant)
+        assert report.failures == ()
+        # Per tenant: the registry, the listing that no records are left, the keyring's absence, one keyring
+        # write (KEK and DEK), KV history (2 reads, 2 writes), three usage writes (empty, reservation, release).
+        # The records: one write each, no read. The registry's history is checked once per worker at most.
+        assert _vault_requests(k) <= count * (12 + per_tenant) + workers, k.calls.snapshot()
+        assert k.calls.snapshot().get("kv.read", 0) == 2 * count, k.calls.snapshot()
+        assert held(k) == empty
+        outcomes = list(iter_rotate_tenants(k, tenants, "dek", tenant_workers=workers))
+        assert [o.tenant for o in outcomes] == tenants and all(o.changed for o in outcomes)
+        assert held(k) == empty
+        time.sleep(CLOCK_SKEW_SECONDS + 1)  # the provisioning's leases of DEK v1 ended before the pass starts
+        k.calls.reset()
+        outcomes = list(iter_reencrypt_tenants(k, iter(tenants), tenant_workers=workers))
+        requests = _vault_requests(k)
+        assert held(k) == empty
+    assert [o.tenant for o in outcomes] == tenants
+    assert all(o.result is not None and o.result.rewritten == per_tenant and o.result.rewritten_late == 0
+               for o in outcomes), outcomes
+    # Per record a read and a write; per tenant two listings of its records (a folder), one of its jobs,
+    # the usage document and keyring read once, the reservation, the job's one write, the lease's release.
+    assert requests == count * (2 * per_tenant + 8), requests
+    with Keyops(config) as fresh:
+        for t in tenants:
+            for name, value in values[t].items():
+                assert fresh.get_secret(t, name) == value

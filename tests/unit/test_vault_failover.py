@@ -251,7 +251,9 @@ def test_retries_stop_at_the_window_with_the_last_answer(nodes: list[Node]) -> N
     with pytest.raises(VaultSealed, match="is sealed"):
         store.read("ok")
     took = time.monotonic() - started
-    assert 0.3 < took < 0.6 + 2.0, took
+    # No pause is begun that would end past the window (jittered pauses of up to 0.5 s), so the
+    # loop may stop early; what matters is that it retried and then stopped, near the window.
+    assert took < 0.6 + 2.0, took
     assert 2 <= store.calls.snapshot()["vault.retry"] <= 12
 
 
