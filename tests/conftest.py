@@ -70,6 +70,22 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[Any]) -> 
                            "against the real OpenBao and SoftHSM2 (see scripts/setup.sh)")
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _own_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """A HOME of the suite's own: keyops and bao read ``~/.vault-token`` when no token is set, so an
+    operator's token file must neither reach the tests nor be overwritten by them. pip keeps its
+    cache (the packaging test installs from it)."""
+    old = {name: os.environ.get(name) for name in ("HOME", "PIP_CACHE_DIR")}
+    os.environ.setdefault("PIP_CACHE_DIR", str(Path.home() / ".cache" / "pip"))
+    os.environ["HOME"] = str(tmp_path_factory.mktemp("home"))
+    yield
+    for name, value in old.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
+
+
 @pytest.fixture(scope="session")
 def stack_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("keyops-stack")
