@@ -483,7 +483,11 @@ class Keyops:
             started = _monotonic()
             primed = self._primed.pop(tenant, None)
             read_at = started
-            if lost == 0 and primed is not None and started - primed[3] < self.keyring_ttl:
+            cached = self._keyrings.get(tenant)
+            # Only while the primed keyring is still the newest this process has seen: a keyring read or
+            # written since (this process's own rotation, say) makes the next reservation read afresh.
+            if (lost == 0 and primed is not None and started - primed[3] < self.keyring_ttl
+                    and cached is not None and cached[0] is primed[2]):
                 usage, cas, keyring, read_at = primed
             else:
                 usage, cas = self.read_usage(tenant)
