@@ -51,10 +51,11 @@ if TYPE_CHECKING:  # pragma: no cover
         """A token AES key: python-pkcs11 gives its class the encrypt and decrypt mixins at run time."""
 
 NONCE_SIZE = 12
-#: Pauses before looking for the token again (1.55 s in all): SoftHSM2 rewrites its token file in place at
-#: every login, and with several processes logging in at once on a loaded machine (seen in a full suite run
-#: beside a demo run) three short looks were not always enough.
-TOKEN_RETRY_DELAYS = (0.05, 0.1, 0.2, 0.4, 0.8)
+#: Pauses before looking for the token again (4.05 s in all): SoftHSM2 rewrites its token file in place at
+#: every login, and with several processes logging in at once on a loaded machine (seen in full suite runs:
+#: three concurrent `keyops encrypt` runs) 1.55 s of looks were not always enough. Only a token that is
+#: really missing pays the whole wait.
+TOKEN_RETRY_DELAYS = (0.05, 0.1, 0.2, 0.4, 0.8, 1.0, 1.5)
 TAG_BITS = 128
 
 #: Attributes of every new master key: no holder of the user PIN can delete
